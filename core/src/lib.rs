@@ -1,1 +1,17 @@
-//! placeholder
+//! ferrolb's domain logic, free of I/O: the address-pool config, the allocator
+//! that hands addresses to Services, and the annotations that carry requests.
+//! The controller and speaker binaries feed it events and carry out its answers.
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod allocator;
+pub mod config;
+pub mod selector;
+pub mod service;
+
+pub use addr::{AddrRange, Family};
+pub use allocator::{
+    AllocError, Allocation, Allocator, Change, EnsureError, Ensured, Orphan, PoolStats,
+};
+pub use config::{AddressPool, Config, ConfigError};
+pub use service::{FamilyPolicy, PortKey, Protocol, ServiceKey, ServiceSpec, Sharing};

@@ -1,0 +1,430 @@
+//! The ConfigMap format (DESIGN section 3): MetalLB v0.12's legacy layer-2
+//! format plus ferrolb's `namespaces`, `node-selectors` and `interfaces`.
+//!
+//! Parsing is strict, as MetalLB's is: an unknown or repeated key is an error.
+//! Validation follows MetalLB v0.12's order for each pool (name, addresses,
+//! each address, protocol, duplicate name, overlaps), but unlike MetalLB it does
+//! not stop at the first problem: every problem is reported, each naming the
+//! pool and the entry it concerns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+
+use crate::addr::{AddrRange, parse_entry};
+use crate::selector::{LabelSelector, is_dns_label};
+
+/// A validated configuration: the address pools, in config order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub pools: Vec<AddressPool>,
+}
+
+/// One address pool. `protocol` is always layer 2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressPool {
+    pub name: String,
+    /// The `addresses` entries, in config order, each as a range.
+    pub ranges: Vec<AddrRange>,
+    pub auto_assign: bool,
+    pub avoid_buggy_ips: bool,
+    /// `None`: every namespace may use the pool.
+    pub namespaces: Option<BTreeSet<String>>,
+    /// Empty: every node may announce the pool's addresses.
+    pub node_selectors: Vec<LabelSelector>,
+    /// Empty: the speaker's default interface choice.
+    pub interfaces: Vec<String>,
+}
+
+impl AddressPool {
+    pub fn allows_namespace(&self, namespace: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|ns| ns.contains(namespace))
+    }
+
+    /// Whether a node with these labels may announce this pool's addresses.
+    pub fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| s.matches(labels))
+    }
+}
+
+impl Config {
+    pub fn pool(&self, name: &str) -> Option<&AddressPool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The pool and entry that contain `ip` (pools never overlap).
+    pub fn locate(&self, ip: std::net::IpAddr) -> Option<(usize, usize)> {
+        self.pools.iter().enumerate().find_map(|(pi, p)| {
+            p.ranges
+                .iter()
+                .position(|r| r.contains(ip))
+                .map(|ei| (pi, ei))
+        })
+    }
+}
+
+/// One problem in a config. `pool` is the pool's name, or `address-pools[i]`
+/// when it has none; `entry` is the address entry or key concerned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    pub pool: Option<String>,
+    pub entry: Option<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(pool: Option<&str>, entry: Option<&str>, message: impl Into<String>) -> Self {
+        ConfigError {
+            pool: pool.map(str::to_owned),
+            entry: entry.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.pool, &self.entry) {
+            (Some(p), Some(e)) => write!(f, "pool {p:?}, entry {e:?}: {}", self.message),
+            (Some(p), None) => write!(f, "pool {p:?}: {}", self.message),
+            (None, Some(e)) => write!(f, "{e}: {}", self.message),
+            (None, None) => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// === the raw document, as written ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    address_pools: Option<Vec<Option<RawPool>>>,
+    peers: Option<Vec<IgnoredAny>>,
+    bgp_communities: Option<BTreeMap<String, IgnoredAny>>,
+    bfd_profiles: Option<Vec<IgnoredAny>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPool {
+    name: Option<String>,
+    protocol: Option<String>,
+    addresses: Option<Vec<String>>,
+    auto_assign: Option<bool>,
+    avoid_buggy_ips: Option<bool>,
+    bgp_advertisements: Option<Vec<IgnoredAny>>,
+    namespaces: Option<Vec<String>>,
+    node_selectors: Option<Vec<RawSelector>>,
+    interfaces: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelector {
+    #[serde(rename = "matchLabels", alias = "match-labels")]
+    match_labels: Option<BTreeMap<String, String>>,
+    #[serde(rename = "matchExpressions", alias = "match-expressions")]
+    match_expressions: Option<Vec<RawRequirement>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirement {
+    key: String,
+    operator: String,
+    values: Option<Vec<String>>,
+}
+
+/// Where each pool item starts in the document, to name the pool in a decode
+/// error. Parsed leniently (any value), so it succeeds where the strict parse fails.
+#[derive(Deserialize)]
+struct PoolLocator {
+    #[serde(rename = "address-pools")]
+    address_pools: Option<Vec<serde_saphyr::Spanned<serde_json::Value>>>,
+}
+
+/// Parses and validates the YAML document stored under the ConfigMap key
+/// `config`. An empty document is a valid, empty config.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let raw: Option<RawConfig> =
+        serde_saphyr::from_str(text).map_err(|e| vec![decode_error(text, &e)])?;
+    let raw = raw.unwrap_or(RawConfig {
+        address_pools: None,
+        peers: None,
+        bgp_communities: None,
+        bfd_profiles: None,
+    });
+    validate(raw)
+}
+
+fn decode_error(text: &str, err: &serde_saphyr::Error) -> ConfigError {
+    // Name the pool whose item starts last before the error, if any.
+    let line = err.location().map(|l| l.line());
+    let pool = line.and_then(|line| {
+        let mut lenient = serde_saphyr::Options::default();
+        lenient.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::LastWins;
+        let loc: PoolLocator = serde_saphyr::from_str_with_options(text, lenient).ok()?;
+        let pools = loc.address_pools?;
+        let (i, item) = pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.referenced.line() <= line)
+            .next_back()?;
+        Some(match item.value.get("name").and_then(|n| n.as_str()) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => format!("address-pools[{i}]"),
+        })
+    });
+    let message = err.to_string();
+    // The first line carries "line L column C: reason"; the snippet follows.
+    let first = message.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // Advice meant for programmers using the YAML library, not for users.
+    let first = first
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(first);
+    ConfigError {
+        pool,
+        entry: None,
+        message: format!("could not parse config: {first}"),
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+
+    // BGP parts: ferrolb is layer 2 only. Empty sections are harmless.
+    let mut bgp = Vec::new();
+    if let Some(n) = raw.peers.as_ref().map(Vec::len).filter(|n| *n > 0) {
+        bgp.push(format!("peers ({n})"));
+    }
+    if raw.bgp_communities.as_ref().is_some_and(|c| !c.is_empty()) {
+        bgp.push("bgp-communities".to_owned());
+    }
+    if raw.bfd_profiles.as_ref().is_some_and(|b| !b.is_empty()) {
+        bgp.push("bfd-profiles".to_owned());
+    }
+    let raw_pools = raw.address_pools.unwrap_or_default();
+    for (i, p) in raw_pools.iter().enumerate() {
+        if let Some(p) = p {
+            if p.protocol.as_deref() == Some("bgp") {
+                let label = p
+                    .name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or(format!("address-pools[{i}]"));
+                bgp.push(format!("pool {label:?} (protocol: bgp)"));
+            }
+        }
+    }
+    if !bgp.is_empty() {
+        errors.push(ConfigError::new(
+            None,
+            None,
+            format!(
+                "BGP mode is not supported: ferrolb announces addresses in layer 2 only; remove {}",
+                bgp.join(", ")
+            ),
+        ));
+    }
+
+    let mut pools = Vec::new();
+    let mut names = BTreeSet::new();
+    // Every range accepted so far, with its pool and entry, for the overlap check.
+    let mut seen: Vec<(AddrRange, String, String)> = Vec::new();
+    let empty = RawPool::default();
+
+    for (i, raw_pool) in raw_pools.iter().enumerate() {
+        let p = raw_pool.as_ref().unwrap_or(&empty);
+        let name = p.name.clone().filter(|n| !n.is_empty());
+        let label = name.clone().unwrap_or(format!("address-pools[{i}]"));
+        let label = label.as_str();
+        let before = errors.len();
+        let mut err = |entry: Option<&str>, msg: String| {
+            errors.push(ConfigError::new(Some(label), entry, msg))
+        };
+
+        // 1. name
+        if name.is_none() {
+            err(None, "missing pool name".to_owned());
+        }
+        // 2. addresses
+        let addresses = p.addresses.clone().unwrap_or_default();
+        if addresses.is_empty() {
+            err(Some("addresses"), "pool has no prefixes defined".to_owned());
+        }
+        // 3. each address
+        let mut ranges = Vec::new();
+        for a in &addresses {
+            match parse_entry(a) {
+                Ok(r) => ranges.push((r, a.clone())),
+                Err(e) => err(Some(a), e),
+            }
+        }
+        // 4. protocol
+        let bgp_ads = p.bgp_advertisements.as_ref().is_some_and(|a| !a.is_empty());
+        match p.protocol.as_deref() {
+            None | Some("") => err(
+                Some("protocol"),
+                "missing the protocol field (ferrolb supports \"layer2\")".to_owned(),
+            ),
+            Some("layer2") if bgp_ads => err(
+                Some("bgp-advertisements"),
+                "bgp-advertisements is not allowed in a layer2 pool".to_owned(),
+            ),
+            Some("layer2") | Some("bgp") => {}
+            Some(other) => err(
+                Some("protocol"),
+                format!("unknown protocol {other:?} (ferrolb supports \"layer2\")"),
+            ),
+        }
+        // 5. duplicate name
+        if let Some(n) = &name {
+            if !names.insert(n.clone()) {
+                err(Some("name"), format!("duplicate definition of pool {n:?}"));
+            }
+        }
+        // 6. overlaps with every range accepted so far
+        for (r, entry) in &ranges {
+            if let Some((_, other_pool, other_entry)) = seen.iter().find(|(o, _, _)| o.overlaps(r))
+            {
+                let whose = if other_pool == label {
+                    format!("entry {other_entry:?} of the same pool")
+                } else {
+                    format!("entry {other_entry:?} of pool {other_pool:?}")
+                };
+                err(Some(entry), format!("overlaps with {whose}"));
+            }
+            seen.push((*r, label.to_owned(), entry.clone()));
+        }
+
+        // ferrolb extensions
+        let namespaces = match &p.namespaces {
+            None => None,
+            Some(list) if list.is_empty() => {
+                err(
+                    Some("namespaces"),
+                    "namespaces is empty, so no Service could use this pool; omit the key to allow every namespace".to_owned(),
+                );
+                None
+            }
+            Some(list) => {
+                for ns in list.iter().filter(|ns| !is_dns_label(ns)) {
+                    err(
+                        Some("namespaces"),
+                        format!("{ns:?} is not a valid namespace name"),
+                    );
+                }
+                Some(list.iter().cloned().collect())
+            }
+        };
+        let mut node_selectors = Vec::new();
+        for s in p.node_selectors.iter().flatten() {
+            let exprs = s
+                .match_expressions
+                .iter()
+                .flatten()
+                .map(|r| {
+                    (
+                        r.key.clone(),
+                        r.operator.clone(),
+                        r.values.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            match LabelSelector::new(s.match_labels.clone().unwrap_or_default(), exprs) {
+                Ok(sel) => node_selectors.push(sel),
+                Err(e) => err(Some("node-selectors"), e),
+            }
+        }
+        let interfaces = p.interfaces.clone().unwrap_or_default();
+        if p.interfaces.as_ref().is_some_and(Vec::is_empty) {
+            err(
+                Some("interfaces"),
+                "interfaces is empty, so no interface would announce; omit the key for the default choice".to_owned(),
+            );
+        }
+        for ifname in interfaces.iter().filter(|n| !valid_interface_name(n)) {
+            err(
+                Some("interfaces"),
+                format!(
+                    "{ifname:?} is not a valid interface name (1-15 characters, no '/', ':' or white space)"
+                ),
+            );
+        }
+
+        if errors.len() == before && p.protocol.as_deref() == Some("layer2") {
+            pools.push(AddressPool {
+                name: name.expect("checked above"),
+                ranges: ranges.into_iter().map(|(r, _)| r).collect(),
+                auto_assign: p.auto_assign.unwrap_or(true),
+                avoid_buggy_ips: p.avoid_buggy_ips.unwrap_or(false),
+                namespaces,
+                node_selectors,
+                interfaces,
+            });
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(Config { pools })
+    } else {
+        Err(errors)
+    }
+}
+
+fn valid_interface_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n != "."
+        && n != ".."
+        && !n
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
+
+/// What `check-config` was given: a ConfigMap manifest (the config is its
+/// `data.config`), or the bare config document itself.
+pub fn extract_config_document(text: &str) -> Result<String, ConfigError> {
+    let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+        Ok(d) => d,
+        // Not even generic YAML: let the config parser report it.
+        Err(_) => return Ok(text.to_owned()),
+    };
+    let is_configmap =
+        |d: &serde_json::Value| d.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap");
+    let Some(cm) = docs.iter().find(|d| is_configmap(d)) else {
+        if docs.iter().filter(|d| !d.is_null()).count() > 1 {
+            return Err(ConfigError::new(
+                None,
+                None,
+                "the file holds several YAML documents and none is a ConfigMap",
+            ));
+        }
+        return Ok(text.to_owned());
+    };
+    let name = cm
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("<unnamed>");
+    match cm.pointer("/data/config") {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ConfigError::new(
+            None,
+            Some("data.config"),
+            format!("ConfigMap {name:?}: data.config must be a string (use `config: |`)"),
+        )),
+        None => Err(ConfigError::new(
+            None,
+            Some("data.config"),
+            format!("ConfigMap {name:?} has no key \"config\" under data"),
+        )),
+    }
+}

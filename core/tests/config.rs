@@ -1,0 +1,463 @@
+//! The config parser against MetalLB v0.12's rules (reference/metallb.md
+//! sections 1.2-1.4), one behaviour per test, plus ferrolb's extensions.
+
+use ferrolb_core::config::{self, ConfigError};
+
+fn ok(yaml: &str) -> ferrolb_core::Config {
+    match config::parse(yaml) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got {e:#?}"),
+    }
+}
+
+fn errors(yaml: &str) -> Vec<ConfigError> {
+    match config::parse(yaml) {
+        Ok(c) => panic!("expected errors, got {c:#?}"),
+        Err(e) => e,
+    }
+}
+
+/// The single error of an invalid config, which must name `pool` and contain `needle`.
+fn one_error(yaml: &str, pool: Option<&str>, needle: &str) -> ConfigError {
+    let errs = errors(yaml);
+    assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
+    let e = errs.into_iter().next().unwrap();
+    assert_eq!(e.pool.as_deref(), pool, "{e}");
+    assert!(e.message.contains(needle), "{e} should contain {needle:?}");
+    e
+}
+
+fn ranges(c: &ferrolb_core::Config, pool: usize) -> Vec<String> {
+    c.pools[pool].ranges.iter().map(|r| r.to_string()).collect()
+}
+
+#[test]
+fn empty_document_is_an_empty_config() {
+    assert!(ok("").pools.is_empty());
+    assert!(ok("# nothing yet\n").pools.is_empty());
+    assert!(ok("address-pools: []\n").pools.is_empty());
+}
+
+#[test]
+fn full_layer2_config_with_defaults() {
+    let c = ok(r#"
+address-pools:
+- name: default
+  protocol: layer2
+  addresses:
+  - 192.0.2.240-192.0.2.250
+  - 198.51.100.0/28
+  - 2001:db8:1::/120
+- name: quiet
+  protocol: layer2
+  auto-assign: false
+  avoid-buggy-ips: true
+  addresses: [203.0.113.0/24]
+"#);
+    assert_eq!(c.pools.len(), 2);
+    let d = &c.pools[0];
+    assert_eq!(d.name, "default");
+    assert!(d.auto_assign && !d.avoid_buggy_ips);
+    assert_eq!(d.namespaces, None);
+    assert_eq!(
+        ranges(&c, 0),
+        [
+            "192.0.2.240-192.0.2.250",
+            "198.51.100.0-198.51.100.15",
+            "2001:db8:1::-2001:db8:1::ff"
+        ]
+    );
+    assert!(!c.pools[1].auto_assign && c.pools[1].avoid_buggy_ips);
+}
+
+#[test]
+fn yaml_1_1_booleans_are_accepted_like_metallb() {
+    let c = ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  auto-assign: no\n  avoid-buggy-ips: yes\n  addresses: [192.0.2.0/24]\n",
+    );
+    assert!(!c.pools[0].auto_assign);
+    assert!(c.pools[0].avoid_buggy_ips);
+}
+
+#[test]
+fn numeric_pool_name_is_a_string() {
+    assert_eq!(
+        ok("address-pools:\n- name: 123\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n").pools
+            [0]
+        .name,
+        "123"
+    );
+}
+
+#[test]
+fn yaml_syntax_error_is_reported_with_its_line() {
+    let e = one_error("address-pools: [\n", None, "could not parse config");
+    assert!(e.message.contains("line 1"), "{e}");
+}
+
+#[test]
+fn unknown_key_names_the_key_and_the_pool() {
+    let e = one_error(
+        "address-pools:\n- name: first\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n- name: second\n  protocol: layer2\n  adresses: [192.0.2.16/28]\n",
+        Some("second"),
+        "unknown field `adresses`",
+    );
+    assert!(e.message.contains("line 7"), "{e}");
+    one_error(
+        "address-pool:\n- name: a\n",
+        None,
+        "unknown field `address-pool`",
+    );
+}
+
+#[test]
+fn repeated_key_is_an_error() {
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n",
+        Some("a"),
+        "duplicate",
+    );
+    one_error("address-pools: []\naddress-pools: []\n", None, "duplicate");
+}
+
+#[test]
+fn wrong_types_are_errors() {
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: 192.0.2.0/24\n",
+        Some("a"),
+        "could not parse config",
+    );
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  auto-assign: maybe\n  addresses: [192.0.2.0/24]\n",
+        Some("a"),
+        "could not parse config",
+    );
+    one_error("address-pools: 5\n", None, "could not parse config");
+}
+
+#[test]
+fn missing_name_is_the_first_error_of_a_pool() {
+    one_error(
+        "address-pools:\n- protocol: layer2\n  addresses: [192.0.2.0/24]\n",
+        Some("address-pools[0]"),
+        "missing pool name",
+    );
+    one_error(
+        "address-pools:\n- name: \"\"\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n",
+        Some("address-pools[0]"),
+        "missing pool name",
+    );
+    // An empty list item is a pool with nothing in it: every rule that applies is reported, name first.
+    let errs = errors("address-pools:\n-\n");
+    assert!(errs[0].message.contains("missing pool name"), "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.message.contains("no prefixes")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("missing the protocol")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn pool_without_addresses_is_refused() {
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n",
+        Some("a"),
+        "pool has no prefixes defined",
+    );
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: []\n",
+        Some("a"),
+        "pool has no prefixes defined",
+    );
+}
+
+#[test]
+fn each_bad_address_is_reported_with_its_entry() {
+    let errs = errors(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses:\n  - 192.0.2.0/33\n  - 192.0.2.9-192.0.2.1\n  - 192.0.2.7\n  - 198.51.100.0/24\n",
+    );
+    let entries: Vec<_> = errs.iter().map(|e| e.entry.as_deref().unwrap()).collect();
+    assert_eq!(
+        entries,
+        ["192.0.2.0/33", "192.0.2.9-192.0.2.1", "192.0.2.7"]
+    );
+    assert!(errs.iter().all(|e| e.pool.as_deref() == Some("a")));
+}
+
+#[test]
+fn protocol_rules() {
+    one_error(
+        "address-pools:\n- name: a\n  addresses: [192.0.2.0/24]\n",
+        Some("a"),
+        "missing the protocol field",
+    );
+    one_error(
+        "address-pools:\n- name: a\n  protocol: Layer2\n  addresses: [192.0.2.0/24]\n",
+        Some("a"),
+        "unknown protocol \"Layer2\"",
+    );
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  bgp-advertisements:\n  - aggregation-length: 32\n",
+        Some("a"),
+        "bgp-advertisements is not allowed in a layer2 pool",
+    );
+    // An explicitly empty list is accepted, as MetalLB does.
+    ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  bgp-advertisements: []\n",
+    );
+}
+
+#[test]
+fn bgp_parts_are_refused_in_one_error_that_names_them() {
+    let e = one_error(
+        r#"
+peers:
+- peer-address: 192.0.2.1
+  peer-asn: 64501
+  my-asn: 64500
+bgp-communities:
+  no-advertise: 65535:65282
+address-pools:
+- name: bgp-pool
+  protocol: bgp
+  addresses: [198.51.100.0/24]
+- name: l2
+  protocol: layer2
+  addresses: [192.0.2.0/24]
+"#,
+        None,
+        "BGP mode is not supported",
+    );
+    for part in [
+        "peers (1)",
+        "bgp-communities",
+        "pool \"bgp-pool\" (protocol: bgp)",
+    ] {
+        assert!(e.message.contains(part), "{e} should name {part}");
+    }
+}
+
+#[test]
+fn empty_bgp_sections_are_harmless() {
+    let c = ok(
+        "peers: []\nbgp-communities: {}\nbfd-profiles: []\naddress-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n",
+    );
+    assert_eq!(c.pools.len(), 1);
+}
+
+#[test]
+fn duplicate_pool_names_are_refused_case_sensitively() {
+    let yaml = "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.16/28]\n";
+    let e = one_error(yaml, Some("a"), "duplicate definition of pool \"a\"");
+    assert_eq!(e.entry.as_deref(), Some("name"));
+    ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n- name: A\n  protocol: layer2\n  addresses: [192.0.2.16/28]\n",
+    );
+}
+
+#[test]
+fn a_duplicate_with_a_bad_body_reports_the_body_first() {
+    let errs = errors(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n- name: a\n  protocol: layer2\n",
+    );
+    assert!(errs[0].message.contains("no prefixes"), "{errs:#?}");
+    assert!(
+        errs[1].message.contains("duplicate definition"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn overlaps_between_pools_and_within_a_pool_are_refused() {
+    // Identical prefixes in two pools.
+    let e = one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n- name: b\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n",
+        Some("b"),
+        "overlaps with entry \"192.0.2.0/24\" of pool \"a\"",
+    );
+    assert_eq!(e.entry.as_deref(), Some("192.0.2.0/24"));
+    // Containment.
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n- name: b\n  protocol: layer2\n  addresses: [192.0.2.128/25]\n",
+        Some("b"),
+        "overlaps",
+    );
+    // Partially overlapping ranges.
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.10-192.0.2.20]\n- name: b\n  protocol: layer2\n  addresses: [192.0.2.20-192.0.2.30]\n",
+        Some("b"),
+        "overlaps",
+    );
+    // Within one pool.
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24, 192.0.2.5-192.0.2.6]\n",
+        Some("a"),
+        "of the same pool",
+    );
+    // IPv6 too.
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [\"2001:db8::/64\"]\n- name: b\n  protocol: layer2\n  addresses: [\"2001:db8::5/128\"]\n",
+        Some("b"),
+        "overlaps",
+    );
+}
+
+#[test]
+fn adjacent_ranges_are_fine() {
+    let c = ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0-192.0.2.9, 192.0.2.10/31]\n- name: b\n  protocol: layer2\n  addresses: [192.0.2.12-192.0.2.20]\n",
+    );
+    assert_eq!(
+        ranges(&c, 0),
+        ["192.0.2.0-192.0.2.9", "192.0.2.10-192.0.2.11"]
+    );
+}
+
+#[test]
+fn dual_stack_pool_mixes_families() {
+    let c = ok(
+        "address-pools:\n- name: ds\n  protocol: layer2\n  addresses: [192.0.2.0/28, \"2001:db8::/124\"]\n",
+    );
+    assert_eq!(c.pools[0].ranges.len(), 2);
+}
+
+#[test]
+fn every_problem_is_reported_not_only_the_first() {
+    let errs = errors(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/33]\n- name: b\n  protocol: udp\n  addresses: [192.0.2.0/24]\n- protocol: layer2\n  addresses: [198.51.100.0/24]\n",
+    );
+    let pools: Vec<_> = errs.iter().map(|e| e.pool.clone().unwrap()).collect();
+    assert_eq!(pools, ["a", "b", "address-pools[2]"], "{errs:#?}");
+}
+
+#[test]
+fn namespaces_extension() {
+    let c = ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  namespaces: [team-a, team-b]\n",
+    );
+    assert!(c.pools[0].allows_namespace("team-a"));
+    assert!(!c.pools[0].allows_namespace("default"));
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  namespaces: [Team_A]\n",
+        Some("a"),
+        "not a valid namespace name",
+    );
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  namespaces: []\n",
+        Some("a"),
+        "namespaces is empty",
+    );
+}
+
+#[test]
+fn node_selectors_extension() {
+    let c = ok(r#"
+address-pools:
+- name: edge
+  protocol: layer2
+  addresses: [192.0.2.0/24]
+  node-selectors:
+  - matchLabels: {ferrolb.io/edge: "true"}
+  - matchExpressions:
+    - {key: zone, operator: In, values: [a]}
+"#);
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert!(c.pools[0].selects_node(&labels(&[("ferrolb.io/edge", "true")])));
+    assert!(c.pools[0].selects_node(&labels(&[("zone", "a")])));
+    assert!(!c.pools[0].selects_node(&labels(&[("zone", "b")])));
+    // MetalLB's hyphenated spelling is accepted too.
+    ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  node-selectors:\n  - match-labels: {role: edge}\n",
+    );
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  node-selectors:\n  - matchExpressions: [{key: zone, operator: Near, values: [a]}]\n",
+        Some("a"),
+        "unknown operator",
+    );
+}
+
+#[test]
+fn interfaces_extension() {
+    let c = ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  interfaces: [eth0, bond0]\n",
+    );
+    assert_eq!(c.pools[0].interfaces, ["eth0", "bond0"]);
+    one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  interfaces: [a-very-long-interface-name]\n",
+        Some("a"),
+        "not a valid interface name",
+    );
+}
+
+#[test]
+fn configmap_manifest_or_bare_document() {
+    let cm = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  namespace: metallb-system
+  name: config
+data:
+  config: |
+    address-pools:
+    - name: default
+      protocol: layer2
+      addresses:
+      - 192.0.2.240-192.0.2.250
+"#;
+    let doc = config::extract_config_document(cm).unwrap();
+    assert_eq!(ok(&doc).pools[0].name, "default");
+    let bare = "address-pools: []\n";
+    assert_eq!(config::extract_config_document(bare).unwrap(), bare);
+    let no_key = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config}\ndata: {other: x}\n";
+    assert!(
+        config::extract_config_document(no_key)
+            .unwrap_err()
+            .message
+            .contains("no key \"config\"")
+    );
+}
+
+#[test]
+fn metallb_v0_12_documentation_example_is_accepted_unchanged() {
+    // The layer-2 example from MetalLB v0.12's documentation, with
+    // documentation-range addresses.
+    let cm = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  namespace: metallb-system
+  name: config
+data:
+  config: |
+    address-pools:
+    - name: default
+      protocol: layer2
+      addresses:
+      - 192.0.2.240-192.0.2.250
+    - name: production
+      protocol: layer2
+      auto-assign: false
+      addresses:
+      - 198.51.100.0/24
+      avoid-buggy-ips: true
+    - name: v6
+      protocol: layer2
+      addresses:
+      - 2001:db8:cafe::/64
+"#;
+    let c = ok(&config::extract_config_document(cm).unwrap());
+    assert_eq!(
+        c.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["default", "production", "v6"]
+    );
+}
