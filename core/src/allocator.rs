@@ -738,7 +738,7 @@ impl Allocator {
     fn allocate_new(&mut self, spec: &ServiceSpec, plan: &Plan) -> Result<Allocation, AllocError> {
         let config = self.config.as_ref().ok_or(AllocError::NoConfig)?;
         if !spec.requested_ips.is_empty() {
-            return self.assign_requested(spec, plan);
+            return self.assign_requested(spec);
         }
         let candidates: Vec<usize> = match &spec.pool {
             Some(name) => {
@@ -800,28 +800,10 @@ impl Allocator {
         })
     }
 
-    fn assign_requested(
-        &mut self,
-        spec: &ServiceSpec,
-        plan: &Plan,
-    ) -> Result<Allocation, AllocError> {
+    fn assign_requested(&mut self, spec: &ServiceSpec) -> Result<Allocation, AllocError> {
         let config = self.config.as_ref().ok_or(AllocError::NoConfig)?;
         let mut ips = spec.requested_ips.clone();
         ips.sort();
-        let fams: Vec<Family> = ips.iter().map(Family::of).collect();
-        let allowed = plan.families();
-        if let Some(ip) = ips.iter().find(|ip| !allowed.contains(&Family::of(ip))) {
-            return Err(AllocError::InvalidRequest(format!(
-                "requested address {ip} is {}, but the Service's IP families are {}",
-                Family::of(ip),
-                family_words(&allowed)
-            )));
-        }
-        if matches!(plan, Plan::Dual) && fams.len() < 2 {
-            return Err(AllocError::InvalidRequest(
-                "the Service requires dual-stack: request one IPv4 and one IPv6 address (annotation ferrolb.io/loadBalancerIPs)".into(),
-            ));
-        }
         let mut first_pool: Option<(IpAddr, usize)> = None;
         for ip in &ips {
             let (pi, _) = config
@@ -965,7 +947,37 @@ impl Plan {
     }
 }
 
+/// The Service's plan, after checking that its requested addresses fit it.
 fn plan(spec: &ServiceSpec) -> Result<Plan, AllocError> {
+    let plan = families_plan(spec)?;
+    let allowed = plan.families();
+    let requested = &spec.requested_ips;
+    if let Some(ip) = requested
+        .iter()
+        .find(|ip| !allowed.contains(&Family::of(ip)))
+    {
+        return Err(AllocError::InvalidRequest(format!(
+            "requested address {ip} is {}, but the Service's IP families are {}",
+            Family::of(ip),
+            family_words(&allowed)
+        )));
+    }
+    if requested.len() == 2 && Family::of(&requested[0]) == Family::of(&requested[1])
+        || requested.len() > 2
+    {
+        return Err(AllocError::InvalidRequest(
+            "at most one address per IP family may be requested".into(),
+        ));
+    }
+    if plan == Plan::Dual && requested.len() == 1 {
+        return Err(AllocError::InvalidRequest(
+            "the Service requires dual-stack: request one IPv4 and one IPv6 address (annotation ferrolb.io/loadBalancerIPs)".into(),
+        ));
+    }
+    Ok(plan)
+}
+
+fn families_plan(spec: &ServiceSpec) -> Result<Plan, AllocError> {
     let mut families = spec.families.clone();
     families.dedup();
     let primary = spec.primary_family();
