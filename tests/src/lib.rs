@@ -1,1 +1,8 @@
-//! placeholder
+//! Whole-system tests for ferrolb: the test API server and the helper every end-to-end test
+//! takes its cluster from.
+
+pub mod apiserver;
+pub mod e2e;
+
+pub use apiserver::{Contents, ServerOptions, TestApiServer};
+pub use e2e::{E2E_KUBECONFIG_ENV, TestCluster};
