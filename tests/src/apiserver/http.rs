@@ -126,6 +126,18 @@ fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
         }
         ["version"] => return Ok(Route::Doc(resources::version_info())),
         ["healthz" | "livez" | "readyz", ..] => return Ok(Route::Text("ok")),
+        ["openapi", "v3"] => return Ok(Route::Doc(resources::openapi_v3_root())),
+        ["openapi", "v3", "api", v] => return resources::openapi_v3_group_version("", v).map(Route::Doc).ok_or_else(not_found),
+        ["openapi", "v3", "apis", g, v] => {
+            return resources::openapi_v3_group_version(g, v).map(Route::Doc).ok_or_else(not_found);
+        }
+        ["openapi", ..] => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                format!("{path} is not served by the ferrolb test API server (only a minimal /openapi/v3 without schemas)"),
+            ));
+        }
         ["api"] => return Ok(Route::Doc(resources::api_versions(server_address))),
         ["apis"] => return Ok(Route::Doc(resources::api_group_list())),
         ["apis", g] => return resources::api_group_doc(g).map(Route::Doc).ok_or_else(not_found),
@@ -372,6 +384,9 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
 
 fn parse_json_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     let base = content_type.split(';').next().unwrap_or("").trim();
+    if base == "application/vnd.kubernetes.protobuf" {
+        return super::protobuf::decode_body(body);
+    }
     if !(base.is_empty() || base == "application/json" || base == "*/*") {
         return Err(ApiError::unsupported_media_type(format!(
             "the ferrolb test API server accepts only application/json bodies (got \"{base}\")"

@@ -18,6 +18,7 @@
 pub mod convert;
 mod http;
 pub mod patch;
+mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod services;

@@ -389,3 +389,60 @@ pub fn version_info() -> Value {
         "platform": "linux/amd64",
     })
 }
+
+/// `/openapi/v3`: the index of group-version documents.
+pub fn openapi_v3_root() -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut gvs: Vec<(&str, &str)> = RESOURCES.iter().map(|r| (r.group, r.version)).collect();
+    gvs.dedup();
+    for (g, v) in gvs {
+        let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+        paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=ferrolb")}));
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/<group-version>`: operations without schemas. It only tells kubectl that the
+/// server validates fields itself (`fieldValidation`), so that kubectl does not need the schemas;
+/// PATCH operations name no strategic-merge request body, so `kubectl apply` computes its patch
+/// from its built-in types.
+pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
+    if !group_served(group, version) {
+        return None;
+    }
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let mut paths = serde_json::Map::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        let param = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}]);
+        let op = |action: &str| {
+            json!({
+                "operationId": format!("{action}{}", r.kind),
+                "parameters": param,
+                "responses": {"200": {"description": "OK"}},
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+            })
+        };
+        let (collection, item) = if r.namespaced {
+            (
+                format!("{prefix}/namespaces/{{namespace}}/{}", r.plural),
+                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
+            )
+        } else {
+            (format!("{prefix}/{}", r.plural), format!("{prefix}/{}/{{name}}", r.plural))
+        };
+        paths.insert(collection, json!({"post": op("post")}));
+        paths.insert(item, json!({"put": op("put"), "patch": op("patch")}));
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (ferrolb test API server)", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}
