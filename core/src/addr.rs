@@ -267,13 +267,12 @@ fn parse_cidr(entry: &str) -> Result<IpNetwork, String> {
         ));
     }
     // An IPv4-mapped prefix that stays inside ::ffff:0:0/96 is an IPv4 prefix.
-    if let IpAddr::V6(v6) = ip {
-        if let Some(v4) = v6.to_ipv4_mapped() {
-            if prefix >= 96 {
-                ip = IpAddr::V4(v4);
-                prefix -= 96;
-            }
-        }
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+        && prefix >= 96
+    {
+        ip = IpAddr::V4(v4);
+        prefix -= 96;
     }
     let net =
         IpNetwork::new(ip, prefix as u8).map_err(|e| format!("invalid CIDR {entry:?}: {e}"))?;

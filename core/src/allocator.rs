@@ -215,6 +215,37 @@ pub struct PoolStats {
     pub in_use: u128,
 }
 
+/// The Services holding one address, sorted by key. Almost always one, so a
+/// vector: a B-tree node per address would cost a kilobyte each.
+#[derive(Clone, Debug, Default)]
+struct Holders(Vec<(ServiceKey, Sharing)>);
+
+impl Holders {
+    fn set(&mut self, key: &ServiceKey, sharing: Sharing) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(key)) {
+            Ok(i) => self.0[i].1 = sharing,
+            Err(i) => self.0.insert(i, (key.clone(), sharing)),
+        }
+    }
+    fn remove(&mut self, key: &ServiceKey) {
+        if let Ok(i) = self.0.binary_search_by(|(k, _)| k.cmp(key)) {
+            self.0.remove(i);
+        }
+    }
+    fn iter(&self) -> impl Iterator<Item = (&ServiceKey, &Sharing)> {
+        self.0.iter().map(|(k, s)| (k, s))
+    }
+    fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.0.iter().map(|(k, _)| k)
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Held {
     ips: Vec<IpAddr>,
@@ -257,16 +288,16 @@ impl FreeSet {
     /// Marks `x` as free again, merging with its neighbours.
     fn put(&mut self, x: u128) {
         let (mut s, mut e) = (x, x);
-        if let Some((&ps, &pe)) = self.free.range(..x).next_back() {
-            if pe + 1 == x {
-                s = ps;
-                self.free.remove(&ps);
-            }
+        if let Some((&ps, &pe)) = self.free.range(..x).next_back()
+            && pe + 1 == x
+        {
+            s = ps;
+            self.free.remove(&ps);
         }
-        if x < u128::MAX {
-            if let Some(ne) = self.free.remove(&(x + 1)) {
-                e = ne;
-            }
+        if x < u128::MAX
+            && let Some(ne) = self.free.remove(&(x + 1))
+        {
+            e = ne;
         }
         self.free.insert(s, e);
     }
@@ -298,7 +329,7 @@ pub struct Allocator {
     pools: Vec<PoolState>,
     services: BTreeMap<ServiceKey, Held>,
     /// Every held address and its holders with their sharing terms.
-    addresses: BTreeMap<IpAddr, BTreeMap<ServiceKey, Sharing>>,
+    addresses: BTreeMap<IpAddr, Holders>,
     /// Held addresses by the sharing key of their holders.
     by_sharing_key: BTreeMap<String, BTreeSet<IpAddr>>,
 }
@@ -438,10 +469,10 @@ impl Allocator {
                 ips.len()
             )));
         }
-        if let Some(h) = self.services.get(&spec.key) {
-            if h.ips == ips {
-                return Ok(self.describe(&ips));
-            }
+        if let Some(h) = self.services.get(&spec.key)
+            && h.ips == ips
+        {
+            return Ok(self.describe(&ips));
         }
         for ip in &ips {
             let (pi, _) = config
@@ -472,6 +503,8 @@ impl Allocator {
     /// request cannot be met, it keeps what it had and the error says why.
     /// `status_ips` (from the Service's status) are learned first if the
     /// allocator does not know the Service yet.
+    // The error carries what the Service keeps; failures are rare, so its size does not matter.
+    #[allow(clippy::result_large_err)]
     pub fn ensure(
         &mut self,
         spec: &ServiceSpec,
@@ -518,15 +551,15 @@ impl Allocator {
                         },
                     });
                 }
-                if let Plan::PreferDual(_) = plan {
-                    if wanted.len() == 1 && spec.requested_ips.is_empty() {
-                        if let Some(added) = self.add_family(spec, &wanted) {
-                            return Ok(Ensured {
-                                allocation: added,
-                                change: Change::Added,
-                            });
-                        }
-                    }
+                if let Plan::PreferDual(_) = plan
+                    && wanted.len() == 1
+                    && spec.requested_ips.is_empty()
+                    && let Some(added) = self.add_family(spec, &wanted)
+                {
+                    return Ok(Ensured {
+                        allocation: added,
+                        change: Change::Added,
+                    });
                 }
                 Ok(Ensured {
                     allocation: self.describe(&wanted),
@@ -564,12 +597,12 @@ impl Allocator {
             holders.remove(key);
             if holders.is_empty() {
                 self.addresses.remove(ip);
-                if let Some(k) = &held.sharing.key {
-                    if let Some(set) = self.by_sharing_key.get_mut(k) {
-                        set.remove(ip);
-                        if set.is_empty() {
-                            self.by_sharing_key.remove(k);
-                        }
+                if let Some(k) = &held.sharing.key
+                    && let Some(set) = self.by_sharing_key.get_mut(k)
+                {
+                    set.remove(ip);
+                    if set.is_empty() {
+                        self.by_sharing_key.remove(k);
                     }
                 }
                 if let Some((pi, ei)) = self.config.as_ref().and_then(|c| c.locate(*ip)) {
@@ -613,7 +646,7 @@ impl Allocator {
                     self.pools[pi].in_use += 1;
                 }
             }
-            holders.insert(key.clone(), sharing.clone());
+            holders.set(key, sharing.clone());
         }
         self.services.insert(key.clone(), Held { ips, sharing });
     }
@@ -632,15 +665,15 @@ impl Allocator {
                 .addresses
                 .get_mut(&ip)
                 .expect("held addresses are indexed");
-            holders.insert(key.clone(), sharing.clone());
+            holders.set(key, sharing.clone());
             // A sole holder may change its key; the index follows.
             if holders.len() == 1 && old_key != sharing.key {
-                if let Some(k) = &old_key {
-                    if let Some(set) = self.by_sharing_key.get_mut(k) {
-                        set.remove(&ip);
-                        if set.is_empty() {
-                            self.by_sharing_key.remove(k);
-                        }
+                if let Some(k) = &old_key
+                    && let Some(set) = self.by_sharing_key.get_mut(k)
+                {
+                    set.remove(&ip);
+                    if set.is_empty() {
+                        self.by_sharing_key.remove(k);
                     }
                 }
                 if let Some(k) = &sharing.key {
@@ -700,10 +733,10 @@ impl Allocator {
         if !held.iter().any(|ip| fams.contains(&Family::of(ip))) {
             return Some("the Service's IP families changed".into());
         }
-        if let Plan::Dual = plan {
-            if !(held.iter().any(|ip| ip.is_ipv4()) && held.iter().any(|ip| ip.is_ipv6())) {
-                return Some("the Service now requires dual-stack".into());
-            }
+        if let Plan::Dual = plan
+            && !(held.iter().any(|ip| ip.is_ipv4()) && held.iter().any(|ip| ip.is_ipv6()))
+        {
+            return Some("the Service now requires dual-stack".into());
         }
         if !spec.requested_ips.is_empty() {
             let mut want = spec.requested_ips.clone();
@@ -717,10 +750,10 @@ impl Allocator {
                 return Some(format!("{ip} is in no pool"));
             };
             let pool = &config.pools[pi];
-            if let Some(want) = &spec.pool {
-                if &pool.name != want {
-                    return Some(format!("the Service now asks for pool {want:?}"));
-                }
+            if let Some(want) = &spec.pool
+                && &pool.name != want
+            {
+                return Some(format!("the Service now asks for pool {want:?}"));
             }
             if !pool.allows_namespace(&spec.key.namespace) {
                 return Some(format!(
@@ -810,25 +843,25 @@ impl Allocator {
                 .locate(*ip)
                 .ok_or(AllocError::NotInAnyPool { ip: *ip })?;
             let pool = &config.pools[pi];
-            if let Some((a, pa)) = first_pool {
-                if pa != pi {
-                    return Err(AllocError::DifferentPools {
-                        a,
-                        b: *ip,
-                        pool_a: config.pools[pa].name.clone(),
-                        pool_b: pool.name.clone(),
-                    });
-                }
+            if let Some((a, pa)) = first_pool
+                && pa != pi
+            {
+                return Err(AllocError::DifferentPools {
+                    a,
+                    b: *ip,
+                    pool_a: config.pools[pa].name.clone(),
+                    pool_b: pool.name.clone(),
+                });
             }
             first_pool = Some((*ip, pi));
-            if let Some(want) = &spec.pool {
-                if &pool.name != want {
-                    return Err(AllocError::PoolMismatch {
-                        ip: *ip,
-                        actual: pool.name.clone(),
-                        requested: want.clone(),
-                    });
-                }
+            if let Some(want) = &spec.pool
+                && &pool.name != want
+            {
+                return Err(AllocError::PoolMismatch {
+                    ip: *ip,
+                    actual: pool.name.clone(),
+                    requested: want.clone(),
+                });
             }
             if !pool.allows_namespace(&spec.key.namespace) {
                 return Err(AllocError::NamespaceNotAllowed {

@@ -174,8 +174,7 @@ fn decode_error(text: &str, err: &serde_saphyr::Error) -> ConfigError {
         let (i, item) = pools
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.referenced.line() <= line)
-            .next_back()?;
+            .rfind(|(_, p)| p.referenced.line() <= line)?;
         Some(match item.value.get("name").and_then(|n| n.as_str()) {
             Some(name) if !name.is_empty() => name.to_owned(),
             _ => format!("address-pools[{i}]"),
@@ -213,15 +212,15 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     }
     let raw_pools = raw.address_pools.unwrap_or_default();
     for (i, p) in raw_pools.iter().enumerate() {
-        if let Some(p) = p {
-            if p.protocol.as_deref() == Some("bgp") {
-                let label = p
-                    .name
-                    .clone()
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or(format!("address-pools[{i}]"));
-                bgp.push(format!("pool {label:?} (protocol: bgp)"));
-            }
+        if let Some(p) = p
+            && p.protocol.as_deref() == Some("bgp")
+        {
+            let label = p
+                .name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(format!("address-pools[{i}]"));
+            bgp.push(format!("pool {label:?} (protocol: bgp)"));
         }
     }
     if !bgp.is_empty() {
@@ -286,10 +285,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             ),
         }
         // 5. duplicate name
-        if let Some(n) = &name {
-            if !names.insert(n.clone()) {
-                err(Some("name"), format!("duplicate definition of pool {n:?}"));
-            }
+        if let Some(n) = &name
+            && !names.insert(n.clone())
+        {
+            err(Some("name"), format!("duplicate definition of pool {n:?}"));
         }
         // 6. overlaps with every range accepted so far
         for (r, entry) in &ranges {

@@ -102,10 +102,10 @@ fn validate_key(key: &str) -> Result<(), String> {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    if let Some(p) = prefix {
-        if p.is_empty() || p.len() > 253 || !is_dns_subdomain(p) {
-            return Err(format!("invalid label key {key:?}: bad prefix {p:?}"));
-        }
+    if let Some(p) = prefix
+        && (p.is_empty() || p.len() > 253 || !is_dns_subdomain(p))
+    {
+        return Err(format!("invalid label key {key:?}: bad prefix {p:?}"));
     }
     if name.is_empty() || name.len() > 63 || !is_label_token(name) {
         return Err(format!(

@@ -1,0 +1,186 @@
+//! `ferrolb-controller check-config`: validate a config offline.
+
+use std::fmt::Write as _;
+
+use ferrolb_core::config::{self, ConfigError};
+use ferrolb_core::{AddressPool, Config};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// One pool as `--output json` prints it.
+#[derive(Serialize)]
+struct PoolView {
+    name: String,
+    protocol: &'static str,
+    auto_assign: bool,
+    avoid_buggy_ips: bool,
+    /// Empty: every namespace may use the pool.
+    namespaces: Vec<String>,
+    ranges: Vec<String>,
+    cidrs: Vec<String>,
+}
+
+impl PoolView {
+    fn of(p: &AddressPool) -> PoolView {
+        PoolView {
+            name: p.name.clone(),
+            protocol: "layer2",
+            auto_assign: p.auto_assign,
+            avoid_buggy_ips: p.avoid_buggy_ips,
+            namespaces: p.namespaces.iter().flatten().cloned().collect(),
+            ranges: p.ranges.iter().map(ToString::to_string).collect(),
+            cidrs: p
+                .ranges
+                .iter()
+                .flat_map(|r| r.cidrs())
+                .map(|n| n.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// Checks `input` (a ConfigMap manifest or the bare `config` document) and
+/// returns what to print and whether the config is valid.
+pub fn check(input: &str, output: Output) -> (String, bool) {
+    let result = config::extract_config_document(input)
+        .map_err(|e| vec![e])
+        .and_then(|doc| config::parse(&doc));
+    let valid = result.is_ok();
+    let text = match (output, result) {
+        (Output::Json, Ok(c)) => json(&serde_json::json!({
+            "pools": c.pools.iter().map(PoolView::of).collect::<Vec<_>>()
+        })),
+        (Output::Json, Err(errors)) => json(&serde_json::json!({ "errors": errors })),
+        (Output::Text, Ok(c)) => describe(&c),
+        (Output::Text, Err(errors)) => describe_errors(&errors),
+    };
+    (text, valid)
+}
+
+fn json(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).expect("a JSON value always serialises") + "\n"
+}
+
+fn describe(c: &Config) -> String {
+    let mut out = format!(
+        "config is valid: {} address pool{}\n",
+        c.pools.len(),
+        if c.pools.len() == 1 { "" } else { "s" }
+    );
+    for p in &c.pools {
+        let usable = p
+            .ranges
+            .iter()
+            .map(|r| {
+                r.len()
+                    - if p.avoid_buggy_ips {
+                        r.buggy_count()
+                    } else {
+                        0
+                    }
+            })
+            .fold(0u128, u128::saturating_add);
+        let _ = writeln!(out, "\npool {:?} (layer2)", p.name);
+        let _ = writeln!(out, "  auto-assign:     {}", p.auto_assign);
+        let _ = writeln!(out, "  avoid-buggy-ips: {}", p.avoid_buggy_ips);
+        let _ = writeln!(
+            out,
+            "  namespaces:      {}",
+            p.namespaces
+                .as_ref()
+                .map(|n| n.iter().cloned().collect::<Vec<_>>().join(", "))
+                .unwrap_or_else(|| "(all)".into())
+        );
+        if !p.node_selectors.is_empty() {
+            let _ = writeln!(out, "  node-selectors:  {}", p.node_selectors.len());
+        }
+        if !p.interfaces.is_empty() {
+            let _ = writeln!(out, "  interfaces:      {}", p.interfaces.join(", "));
+        }
+        let _ = writeln!(out, "  usable addresses: {usable}");
+        for r in &p.ranges {
+            let cidrs: Vec<String> = r.cidrs().iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "  - {r}  ({})", cidrs.join(" "));
+        }
+    }
+    out
+}
+
+fn describe_errors(errors: &[ConfigError]) -> String {
+    let mut out = String::new();
+    for e in errors {
+        let _ = writeln!(out, "error: {e}");
+    }
+    let _ = writeln!(
+        out,
+        "config is invalid: {} problem{} found",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lists_pools_with_ranges_and_covering_cidrs() {
+        let (out, ok) = check(
+            "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.240-192.0.2.250, \"2001:db8::/127\"]\n  namespaces: [web]\n",
+            Output::Json,
+        );
+        assert!(ok);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"pools": [{
+                "name": "default",
+                "protocol": "layer2",
+                "auto_assign": true,
+                "avoid_buggy_ips": false,
+                "namespaces": ["web"],
+                "ranges": ["192.0.2.240-192.0.2.250", "2001:db8::-2001:db8::1"],
+                "cidrs": ["192.0.2.240/29", "192.0.2.248/31", "192.0.2.250/32", "2001:db8::/127"]
+            }]})
+        );
+    }
+
+    #[test]
+    fn json_errors_name_pool_and_entry() {
+        let (out, ok) = check(
+            "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/33]\n",
+            Output::Json,
+        );
+        assert!(!ok);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["errors"][0]["pool"], "a");
+        assert_eq!(v["errors"][0]["entry"], "192.0.2.0/33");
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("larger than 32")
+        );
+    }
+
+    #[test]
+    fn text_lists_every_problem() {
+        let (out, ok) = check(
+            "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/33]\n- name: b\n  protocol: bgp\n  addresses: [198.51.100.0/24]\n",
+            Output::Text,
+        );
+        assert!(!ok);
+        assert!(out.contains("BGP mode is not supported"), "{out}");
+        assert!(out.contains("pool \"a\", entry \"192.0.2.0/33\""), "{out}");
+        assert!(
+            out.ends_with("config is invalid: 2 problems found\n"),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the system packages ferrolb's tests and lab need (Debian/Ubuntu).
+# Needs root (or sudo); safe to run again.
+set -euo pipefail
+
+packages=(
+  iproute2        # ip netns, veth, bridge: the network-namespace tests and the lab
+  nftables        # packet loss/delay injection and kube-proxy emulation in tests
+  iputils-arping  # ARP probes from the test client
+  ndisc6          # NDP probes from the test client
+  procps          # ps/pkill for process checks in tests
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    exec sudo --preserve-env=PATH "$0" "$@"
+  fi
+  echo "install-deps: run as root (apt-get needs it)" >&2
+  exit 1
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps: no apt-get here; install by hand: ${packages[*]} kubectl" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+
+# kubectl: the tests drive the test API server with it. Debian's own package
+# (kubernetes-client) is old but enough; a newer kubectl already on PATH wins.
+if ! command -v kubectl >/dev/null 2>&1; then
+  apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
+echo "install-deps: ok ($(kubectl version --client 2>/dev/null | head -n1))"
