@@ -55,9 +55,10 @@ impl TestCluster {
     pub async fn from_kubeconfig(path: &Path) -> anyhow::Result<Self> {
         let kc = kube::config::Kubeconfig::read_from(path)
             .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?;
         Ok(TestCluster {
             client: kube::Client::try_from(config)?,
             server: None,

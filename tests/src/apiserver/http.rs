@@ -24,14 +24,19 @@ use super::patch::PatchType;
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
-use super::store::{Change, DeleteOutcome, EventType, ListOptions, Poll, Preconditions, Subresource};
+use super::store::{
+    Change, DeleteOutcome, EventType, ListOptions, Poll, Preconditions, Subresource,
+};
 use super::{Contents, Shared, convert};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Accepts connections until aborted; aborting drops every connection with it.
 /// (Boxed: the admin endpoint restarts the server from inside it.)
-pub(super) fn serve(listener: TcpListener, shared: Arc<Shared>) -> futures::future::BoxFuture<'static, ()> {
+pub(super) fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(serve_loop(listener, shared))
 }
 
@@ -67,7 +72,11 @@ fn full(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Respon
 }
 
 fn json_response(status: StatusCode, v: &impl Serialize) -> Response<Body> {
-    full(status, "application/json", serde_json::to_vec(v).expect("JSON serializes"))
+    full(
+        status,
+        "application/json",
+        serde_json::to_vec(v).expect("JSON serializes"),
+    )
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
@@ -127,20 +136,32 @@ fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
         ["version"] => return Ok(Route::Doc(resources::version_info())),
         ["healthz" | "livez" | "readyz", ..] => return Ok(Route::Text("ok")),
         ["openapi", "v3"] => return Ok(Route::Doc(resources::openapi_v3_root())),
-        ["openapi", "v3", "api", v] => return resources::openapi_v3_group_version("", v).map(Route::Doc).ok_or_else(not_found),
+        ["openapi", "v3", "api", v] => {
+            return resources::openapi_v3_group_version("", v)
+                .map(Route::Doc)
+                .ok_or_else(not_found);
+        }
         ["openapi", "v3", "apis", g, v] => {
-            return resources::openapi_v3_group_version(g, v).map(Route::Doc).ok_or_else(not_found);
+            return resources::openapi_v3_group_version(g, v)
+                .map(Route::Doc)
+                .ok_or_else(not_found);
         }
         ["openapi", ..] => {
             return Err(ApiError::new(
                 404,
                 "NotFound",
-                format!("{path} is not served by the ferrolb test API server (only a minimal /openapi/v3 without schemas)"),
+                format!(
+                    "{path} is not served by the ferrolb test API server (only a minimal /openapi/v3 without schemas)"
+                ),
             ));
         }
         ["api"] => return Ok(Route::Doc(resources::api_versions(server_address))),
         ["apis"] => return Ok(Route::Doc(resources::api_group_list())),
-        ["apis", g] => return resources::api_group_doc(g).map(Route::Doc).ok_or_else(not_found),
+        ["apis", g] => {
+            return resources::api_group_doc(g)
+                .map(Route::Doc)
+                .ok_or_else(not_found);
+        }
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return Err(not_found()),
@@ -180,7 +201,10 @@ fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
             return Err(ApiError::new(
                 404,
                 "NotFound",
-                format!("the subresource \"{other}\" of {} is not supported by the ferrolb test API server", r.qualified()),
+                format!(
+                    "the subresource \"{other}\" of {} is not supported by the ferrolb test API server",
+                    r.qualified()
+                ),
             ));
         }
     };
@@ -243,13 +267,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         let e = if code == 429 {
             ApiError::too_many_requests("injected fault: too many requests, please try again later")
         } else {
-            ApiError::new(code, if code >= 500 { "InternalError" } else { "BadRequest" }, "injected fault")
+            ApiError::new(
+                code,
+                if code >= 500 {
+                    "InternalError"
+                } else {
+                    "BadRequest"
+                },
+                "injected fault",
+            )
         };
         return error_response(&e);
     }
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let resp = match api(&shared, req).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
@@ -264,9 +301,13 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
     let method = req.method().clone();
     let target = match route(&path, &shared.addr().to_string())? {
         Route::Doc(v) if method == Method::GET => return Ok(json_response(StatusCode::OK, &v)),
-        Route::Text(t) if method == Method::GET => return Ok(full(StatusCode::OK, "text/plain", t.as_bytes().to_vec())),
+        Route::Text(t) if method == Method::GET => {
+            return Ok(full(StatusCode::OK, "text/plain", t.as_bytes().to_vec()));
+        }
         Route::Doc(_) | Route::Text(_) => {
-            return Err(ApiError::method_not_allowed(format!("{method} is not allowed on {path}")));
+            return Err(ApiError::method_not_allowed(format!(
+                "{method} is not allowed on {path}"
+            )));
         }
         Route::Resource(t) => t,
     };
@@ -327,7 +368,11 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
                 (obj, store.resource_version(), !existed)
             };
             shared.notify(rv);
-            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(object_response(code, r, &obj))
         }
         (&Method::PATCH, Some(n)) => {
@@ -350,9 +395,14 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
             shared.notify(rv);
             Ok(match outcome {
                 DeleteOutcome::Pending(obj) => object_response(StatusCode::OK, r, &obj),
-                DeleteOutcome::Deleted(obj) if r.return_deleted_object => object_response(StatusCode::OK, r, &obj),
+                DeleteOutcome::Deleted(obj) if r.return_deleted_object => {
+                    object_response(StatusCode::OK, r, &obj)
+                }
                 DeleteOutcome::Deleted(obj) => {
-                    let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+                    let uid = obj
+                        .pointer("/metadata/uid")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
                     json_response(StatusCode::OK, &status::success_status(r, &n, uid))
                 }
             })
@@ -376,7 +426,11 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
         }
         (m, n) => Err(ApiError::method_not_allowed(format!(
             "{m} is not supported on {} {}",
-            if n.is_some() { "a single" } else { "the collection of" },
+            if n.is_some() {
+                "a single"
+            } else {
+                "the collection of"
+            },
             r.qualified()
         ))),
     }
@@ -392,7 +446,8 @@ fn parse_json_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
             "the ferrolb test API server accepts only application/json bodies (got \"{base}\")"
         )));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
 fn parse_delete_options(body: &[u8]) -> Result<Preconditions, ApiError> {
@@ -401,11 +456,20 @@ fn parse_delete_options(body: &[u8]) -> Result<Preconditions, ApiError> {
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the DeleteOptions are not valid JSON: {e}")))?;
-    if v.get("dryRun").and_then(Value::as_array).is_some_and(|d| !d.is_empty()) {
-        return Err(ApiError::bad_request("dryRun is not supported by the ferrolb test API server"));
+    if v.get("dryRun")
+        .and_then(Value::as_array)
+        .is_some_and(|d| !d.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by the ferrolb test API server",
+        ));
     }
     let p = v.get("preconditions");
-    let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str).map(String::from);
+    let s = |k: &str| {
+        p.and_then(|p| p.get(k))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
     Ok(Preconditions {
         uid: s("uid"),
         resource_version: s("resourceVersion"),
@@ -440,7 +504,8 @@ fn list_response(r: &ResourceInfo, list: super::store::ListResult) -> Response<B
             out.push(b',');
         }
         if r.is_converted() {
-            serde_json::to_writer(&mut out, &ListItem(&convert::to_view(r, item))).expect("JSON serializes");
+            serde_json::to_writer(&mut out, &ListItem(&convert::to_view(r, item)))
+                .expect("JSON serializes");
         } else {
             serde_json::to_writer(&mut out, &ListItem(item)).expect("JSON serializes");
         }
@@ -533,7 +598,10 @@ impl WatchState {
         if initial_events_end {
             obj["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        event_line("BOOKMARK", &serde_json::to_vec(&obj).expect("JSON serializes"))
+        event_line(
+            "BOOKMARK",
+            &serde_json::to_vec(&obj).expect("JSON serializes"),
+        )
     }
 
     async fn next(mut self) -> Option<(Bytes, Self)> {
@@ -548,7 +616,9 @@ impl WatchState {
             let poll = self.shared.store().poll(self.r, self.pos, 1000);
             match poll {
                 Poll::Expired { requested, oldest } => {
-                    let e = ApiError::expired(format!("too old resource version: {requested} ({oldest})"));
+                    let e = ApiError::expired(format!(
+                        "too old resource version: {requested} ({oldest})"
+                    ));
                     let status = serde_json::to_vec(&e.to_status()).expect("JSON serializes");
                     self.queue.push_back(event_line("ERROR", &status));
                     self.done = true;
@@ -654,7 +724,8 @@ fn watch_response(
             }
         }
     }
-    let stream = futures::stream::unfold(state, WatchState::next).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    let stream = futures::stream::unfold(state, WatchState::next)
+        .map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -666,7 +737,9 @@ async fn admin(shared: &Arc<Shared>, method: &Method, action: &str, q: &Query) -
     let num = |k: &str, default: u64| -> Result<u64, String> {
         match q.get(k) {
             None | Some("") => Ok(default),
-            Some(v) => v.parse().map_err(|_| format!("{k} must be a number, got {v:?}")),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{k} must be a number, got {v:?}")),
         }
     };
     if method == Method::GET && action == "state" {
@@ -683,6 +756,7 @@ async fn admin(shared: &Arc<Shared>, method: &Method, action: &str, q: &Query) -
                 "openWatches": shared.open_watches.load(Ordering::SeqCst),
                 "failNext": fail.map(|(code, n)| json!({"code": code, "count": n})),
                 "delayMs": shared.faults.delay_ms.load(Ordering::Relaxed),
+                "injectedFailures": shared.faults.injected.load(Ordering::SeqCst),
             }),
         );
     }
@@ -737,7 +811,10 @@ async fn admin(shared: &Arc<Shared>, method: &Method, action: &str, q: &Query) -
                     tracing::error!(error = %e, "test API server restart failed");
                 }
             });
-            ok(format!("restarting in 50 ms, down for {} ms, contents {contents:?}", down.as_millis()))
+            ok(format!(
+                "restarting in 50 ms, down for {} ms, contents {contents:?}",
+                down.as_millis()
+            ))
         }
         other => error_response(&ApiError::path_not_found(&format!("/admin/{other}"))),
     }
@@ -757,17 +834,40 @@ mod tests {
     #[test]
     fn routes_namespaced_cluster_scoped_and_status_paths() {
         let t = target("/api/v1/namespaces/default/services/web/status");
-        assert_eq!((t.r.plural, t.ns.as_deref(), t.name.as_deref(), t.sub), ("services", Some("default"), Some("web"), Subresource::Status));
+        assert_eq!(
+            (t.r.plural, t.ns.as_deref(), t.name.as_deref(), t.sub),
+            (
+                "services",
+                Some("default"),
+                Some("web"),
+                Subresource::Status
+            )
+        );
         let t = target("/api/v1/namespaces/default");
-        assert_eq!((t.r.plural, t.ns, t.name.as_deref()), ("namespaces", None, Some("default")));
+        assert_eq!(
+            (t.r.plural, t.ns, t.name.as_deref()),
+            ("namespaces", None, Some("default"))
+        );
         let t = target("/api/v1/namespaces/x/status");
-        assert_eq!((t.r.plural, t.name.as_deref(), t.sub), ("namespaces", Some("x"), Subresource::Status));
+        assert_eq!(
+            (t.r.plural, t.name.as_deref(), t.sub),
+            ("namespaces", Some("x"), Subresource::Status)
+        );
         let t = target("/apis/coordination.k8s.io/v1/watch/namespaces/a/leases");
         assert!(t.legacy_watch);
         let t = target("/api/v1/services");
         assert_eq!((t.r.plural, t.ns, t.name), ("services", None, None));
         assert_eq!(route("/api/v1/configmaps/x", "x").err().unwrap().code, 404);
-        assert_eq!(route("/apis/apps/v1/deployments", "x").err().unwrap().code, 404);
-        assert_eq!(route("/api/v1/namespaces/a/configmaps/x/status", "x").err().unwrap().code, 404);
+        assert_eq!(
+            route("/apis/apps/v1/deployments", "x").err().unwrap().code,
+            404
+        );
+        assert_eq!(
+            route("/api/v1/namespaces/a/configmaps/x/status", "x")
+                .err()
+                .unwrap()
+                .code,
+            404
+        );
     }
 }

@@ -75,6 +75,8 @@ pub(crate) struct Faults {
     /// (status code, how many more requests get it)
     fail: Mutex<Option<(u16, u32)>>,
     delay_ms: AtomicU64,
+    /// How many answers were injected failures.
+    injected: AtomicU64,
 }
 
 impl Faults {
@@ -84,6 +86,7 @@ impl Faults {
             Some((code, n)) if *n > 0 => {
                 *n -= 1;
                 let code = *code;
+                self.injected.fetch_add(1, Ordering::SeqCst);
                 if *n == 0 {
                     *f = None;
                 }
@@ -248,6 +251,12 @@ impl TestApiServer {
     /// with `Retry-After: 1`, or any other 4xx/5xx) as a Status object.
     pub fn fail_next_requests(&self, n: u32, code: u16) {
         *lock(&self.shared.faults.fail) = (n > 0).then_some((code, n));
+    }
+
+    /// How many answers so far were injected failures (clients may retry 429/503/504 on their
+    /// own: kube-rs does, up to 3 times).
+    pub fn injected_failures(&self) -> u64 {
+        self.shared.faults.injected.load(Ordering::SeqCst)
     }
 
     /// Delays every API answer by `delay` (zero turns it off).

@@ -25,10 +25,12 @@ impl PatchType {
             "application/merge-patch+json" => Ok(PatchType::Merge),
             "application/json-patch+json" => Ok(PatchType::Json),
             "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Err(ApiError::unsupported_media_type(
-                "server-side apply (application/apply-patch+yaml) is not supported by the ferrolb test API server; \
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                Err(ApiError::unsupported_media_type(
+                    "server-side apply (application/apply-patch+yaml) is not supported by the ferrolb test API server; \
                  use client-side apply, a merge patch or a strategic merge patch",
-            )),
+                ))
+            }
             other => Err(ApiError::unsupported_media_type(format!(
                 "the body of the request was in an unknown format - accepted media types include: \
                  application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json \
@@ -55,18 +57,27 @@ fn list_strategy(kind: &str, path: &str) -> Option<ListStrategy> {
         ("Service", "spec.ports") => Keys(&[("port", None), ("protocol", Some("TCP"))]),
         (_, "status.conditions") => Keys(&[("type", None)]),
         ("Node", "status.addresses") => Keys(&[("type", None)]),
-        ("Pod", "spec.containers" | "spec.initContainers" | "spec.ephemeralContainers") => Keys(&[("name", None)]),
+        ("Pod", "spec.containers" | "spec.initContainers" | "spec.ephemeralContainers") => {
+            Keys(&[("name", None)])
+        }
         ("Pod", "spec.volumes" | "spec.imagePullSecrets") => Keys(&[("name", None)]),
         ("Pod", "spec.containers.ports" | "spec.initContainers.ports") => {
             Keys(&[("containerPort", None), ("protocol", Some("TCP"))])
         }
         ("Pod", "spec.containers.env" | "spec.initContainers.env") => Keys(&[("name", None)]),
-        ("Pod", "spec.containers.volumeMounts" | "spec.initContainers.volumeMounts") => Keys(&[("mountPath", None)]),
+        ("Pod", "spec.containers.volumeMounts" | "spec.initContainers.volumeMounts") => {
+            Keys(&[("mountPath", None)])
+        }
         _ => return None,
     })
 }
 
-pub fn apply(kind: &str, target: &mut Value, patch_type: PatchType, body: &[u8]) -> Result<(), ApiError> {
+pub fn apply(
+    kind: &str,
+    target: &mut Value,
+    patch_type: PatchType,
+    body: &[u8],
+) -> Result<(), ApiError> {
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     match patch_type {
@@ -81,17 +92,25 @@ pub fn apply(kind: &str, target: &mut Value, patch_type: PatchType, body: &[u8])
             let ops: json_patch::Patch = serde_json::from_value(patch)
                 .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;
             json_patch::patch(target, &ops).map_err(|e| {
-                ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
             })
         }
         PatchType::Strategic => {
             let Value::Object(p) = &patch else {
-                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
             };
             if !target.is_object() {
                 *target = Value::Object(Map::new());
             }
-            let Value::Object(t) = target else { unreachable!() };
+            let Value::Object(t) = target else {
+                unreachable!()
+            };
             merge_map(kind, "", t, p)
         }
     }
@@ -124,10 +143,17 @@ fn strip_directives(v: &Value) -> Value {
     }
 }
 
-fn merge_map(kind: &str, path: &str, target: &mut Map<String, Value>, patch: &Map<String, Value>) -> Result<(), ApiError> {
+fn merge_map(
+    kind: &str,
+    path: &str,
+    target: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+) -> Result<(), ApiError> {
     match patch.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
-            let Value::Object(m) = strip_directives(&Value::Object(patch.clone())) else { unreachable!() };
+            let Value::Object(m) = strip_directives(&Value::Object(patch.clone())) else {
+                unreachable!()
+            };
             *target = m;
             return Ok(());
         }
@@ -136,7 +162,11 @@ fn merge_map(kind: &str, path: &str, target: &mut Map<String, Value>, patch: &Ma
             return Ok(());
         }
         Some("merge") | None => {}
-        Some(other) => return Err(ApiError::bad_request(format!("unknown patch directive $patch: {other}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown patch directive $patch: {other}"
+            )));
+        }
     }
     let mut orders = Vec::new();
     for (k, v) in patch {
@@ -194,7 +224,12 @@ fn key_matches(keys: &[(&str, Option<&str>)], a: &Value, b: &Value) -> bool {
     })
 }
 
-fn merge_list(kind: &str, path: &str, target: &mut Vec<Value>, patch: &[Value]) -> Result<(), ApiError> {
+fn merge_list(
+    kind: &str,
+    path: &str,
+    target: &mut Vec<Value>,
+    patch: &[Value],
+) -> Result<(), ApiError> {
     match list_strategy(kind, path) {
         None => {
             *target = patch.iter().map(strip_directives).collect();
@@ -260,7 +295,13 @@ mod tests {
     use serde_json::json;
 
     fn smp(kind: &str, mut target: Value, patch: Value) -> Value {
-        apply(kind, &mut target, PatchType::Strategic, patch.to_string().as_bytes()).unwrap();
+        apply(
+            kind,
+            &mut target,
+            PatchType::Strategic,
+            patch.to_string().as_bytes(),
+        )
+        .unwrap();
         target
     }
 
@@ -269,9 +310,16 @@ mod tests {
         let svc = json!({"spec": {"ports": [
             {"port": 53, "protocol": "TCP", "nodePort": 30001},
             {"port": 53, "protocol": "UDP", "nodePort": 30002}]}});
-        let out = smp("Service", svc, json!({"spec": {"ports": [{"port": 53, "protocol": "UDP", "name": "dns"}]}}));
+        let out = smp(
+            "Service",
+            svc,
+            json!({"spec": {"ports": [{"port": 53, "protocol": "UDP", "name": "dns"}]}}),
+        );
         assert_eq!(out["spec"]["ports"][0]["nodePort"], 30001);
-        assert_eq!(out["spec"]["ports"][1], json!({"port": 53, "protocol": "UDP", "nodePort": 30002, "name": "dns"}));
+        assert_eq!(
+            out["spec"]["ports"][1],
+            json!({"port": 53, "protocol": "UDP", "nodePort": 30002, "name": "dns"})
+        );
     }
 
     #[test]
@@ -282,13 +330,20 @@ mod tests {
             svc,
             json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 443, "$patch": "delete"}]}}),
         );
-        assert_eq!(out["spec"]["ports"], json!([{"port": 80, "protocol": "TCP", "nodePort": 30080, "targetPort": 8080}]));
+        assert_eq!(
+            out["spec"]["ports"],
+            json!([{"port": 80, "protocol": "TCP", "nodePort": 30080, "targetPort": 8080}])
+        );
     }
 
     #[test]
     fn lists_without_merge_key_are_replaced_and_null_deletes() {
         let cm = json!({"data": {"a": "1", "b": "2"}, "x": [1, 2]});
-        let out = smp("ConfigMap", cm, json!({"data": {"a": null, "c": "3"}, "x": [3]}));
+        let out = smp(
+            "ConfigMap",
+            cm,
+            json!({"data": {"a": null, "c": "3"}, "x": [3]}),
+        );
         assert_eq!(out, json!({"data": {"b": "2", "c": "3"}, "x": [3]}));
     }
 

@@ -203,10 +203,16 @@ fn decode(buf: &[u8], schema: &[Field], path: &str) -> Result<Map<String, Value>
     while !r.buf.is_empty() {
         let (num, wire, int, data) = r.field().ok_or_else(malformed)?;
         let Some((_, name, kind)) = schema.iter().find(|f| f.0 == num) else {
-            return Err(unsupported(&format!("field number {num} of {path} is not known")));
+            return Err(unsupported(&format!(
+                "field number {num} of {path} is not known"
+            )));
         };
         let name = *name;
-        let entry = |out: &mut Map<String, Value>| out.entry(name.to_string()).or_insert_with(|| json!([])).clone();
+        let entry = |out: &mut Map<String, Value>| {
+            out.entry(name.to_string())
+                .or_insert_with(|| json!([]))
+                .clone()
+        };
         match (*kind, wire) {
             (Kind::Str, 2) => {
                 if !data.is_empty() {
@@ -227,7 +233,10 @@ fn decode(buf: &[u8], schema: &[Field], path: &str) -> Result<Map<String, Value>
                 out.insert(name.into(), json!(int != 0));
             }
             (Kind::Msg(s), 2) => {
-                out.insert(name.into(), Value::Object(decode(data, s, &format!("{path}.{name}"))?));
+                out.insert(
+                    name.into(),
+                    Value::Object(decode(data, s, &format!("{path}.{name}"))?),
+                );
             }
             (Kind::MapStr | Kind::MapBytes, 2) => {
                 let (k, v) = map_entry(data, matches!(kind, Kind::MapBytes))?;
@@ -247,7 +256,15 @@ fn decode(buf: &[u8], schema: &[Field], path: &str) -> Result<Map<String, Value>
                 out.insert(name.into(), list);
             }
             (Kind::IntOrString, 2) => {
-                let m = decode(data, &[(1, "type", Kind::Int), (2, "intVal", Kind::Int), (3, "strVal", Kind::Str)], path)?;
+                let m = decode(
+                    data,
+                    &[
+                        (1, "type", Kind::Int),
+                        (2, "intVal", Kind::Int),
+                        (3, "strVal", Kind::Str),
+                    ],
+                    path,
+                )?;
                 if m.is_empty() {
                     continue;
                 }
@@ -260,7 +277,11 @@ fn decode(buf: &[u8], schema: &[Field], path: &str) -> Result<Map<String, Value>
             }
             (Kind::Ignored, _) => {}
             (Kind::Time, 2) => {
-                let m = decode(data, &[(1, "seconds", Kind::Int), (2, "nanos", Kind::Int)], path)?;
+                let m = decode(
+                    data,
+                    &[(1, "seconds", Kind::Int), (2, "nanos", Kind::Int)],
+                    path,
+                )?;
                 let secs = m.get("seconds").and_then(Value::as_i64).unwrap_or(0);
                 if secs <= 0 {
                     continue;
@@ -283,8 +304,16 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         let (num, _, _, data) = r.field().ok_or_else(malformed)?;
         match num {
             1 => {
-                let tm = decode(data, &[(1, "apiVersion", Kind::Str), (2, "kind", Kind::Str)], "typeMeta")?;
-                api_version = tm.get("apiVersion").and_then(Value::as_str).unwrap_or("").into();
+                let tm = decode(
+                    data,
+                    &[(1, "apiVersion", Kind::Str), (2, "kind", Kind::Str)],
+                    "typeMeta",
+                )?;
+                api_version = tm
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .into();
                 kind = tm.get("kind").and_then(Value::as_str).unwrap_or("").into();
             }
             2 => raw = data,
@@ -301,11 +330,18 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         ("v1", "ConfigMap") => CONFIG_MAP,
         ("v1", "Secret") => SECRET,
         ("v1", "Service") => SERVICE,
-        _ => return Err(unsupported(&format!("{api_version} {kind} is not one of them"))),
+        _ => {
+            return Err(unsupported(&format!(
+                "{api_version} {kind} is not one of them"
+            )));
+        }
     };
     let mut obj = decode(raw, schema, &kind)?;
     // Protobuf has no "absent" for an empty message; JSON clients leave these out.
-    if obj.get("status").is_some_and(|s| s.as_object().is_some_and(Map::is_empty)) {
+    if obj
+        .get("status")
+        .is_some_and(|s| s.as_object().is_some_and(Map::is_empty))
+    {
         obj.remove("status");
     }
     obj.insert("apiVersion".into(), json!(api_version));

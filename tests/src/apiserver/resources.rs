@@ -278,7 +278,9 @@ pub fn storage_view(storage: &str) -> &'static ResourceInfo {
 }
 
 pub fn group_served(group: &str, version: &str) -> bool {
-    RESOURCES.iter().any(|r| r.group == group && r.version == version)
+    RESOURCES
+        .iter()
+        .any(|r| r.group == group && r.version == version)
 }
 
 pub fn namespaces() -> &'static ResourceInfo {
@@ -299,7 +301,10 @@ const VERBS: &[&str] = &[
 /// `APIResourceList` for one group version (`/api/v1`, `/apis/<group>/<version>`).
 pub fn api_resource_list(group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -396,8 +401,15 @@ pub fn openapi_v3_root() -> Value {
     let mut gvs: Vec<(&str, &str)> = RESOURCES.iter().map(|r| (r.group, r.version)).collect();
     gvs.dedup();
     for (g, v) in gvs {
-        let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
-        paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=ferrolb")}));
+        let key = if g.is_empty() {
+            format!("api/{v}")
+        } else {
+            format!("apis/{g}/{v}")
+        };
+        paths.insert(
+            key.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=ferrolb")}),
+        );
     }
     json!({"paths": paths})
 }
@@ -416,7 +428,10 @@ pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
         format!("/apis/{group}/{version}")
     };
     let mut paths = serde_json::Map::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         let param = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}]);
         let op = |action: &str| {
@@ -434,7 +449,10 @@ pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
                 format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
             )
         } else {
-            (format!("{prefix}/{}", r.plural), format!("{prefix}/{}/{{name}}", r.plural))
+            (
+                format!("{prefix}/{}", r.plural),
+                format!("{prefix}/{}/{{name}}", r.plural),
+            )
         };
         paths.insert(collection, json!({"post": op("post")}));
         paths.insert(item, json!({"put": op("put"), "patch": op("patch")}));

@@ -46,7 +46,11 @@ fn parse_set(s: &str, whole: &str) -> Result<Vec<String>, ApiError> {
     let inner = s
         .strip_prefix('(')
         .and_then(|s| s.strip_suffix(')'))
-        .ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement: found '{s}', expected: '(' in \"{whole}\"")))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unable to parse requirement: found '{s}', expected: '(' in \"{whole}\""
+            ))
+        })?;
     Ok(inner
         .split(',')
         .map(|v| v.trim().to_string())
@@ -57,8 +61,7 @@ fn parse_set(s: &str, whole: &str) -> Result<Vec<String>, ApiError> {
 fn valid_label_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 316
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
@@ -73,7 +76,11 @@ impl LabelSelector {
             if p.is_empty() {
                 continue;
             }
-            let bad = || ApiError::bad_request(format!("unable to parse requirement: invalid label selector \"{s}\""));
+            let bad = || {
+                ApiError::bad_request(format!(
+                    "unable to parse requirement: invalid label selector \"{s}\""
+                ))
+            };
             let (key, op) = if let Some(k) = p.strip_prefix('!') {
                 (k.trim().to_string(), LabelOp::NotExists)
             } else if let Some((k, v)) = p.split_once("!=") {
@@ -83,9 +90,15 @@ impl LabelSelector {
             } else if let Some((k, v)) = p.split_once('=') {
                 (k.trim().to_string(), LabelOp::Eq(v.trim().to_string()))
             } else if let Some(idx) = p.find(" notin ") {
-                (p[..idx].trim().to_string(), LabelOp::NotIn(parse_set(&p[idx + 7..], s)?))
+                (
+                    p[..idx].trim().to_string(),
+                    LabelOp::NotIn(parse_set(&p[idx + 7..], s)?),
+                )
             } else if let Some(idx) = p.find(" in ") {
-                (p[..idx].trim().to_string(), LabelOp::In(parse_set(&p[idx + 4..], s)?))
+                (
+                    p[..idx].trim().to_string(),
+                    LabelOp::In(parse_set(&p[idx + 4..], s)?),
+                )
             } else {
                 (p.to_string(), LabelOp::Exists)
             };
@@ -137,7 +150,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = p.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid selector: '{s}'; can't understand '{p}'")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{s}'; can't understand '{p}'"
+                )));
             };
             let field = field.trim();
             // events.k8s.io/v1 calls involvedObject `regarding`; both names select the same field.
@@ -206,8 +221,16 @@ mod tests {
     fn label_selector_equality_and_sets() {
         let o = obj(json!({"app": "web", "tier": "front"}));
         assert!(LabelSelector::parse("app=web").unwrap().matches(&o));
-        assert!(LabelSelector::parse("app==web,tier!=back").unwrap().matches(&o));
-        assert!(LabelSelector::parse("app in (web, db),tier").unwrap().matches(&o));
+        assert!(
+            LabelSelector::parse("app==web,tier!=back")
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(
+            LabelSelector::parse("app in (web, db),tier")
+                .unwrap()
+                .matches(&o)
+        );
         assert!(!LabelSelector::parse("app notin (web)").unwrap().matches(&o));
         assert!(LabelSelector::parse("!missing").unwrap().matches(&o));
         assert!(!LabelSelector::parse("missing").unwrap().matches(&o));
@@ -219,9 +242,21 @@ mod tests {
         let pods = find("", "v1", "pods").unwrap();
         let cms = find("", "v1", "configmaps").unwrap();
         let o = obj(json!({}));
-        assert!(FieldSelector::parse("spec.nodeName=n1", pods).unwrap().matches(&o));
-        assert!(!FieldSelector::parse("spec.nodeName!=n1", pods).unwrap().matches(&o));
-        assert!(FieldSelector::parse("metadata.name=a,metadata.namespace=ns", cms).unwrap().matches(&o));
+        assert!(
+            FieldSelector::parse("spec.nodeName=n1", pods)
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(
+            !FieldSelector::parse("spec.nodeName!=n1", pods)
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(
+            FieldSelector::parse("metadata.name=a,metadata.namespace=ns", cms)
+                .unwrap()
+                .matches(&o)
+        );
         let err = FieldSelector::parse("spec.nodeName=n1", cms).unwrap_err();
         assert_eq!(err.code, 400);
         assert!(err.message.contains("field label not supported"));

@@ -90,7 +90,8 @@ fn ip_offset(ip: IpAddr) -> Option<(bool, u32)> {
         }
         IpAddr::V6(a) => {
             let n = u128::from(a);
-            (n > V6_BASE && n - V6_BASE < u128::from(V6_SIZE - 1)).then(|| (false, (n - V6_BASE) as u32))
+            (n > V6_BASE && n - V6_BASE < u128::from(V6_SIZE - 1))
+                .then(|| (false, (n - V6_BASE) as u32))
         }
     }
 }
@@ -105,7 +106,11 @@ fn str_at<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
 
 fn string_list(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -116,7 +121,11 @@ fn needs_cluster_ip(spec: &Map<String, Value>) -> bool {
 fn needs_node_ports(spec: &Map<String, Value>) -> bool {
     match str_at(spec, "type") {
         Some("NodePort") => true,
-        Some("LoadBalancer") => spec.get("allocateLoadBalancerNodePorts").and_then(Value::as_bool) != Some(false),
+        Some("LoadBalancer") => {
+            spec.get("allocateLoadBalancerNodePorts")
+                .and_then(Value::as_bool)
+                != Some(false)
+        }
         _ => false,
     }
 }
@@ -131,7 +140,12 @@ fn held(svc: &Value) -> Held {
             h.ips.push(ip);
         }
     }
-    for p in spec.get("ports").and_then(Value::as_array).into_iter().flatten() {
+    for p in spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(n) = p.get("nodePort").and_then(Value::as_u64) {
             let n = n as u16;
             if !h.ports.contains(&n) {
@@ -220,7 +234,10 @@ impl ServiceAllocator {
     /// allocates what it newly needs and releases what `old` held and it no longer does.
     pub fn admit(&mut self, svc: &mut Value, old: Option<&Value>) -> Result<(), Vec<Cause>> {
         let mut causes = Vec::new();
-        let old_spec = old.and_then(|o| o.get("spec")).and_then(Value::as_object).cloned();
+        let old_spec = old
+            .and_then(|o| o.get("spec"))
+            .and_then(Value::as_object)
+            .cloned();
         if !svc.get("spec").is_some_and(Value::is_object) {
             svc["spec"] = json!({});
         }
@@ -312,9 +329,14 @@ impl ServiceAllocator {
                 }
             }
         }
-        let wants_hc = str_at(spec, "type") == Some("LoadBalancer") && str_at(spec, "externalTrafficPolicy") == Some("Local");
+        let wants_hc = str_at(spec, "type") == Some("LoadBalancer")
+            && str_at(spec, "externalTrafficPolicy") == Some("Local");
         if wants_hc {
-            match spec.get("healthCheckNodePort").and_then(Value::as_u64).map(|n| n as u16) {
+            match spec
+                .get("healthCheckNodePort")
+                .and_then(Value::as_u64)
+                .map(|n| n as u16)
+            {
                 Some(n) if old_held.ports.contains(&n) || taken.ports.contains(&n) => {}
                 Some(n) if self.port_used(n) => causes.push(Cause::invalid(
                     "spec.healthCheckNodePort",
@@ -330,7 +352,11 @@ impl ServiceAllocator {
                         taken.ports.push(n);
                         spec.insert("healthCheckNodePort".into(), json!(n));
                     }
-                    None => causes.push(Cause::invalid("spec.healthCheckNodePort", 0, "range is full")),
+                    None => causes.push(Cause::invalid(
+                        "spec.healthCheckNodePort",
+                        0,
+                        "range is full",
+                    )),
                 },
             }
         }
@@ -347,7 +373,11 @@ impl ServiceAllocator {
         for ip in old_held.ips.iter().filter(|ip| !new_held.ips.contains(ip)) {
             self.mark_ip(*ip, false);
         }
-        for p in old_held.ports.iter().filter(|p| !new_held.ports.contains(p)) {
+        for p in old_held
+            .ports
+            .iter()
+            .filter(|p| !new_held.ports.contains(p))
+        {
             self.mark_port(*p, false);
         }
         if old.is_none() {
@@ -358,7 +388,11 @@ impl ServiceAllocator {
 }
 
 /// Defaulting and validation of a Service spec; allocation-free.
-fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, Value>>, causes: &mut Vec<Cause>) {
+fn default_and_validate(
+    spec: &mut Map<String, Value>,
+    old: Option<&Map<String, Value>>,
+    causes: &mut Vec<Cause>,
+) {
     let ty = str_at(spec, "type").unwrap_or("ClusterIP").to_string();
     if !TYPES.contains(&ty.as_str()) {
         causes.push(Cause::unsupported("spec.type", &ty, TYPES));
@@ -374,7 +408,10 @@ fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, 
 
     // Ports.
     let headless_req = str_at(spec, "clusterIP") == Some("None");
-    let ports_len = spec.get("ports").and_then(Value::as_array).map_or(0, Vec::len);
+    let ports_len = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     if ports_len == 0 && ty != "ExternalName" && !headless_req {
         causes.push(Cause::required("spec.ports", ""));
     }
@@ -390,12 +427,20 @@ fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, 
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
         for (i, p) in ports.iter_mut().enumerate() {
             let Some(pm) = p.as_object_mut() else {
-                causes.push(Cause::invalid(format!("spec.ports[{i}]"), "", "must be an object"));
+                causes.push(Cause::invalid(
+                    format!("spec.ports[{i}]"),
+                    "",
+                    "must be an object",
+                ));
                 continue;
             };
             let proto = str_at(pm, "protocol").unwrap_or("TCP").to_string();
             if !PROTOCOLS.contains(&proto.as_str()) {
-                causes.push(Cause::unsupported(format!("spec.ports[{i}].protocol"), &proto, PROTOCOLS));
+                causes.push(Cause::unsupported(
+                    format!("spec.ports[{i}].protocol"),
+                    &proto,
+                    PROTOCOLS,
+                ));
             }
             pm.insert("protocol".into(), json!(proto));
             let port = pm.get("port").and_then(Value::as_i64).unwrap_or(0);
@@ -407,13 +452,19 @@ fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, 
                 ));
             }
             if !seen.insert((port, proto.clone())) {
-                causes.push(Cause::duplicate(format!("spec.ports[{i}]"), format!("{{\"{port}\", \"{proto}\"}}")));
+                causes.push(Cause::duplicate(
+                    format!("spec.ports[{i}]"),
+                    format!("{{\"{port}\", \"{proto}\"}}"),
+                ));
             }
             let name = str_at(pm, "name").unwrap_or("").to_string();
             if ports_len > 1 && name.is_empty() {
                 causes.push(Cause::required(format!("spec.ports[{i}].name"), ""));
             } else if !name.is_empty() && !names.insert(name.clone()) {
-                causes.push(Cause::duplicate(format!("spec.ports[{i}].name"), format!("\"{name}\"")));
+                causes.push(Cause::duplicate(
+                    format!("spec.ports[{i}].name"),
+                    format!("\"{name}\""),
+                ));
             }
             if !pm.contains_key("targetPort") && (1..=65535).contains(&port) {
                 pm.insert("targetPort".into(), json!(port));
@@ -430,7 +481,9 @@ fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, 
             }
             if let Some(np) = pm.get("nodePort").and_then(Value::as_i64) {
                 if !external {
-                    let was = old_ports.iter().any(|o| o.get("nodePort").and_then(Value::as_i64) == Some(np));
+                    let was = old_ports
+                        .iter()
+                        .any(|o| o.get("nodePort").and_then(Value::as_i64) == Some(np));
                     if was && old_type != Some(ty.as_str()) {
                         pm.remove("nodePort");
                     } else {
@@ -451,7 +504,10 @@ fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, 
     }
 
     // loadBalancerClass: only for LoadBalancer Services, and immutable while the type stays.
-    let class = spec.get("loadBalancerClass").cloned().filter(|v| !v.is_null());
+    let class = spec
+        .get("loadBalancerClass")
+        .cloned()
+        .filter(|v| !v.is_null());
     if let Some(c) = &class {
         if ty != "LoadBalancer" {
             causes.push(Cause::forbidden(
@@ -459,7 +515,11 @@ fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, 
                 "may only be used when `type` is 'LoadBalancer'",
             ));
         } else if c.as_str().is_none_or(|s| s.is_empty()) {
-            causes.push(Cause::invalid("spec.loadBalancerClass", c, "must be a non-empty string"));
+            causes.push(Cause::invalid(
+                "spec.loadBalancerClass",
+                c,
+                "must be a non-empty string",
+            ));
         }
     }
     if let Some(o) = old {
@@ -484,9 +544,15 @@ fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, 
         spec.remove("loadBalancerIP");
     }
     if external {
-        let etp = str_at(spec, "externalTrafficPolicy").unwrap_or("Cluster").to_string();
+        let etp = str_at(spec, "externalTrafficPolicy")
+            .unwrap_or("Cluster")
+            .to_string();
         if etp != "Cluster" && etp != "Local" {
-            causes.push(Cause::unsupported("spec.externalTrafficPolicy", &etp, &["Cluster", "Local"]));
+            causes.push(Cause::unsupported(
+                "spec.externalTrafficPolicy",
+                &etp,
+                &["Cluster", "Local"],
+            ));
         }
         spec.insert("externalTrafficPolicy".into(), json!(etp));
     } else {
@@ -504,7 +570,13 @@ fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, 
         if str_at(spec, "externalName").is_none_or(str::is_empty) {
             causes.push(Cause::required("spec.externalName", ""));
         }
-        for k in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy"] {
+        for k in [
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "internalTrafficPolicy",
+        ] {
             spec.remove(k);
         }
         return;
@@ -517,7 +589,11 @@ fn default_and_validate(spec: &mut Map<String, Value>, old: Option<&Map<String, 
 }
 
 /// clusterIP/clusterIPs/ipFamilies/ipFamilyPolicy defaulting and validation (no allocation).
-fn ip_families(spec: &mut Map<String, Value>, old: Option<&Map<String, Value>>, causes: &mut Vec<Cause>) {
+fn ip_families(
+    spec: &mut Map<String, Value>,
+    old: Option<&Map<String, Value>>,
+    causes: &mut Vec<Cause>,
+) {
     let old = old.filter(|o| needs_cluster_ip(o));
     let mut cluster_ip = str_at(spec, "clusterIP").unwrap_or("").to_string();
     let mut ips = string_list(spec.get("clusterIPs"));
@@ -552,7 +628,11 @@ fn ip_families(spec: &mut Map<String, Value>, old: Option<&Map<String, Value>>, 
     }
     let headless = cluster_ip == "None";
     if headless && ips.len() > 1 {
-        causes.push(Cause::invalid("spec.clusterIPs[1]", &ips[1], "must be empty when the first value is 'None'"));
+        causes.push(Cause::invalid(
+            "spec.clusterIPs[1]",
+            &ips[1],
+            "must be empty when the first value is 'None'",
+        ));
         return;
     }
     let mut ip_families = Vec::new();
@@ -561,24 +641,39 @@ fn ip_families(spec: &mut Map<String, Value>, old: Option<&Map<String, Value>>, 
             match ip.parse::<IpAddr>() {
                 Ok(a) => ip_families.push(family_of(&a).to_string()),
                 Err(_) => {
-                    causes.push(Cause::invalid(format!("spec.clusterIPs[{i}]"), format!("\"{ip}\""), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"));
+                    causes.push(Cause::invalid(
+                        format!("spec.clusterIPs[{i}]"),
+                        format!("\"{ip}\""),
+                        "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                    ));
                     return;
                 }
             }
         }
     }
     if ip_families.len() == 2 && ip_families[0] == ip_families[1] {
-        causes.push(Cause::invalid("spec.clusterIPs[1]", format!("\"{}\"", ips[1]), "may not have the same family as the first value"));
+        causes.push(Cause::invalid(
+            "spec.clusterIPs[1]",
+            format!("\"{}\"", ips[1]),
+            "may not have the same family as the first value",
+        ));
         return;
     }
     for (i, f) in families.iter().enumerate() {
         if !FAMILIES.contains(&f.as_str()) {
-            causes.push(Cause::unsupported(format!("spec.ipFamilies[{i}]"), f, FAMILIES));
+            causes.push(Cause::unsupported(
+                format!("spec.ipFamilies[{i}]"),
+                f,
+                FAMILIES,
+            ));
             return;
         }
     }
     if families.len() > 2 || families.len() == 2 && families[0] == families[1] {
-        causes.push(Cause::duplicate("spec.ipFamilies[1]", format!("\"{}\"", families[families.len() - 1])));
+        causes.push(Cause::duplicate(
+            "spec.ipFamilies[1]",
+            format!("\"{}\"", families[families.len() - 1]),
+        ));
         return;
     }
     for (i, f) in ip_families.iter().enumerate() {
@@ -619,24 +714,40 @@ fn ip_families(spec: &mut Map<String, Value>, old: Option<&Map<String, Value>>, 
             return;
         }
     } else if families.len() == 1 {
-        let other = if families[0] == "IPv4" { "IPv6" } else { "IPv4" };
+        let other = if families[0] == "IPv4" {
+            "IPv6"
+        } else {
+            "IPv4"
+        };
         families.push(other.into());
     }
     if let Some(o) = old {
         let old_fams = string_list(o.get("ipFamilies"));
         if let (Some(a), Some(b)) = (old_fams.first(), families.first()) {
             if a != b {
-                causes.push(Cause::invalid("spec.ipFamilies[0]", format!("\"{b}\""), "may not change once set"));
+                causes.push(Cause::invalid(
+                    "spec.ipFamilies[0]",
+                    format!("\"{b}\""),
+                    "may not change once set",
+                ));
             }
         }
         let old_ips = string_list(o.get("clusterIPs"));
         if let (Some(a), Some(b)) = (old_ips.first(), ips.first()) {
             if a != b {
-                causes.push(Cause::invalid("spec.clusterIPs[0]", format!("\"{b}\""), "may not change once set"));
+                causes.push(Cause::invalid(
+                    "spec.clusterIPs[0]",
+                    format!("\"{b}\""),
+                    "may not change once set",
+                ));
             }
         }
         if old_ips.len() == 2 && ips.len() == 2 && old_ips[1] != ips[1] {
-            causes.push(Cause::invalid("spec.clusterIPs[1]", format!("\"{}\"", ips[1]), "may not change once set"));
+            causes.push(Cause::invalid(
+                "spec.clusterIPs[1]",
+                format!("\"{}\"", ips[1]),
+                "may not change once set",
+            ));
         }
         if !causes.is_empty() {
             return;
@@ -672,20 +783,27 @@ mod tests {
         assert_eq!(spec["clusterIPs"], json!(["10.96.0.2"]));
         assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
         assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
-        assert_eq!(spec["ports"][0], json!({"port": 80, "protocol": "TCP", "targetPort": 80}));
+        assert_eq!(
+            spec["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
         assert_eq!(s["status"], json!({"loadBalancer": {}}));
     }
 
     #[test]
     fn load_balancer_gets_node_ports_unless_disabled() {
         let mut a = ServiceAllocator::default();
-        let mut s = svc(json!({"type": "LoadBalancer", "ports": [{"port": 80, "name": "a"}, {"port": 53, "protocol": "UDP", "name": "b"}]}));
+        let mut s = svc(
+            json!({"type": "LoadBalancer", "ports": [{"port": 80, "name": "a"}, {"port": 53, "protocol": "UDP", "name": "b"}]}),
+        );
         a.admit(&mut s, None).unwrap();
         assert_eq!(s["spec"]["ports"][0]["nodePort"], 30000);
         assert_eq!(s["spec"]["ports"][1]["nodePort"], 30001);
         assert_eq!(s["spec"]["allocateLoadBalancerNodePorts"], true);
         assert_eq!(s["spec"]["externalTrafficPolicy"], "Cluster");
-        let mut t = svc(json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}));
+        let mut t = svc(
+            json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}),
+        );
         a.admit(&mut t, None).unwrap();
         assert!(t["spec"]["ports"][0].get("nodePort").is_none());
     }
@@ -696,7 +814,10 @@ mod tests {
         let mut s = svc(json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}));
         a.admit(&mut s, None).unwrap();
         assert_eq!(s["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
-        assert_eq!(s["spec"]["clusterIPs"], json!(["10.96.0.2", "fd00:10:96::2"]));
+        assert_eq!(
+            s["spec"]["clusterIPs"],
+            json!(["10.96.0.2", "fd00:10:96::2"])
+        );
         let mut t = svc(json!({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]}));
         a.admit(&mut t, None).unwrap();
         assert_eq!(t["spec"]["clusterIP"], "fd00:10:96::3");
@@ -705,36 +826,62 @@ mod tests {
     #[test]
     fn invalid_type_port_and_taken_ip_are_refused() {
         let mut a = ServiceAllocator::default();
-        let e = a.admit(&mut svc(json!({"type": "Bogus", "ports": [{"port": 80}]})), None).unwrap_err();
+        let e = a
+            .admit(
+                &mut svc(json!({"type": "Bogus", "ports": [{"port": 80}]})),
+                None,
+            )
+            .unwrap_err();
         assert_eq!(e[0].field, "spec.type");
-        let e = a.admit(&mut svc(json!({"ports": [{"port": 70000}]})), None).unwrap_err();
+        let e = a
+            .admit(&mut svc(json!({"ports": [{"port": 70000}]})), None)
+            .unwrap_err();
         assert_eq!(e[0].field, "spec.ports[0].port");
-        a.admit(&mut svc(json!({"clusterIP": "10.96.1.1", "ports": [{"port": 80}]})), None).unwrap();
-        let e = a.admit(&mut svc(json!({"clusterIP": "10.96.1.1", "ports": [{"port": 80}]})), None).unwrap_err();
+        a.admit(
+            &mut svc(json!({"clusterIP": "10.96.1.1", "ports": [{"port": 80}]})),
+            None,
+        )
+        .unwrap();
+        let e = a
+            .admit(
+                &mut svc(json!({"clusterIP": "10.96.1.1", "ports": [{"port": 80}]})),
+                None,
+            )
+            .unwrap_err();
         assert!(e[0].message.contains("already allocated"));
     }
 
     #[test]
     fn load_balancer_class_is_immutable_and_update_keeps_allocations() {
         let mut a = ServiceAllocator::default();
-        let mut s = svc(json!({"type": "LoadBalancer", "loadBalancerClass": "x", "ports": [{"port": 80}]}));
+        let mut s =
+            svc(json!({"type": "LoadBalancer", "loadBalancerClass": "x", "ports": [{"port": 80}]}));
         a.admit(&mut s, None).unwrap();
-        let mut changed = svc(json!({"type": "LoadBalancer", "loadBalancerClass": "y", "ports": [{"port": 80}]}));
+        let mut changed =
+            svc(json!({"type": "LoadBalancer", "loadBalancerClass": "y", "ports": [{"port": 80}]}));
         let e = a.admit(&mut changed, Some(&s)).unwrap_err();
         assert_eq!(e[0].field, "spec.loadBalancerClass");
-        let mut same = svc(json!({"type": "LoadBalancer", "loadBalancerClass": "x", "ports": [{"port": 80}]}));
+        let mut same =
+            svc(json!({"type": "LoadBalancer", "loadBalancerClass": "x", "ports": [{"port": 80}]}));
         a.admit(&mut same, Some(&s)).unwrap();
         assert_eq!(same["spec"]["clusterIP"], s["spec"]["clusterIP"]);
-        assert_eq!(same["spec"]["ports"][0]["nodePort"], s["spec"]["ports"][0]["nodePort"]);
+        assert_eq!(
+            same["spec"]["ports"][0]["nodePort"],
+            s["spec"]["ports"][0]["nodePort"]
+        );
     }
 
     #[test]
     fn release_frees_addresses_and_ports() {
         let mut a = ServiceAllocator::default();
-        let mut s = svc(json!({"type": "NodePort", "clusterIP": "10.96.0.9", "ports": [{"port": 80, "nodePort": 31000}]}));
+        let mut s = svc(
+            json!({"type": "NodePort", "clusterIP": "10.96.0.9", "ports": [{"port": 80, "nodePort": 31000}]}),
+        );
         a.admit(&mut s, None).unwrap();
         a.release(&s);
-        let mut t = svc(json!({"type": "NodePort", "clusterIP": "10.96.0.9", "ports": [{"port": 80, "nodePort": 31000}]}));
+        let mut t = svc(
+            json!({"type": "NodePort", "clusterIP": "10.96.0.9", "ports": [{"port": 80, "nodePort": 31000}]}),
+        );
         a.admit(&mut t, None).unwrap();
     }
 }

@@ -22,7 +22,11 @@ impl Cause {
     }
 
     pub fn required(field: impl Into<String>, why: &str) -> Self {
-        let why = if why.is_empty() { String::new() } else { format!(": {why}") };
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!(": {why}")
+        };
         Cause {
             reason: "FieldValueRequired",
             field: field.into(),
@@ -35,7 +39,10 @@ impl Cause {
         Cause {
             reason: "FieldValueNotSupported",
             field: field.into(),
-            message: format!("Unsupported value: \"{value}\": supported values: {}", list.join(", ")),
+            message: format!(
+                "Unsupported value: \"{value}\": supported values: {}",
+                list.join(", ")
+            ),
         }
     }
 
@@ -122,7 +129,10 @@ impl ApiError {
         ApiError {
             code: 409,
             reason: "Conflict",
-            message: format!("Operation cannot be fulfilled on {} \"{name}\": {why}", r.qualified()),
+            message: format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                r.qualified()
+            ),
             details: Some(details(r, name)),
         }
     }
@@ -136,7 +146,10 @@ impl ApiError {
     }
 
     pub fn invalid(r: &ResourceInfo, name: &str, causes: Vec<Cause>) -> Self {
-        let text: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+        let text: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
         let message = if text.len() == 1 {
             format!("{} \"{name}\" is invalid: {}", r.kind, text[0])
         } else {

@@ -114,7 +114,8 @@ pub struct Store {
     rng: u64,
 }
 
-pub const DEFAULT_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const DEFAULT_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 pub fn now_rfc3339() -> String {
     let now = jiff::Timestamp::now();
@@ -135,13 +136,16 @@ fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
     if !v.get("metadata").is_some_and(Value::is_object) {
         v["metadata"] = json!({});
     }
-    v["metadata"].as_object_mut().expect("metadata is an object")
+    v["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 fn dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -156,21 +160,27 @@ fn valid_name(r: &ResourceInfo, name: &str) -> Result<(), &'static str> {
             if dns1123_label(name) && name.as_bytes()[0].is_ascii_lowercase() {
                 Ok(())
             } else {
-                Err("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character")
+                Err(
+                    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
+                )
             }
         }
         "namespaces" => {
             if dns1123_label(name) {
                 Ok(())
             } else {
-                Err("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character")
+                Err(
+                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+                )
             }
         }
         _ => {
             if dns1123_subdomain(name) {
                 Ok(())
             } else {
-                Err("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")
+                Err(
+                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                )
             }
         }
     }
@@ -182,7 +192,9 @@ fn same_spec(a: &Value, b: &Value) -> bool {
         v.as_object()
             .map(|m| {
                 m.iter()
-                    .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion"))
+                    .filter(|(k, _)| {
+                        !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion")
+                    })
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect()
             })
@@ -195,7 +207,11 @@ pub(crate) fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -274,11 +290,15 @@ impl Store {
     }
 
     fn col(&self, r: &ResourceInfo) -> &Collection {
-        self.collections.get(r.storage).expect("every storage has a collection")
+        self.collections
+            .get(r.storage)
+            .expect("every storage has a collection")
     }
 
     fn col_mut(&mut self, r: &ResourceInfo) -> &mut Collection {
-        self.collections.get_mut(r.storage).expect("every storage has a collection")
+        self.collections
+            .get_mut(r.storage)
+            .expect("every storage has a collection")
     }
 
     fn random_suffix(&mut self) -> String {
@@ -293,7 +313,14 @@ impl Store {
         s
     }
 
-    fn record(&mut self, r: &ResourceInfo, kind: EventType, ns: &str, object: Obj, old: Option<Obj>) {
+    fn record(
+        &mut self,
+        r: &ResourceInfo,
+        kind: EventType,
+        ns: &str,
+        object: Obj,
+        old: Option<Obj>,
+    ) {
         let rv = self.rv;
         let limit = self.history_limit;
         let json = Bytes::from(serde_json::to_vec(&*object).expect("JSON values serialize"));
@@ -328,7 +355,12 @@ impl Store {
     }
 
     /// Lists objects of `r`, in all namespaces when `ns` is `None`.
-    pub fn list(&self, r: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<ListResult, ApiError> {
+    pub fn list(
+        &self,
+        r: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListResult, ApiError> {
         let col = self.col(r);
         let mut rv = self.rv;
         let mut start: Bound<(String, String)> = match ns {
@@ -443,7 +475,9 @@ impl Store {
     /// Creates an object from `body` (in the form of view `r`).
     pub fn create(&mut self, r: &ResourceInfo, ns: &str, body: Value) -> Result<Obj, ApiError> {
         if !body.is_object() {
-            return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
         }
         Self::check_type_meta(r, &body)?;
         let mut body = body;
@@ -453,22 +487,36 @@ impl Store {
         }
         let mut name = meta_str(&body, "name").unwrap_or("").to_string();
         if name.is_empty() {
-            let Some(prefix) = meta_str(&body, "generateName").filter(|g| !g.is_empty()).map(String::from) else {
+            let Some(prefix) = meta_str(&body, "generateName")
+                .filter(|g| !g.is_empty())
+                .map(String::from)
+            else {
                 return Err(ApiError::invalid(
                     r,
                     "",
-                    vec![Cause::required("metadata.name", "name or generateName is required")],
+                    vec![Cause::required(
+                        "metadata.name",
+                        "name or generateName is required",
+                    )],
                 ));
             };
             for _ in 0..16 {
                 name = format!("{prefix}{}", self.random_suffix());
-                if !self.col(r).objects.contains_key(&(ns_key(r, ns), name.clone())) {
+                if !self
+                    .col(r)
+                    .objects
+                    .contains_key(&(ns_key(r, ns), name.clone()))
+                {
                     break;
                 }
             }
         }
         if let Err(why) = valid_name(r, &name) {
-            return Err(ApiError::invalid(r, &name, vec![Cause::invalid("metadata.name", format!("\"{name}\""), why)]));
+            return Err(ApiError::invalid(
+                r,
+                &name,
+                vec![Cause::invalid("metadata.name", format!("\"{name}\""), why)],
+            ));
         }
         let key = (ns_key(r, ns), name.clone());
         if self.col(r).objects.contains_key(&key) {
@@ -482,7 +530,12 @@ impl Store {
         m.insert("name".into(), json!(name));
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        for k in ["deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        for k in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ] {
             m.remove(k);
         }
         if r.has_generation {
@@ -506,9 +559,7 @@ impl Store {
             "namespaces" => {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
                 obj["status"] = json!({"phase": "Active"});
-                let labels = meta_mut(obj)
-                    .entry("labels")
-                    .or_insert_with(|| json!({}));
+                let labels = meta_mut(obj).entry("labels").or_insert_with(|| json!({}));
                 if let Some(l) = labels.as_object_mut() {
                     l.insert("kubernetes.io/metadata.name".into(), json!(name));
                 }
@@ -520,7 +571,11 @@ impl Store {
             }
             "pods" => {
                 if !obj.get("spec").is_some_and(Value::is_object) {
-                    return Err(ApiError::invalid(r, &name, vec![Cause::required("spec.containers", "")]));
+                    return Err(ApiError::invalid(
+                        r,
+                        &name,
+                        vec![Cause::required("spec.containers", "")],
+                    ));
                 }
                 let spec = obj["spec"].as_object_mut().expect("object");
                 for (k, v) in [
@@ -541,9 +596,18 @@ impl Store {
     }
 
     /// Replaces an object (PUT), or only its status with `Subresource::Status`.
-    pub fn update(&mut self, r: &ResourceInfo, ns: &str, name: &str, body: Value, sub: Subresource) -> Result<Obj, ApiError> {
+    pub fn update(
+        &mut self,
+        r: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        body: Value,
+        sub: Subresource,
+    ) -> Result<Obj, ApiError> {
         if !body.is_object() {
-            return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
         }
         Self::check_type_meta(r, &body)?;
         let mut body = body;
@@ -628,13 +692,24 @@ impl Store {
             }
         }
         if cur_meta.contains_key("deletionTimestamp") {
-            let old_f = cur_meta.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-            let new_f = m.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+            let old_f = cur_meta
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let new_f = m
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if new_f.iter().any(|f| !old_f.contains(f)) {
                 return Err(ApiError::invalid(
                     r,
                     name,
-                    vec![Cause::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")],
+                    vec![Cause::forbidden(
+                        "metadata.finalizers",
+                        "no new finalizers can be added if the object is being deleted",
+                    )],
                 ));
             }
         }
@@ -643,11 +718,17 @@ impl Store {
             return Ok(current);
         }
         if r.has_generation && !same_spec(&new, &current) {
-            let g = cur_meta.get("generation").and_then(Value::as_i64).unwrap_or(0);
+            let g = cur_meta
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
         let finalized = meta(&new).is_some_and(|m| {
-            m.contains_key("deletionTimestamp") && m.get("finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty)
+            m.contains_key("deletionTimestamp")
+                && m.get("finalizers")
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty)
         });
         if finalized {
             let new = Arc::new(new);
@@ -658,12 +739,24 @@ impl Store {
         meta_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let new = Arc::new(new);
         self.col_mut(r).objects.insert(key, new.clone());
-        self.record(r, EventType::Modified, &ns_key(r, ns), new.clone(), Some(current));
+        self.record(
+            r,
+            EventType::Modified,
+            &ns_key(r, ns),
+            new.clone(),
+            Some(current),
+        );
         Ok(new)
     }
 
     /// Kind-specific defaulting and validation on update.
-    fn prepare_update(&mut self, r: &ResourceInfo, name: &str, current: &Value, new: &mut Value) -> Result<(), ApiError> {
+    fn prepare_update(
+        &mut self,
+        r: &ResourceInfo,
+        name: &str,
+        current: &Value,
+        new: &mut Value,
+    ) -> Result<(), ApiError> {
         match r.storage {
             "namespaces" => {
                 if let Some(spec) = current.get("spec") {
@@ -710,13 +803,21 @@ impl Store {
             }
         }
         if meta_str(&target, "name") != Some(name) {
-            return Err(ApiError::bad_request("metadata.name may not be changed by a patch"));
+            return Err(ApiError::bad_request(
+                "metadata.name may not be changed by a patch",
+            ));
         }
         self.update(r, ns, name, target, sub)
     }
 
     /// Deletes an object; one with finalizers is only marked for deletion.
-    pub fn delete(&mut self, r: &ResourceInfo, ns: &str, name: &str, pre: &Preconditions) -> Result<DeleteOutcome, ApiError> {
+    pub fn delete(
+        &mut self,
+        r: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        pre: &Preconditions,
+    ) -> Result<DeleteOutcome, ApiError> {
         let current = self.get(r, ns, name)?;
         if let Some(uid) = &pre.uid {
             let have = meta_str(&current, "uid").unwrap_or("");
@@ -724,7 +825,9 @@ impl Store {
                 return Err(ApiError::conflict(
                     r,
                     name,
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"),
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                    ),
                 ));
             }
         }
@@ -734,7 +837,9 @@ impl Store {
                 return Err(ApiError::conflict(
                     r,
                     name,
-                    &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"),
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"
+                    ),
                 ));
             }
         }
@@ -759,7 +864,13 @@ impl Store {
             self.col_mut(r)
                 .objects
                 .insert((ns_key(r, ns), name.to_string()), new.clone());
-            self.record(r, EventType::Modified, &ns_key(r, ns), new.clone(), Some(current));
+            self.record(
+                r,
+                EventType::Modified,
+                &ns_key(r, ns),
+                new.clone(),
+                Some(current),
+            );
             return Ok(DeleteOutcome::Pending(new));
         }
         if r.storage == "namespaces" {
@@ -770,8 +881,21 @@ impl Store {
     }
 
     /// Deletes every object of `r` in `ns` (or everywhere) that the options select.
-    pub fn delete_collection(&mut self, r: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<Vec<Obj>, ApiError> {
-        let list = self.list(r, ns, &ListOptions { limit: None, continue_token: None, ..opts.clone() })?;
+    pub fn delete_collection(
+        &mut self,
+        r: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<Vec<Obj>, ApiError> {
+        let list = self.list(
+            r,
+            ns,
+            &ListOptions {
+                limit: None,
+                continue_token: None,
+                ..opts.clone()
+            },
+        )?;
         let mut out = Vec::new();
         for obj in list.items {
             let (o_ns, o_name) = meta_ns_name(&obj);
@@ -785,7 +909,10 @@ impl Store {
     /// Namespaces are removed at once with everything in them (the real server first shows them
     /// `Terminating` while its namespace controller empties them).
     fn delete_namespace_contents(&mut self, ns: &str) {
-        for r in RESOURCES.iter().filter(|r| r.namespaced && !r.is_converted()) {
+        for r in RESOURCES
+            .iter()
+            .filter(|r| r.namespaced && !r.is_converted())
+        {
             let keys: Vec<(String, String)> = self
                 .col(r)
                 .objects
@@ -801,7 +928,13 @@ impl Store {
         }
     }
 
-    fn remove(&mut self, r: &ResourceInfo, ns: &str, name: &str, current: Obj) -> Result<(Obj, u64), ApiError> {
+    fn remove(
+        &mut self,
+        r: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        current: Obj,
+    ) -> Result<(Obj, u64), ApiError> {
         let key = (ns_key(r, ns), name.to_string());
         let Some(last) = self.col_mut(r).objects.remove(&key) else {
             return Err(ApiError::not_found(r, name));
@@ -813,13 +946,23 @@ impl Store {
         let mut gone = (*last).clone();
         meta_mut(&mut gone).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let gone = Arc::new(gone);
-        self.record(r, EventType::Deleted, &ns_key(r, ns), gone.clone(), Some(current));
+        self.record(
+            r,
+            EventType::Deleted,
+            &ns_key(r, ns),
+            gone.clone(),
+            Some(current),
+        );
         Ok((gone, self.rv))
     }
 }
 
 fn ns_key(r: &ResourceInfo, ns: &str) -> String {
-    if r.namespaced { ns.to_string() } else { String::new() }
+    if r.namespaced {
+        ns.to_string()
+    } else {
+        String::new()
+    }
 }
 
 fn meta_ns_name(obj: &Value) -> (String, String) {
@@ -847,7 +990,15 @@ fn normalize_secret(obj: &mut Value) {
 fn validate_endpoint_slice(r: &ResourceInfo, name: &str, obj: &Value) -> Result<(), ApiError> {
     let at = obj.get("addressType").and_then(Value::as_str).unwrap_or("");
     if !["IPv4", "IPv6", "FQDN"].contains(&at) {
-        return Err(ApiError::invalid(r, name, vec![Cause::unsupported("addressType", at, &["IPv4", "IPv6", "FQDN"])]));
+        return Err(ApiError::invalid(
+            r,
+            name,
+            vec![Cause::unsupported(
+                "addressType",
+                at,
+                &["IPv4", "IPv6", "FQDN"],
+            )],
+        ));
     }
     Ok(())
 }
@@ -868,22 +1019,39 @@ mod tests {
     #[test]
     fn create_sets_system_metadata_and_refuses_duplicates() {
         let mut s = Store::new(100);
-        let o = s.create(cm(), "default", json!({"metadata": {"name": "a"}, "data": {"k": "v"}})).unwrap();
+        let o = s
+            .create(
+                cm(),
+                "default",
+                json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
+            )
+            .unwrap();
         assert_eq!(o["kind"], "ConfigMap");
         assert!(meta_str(&o, "uid").unwrap().len() == 36);
         assert!(meta_str(&o, "creationTimestamp").unwrap().ends_with('Z'));
         assert_eq!(rv_of(&o), s.resource_version());
-        let e = s.create(cm(), "default", json!({"metadata": {"name": "a"}})).unwrap_err();
+        let e = s
+            .create(cm(), "default", json!({"metadata": {"name": "a"}}))
+            .unwrap_err();
         assert_eq!((e.code, e.reason), (409, "AlreadyExists"));
-        let e = s.create(cm(), "nope", json!({"metadata": {"name": "a"}})).unwrap_err();
-        assert_eq!((e.code, e.message.as_str()), (404, "namespaces \"nope\" not found"));
+        let e = s
+            .create(cm(), "nope", json!({"metadata": {"name": "a"}}))
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "namespaces \"nope\" not found")
+        );
     }
 
     #[test]
     fn generate_name_makes_unique_names() {
         let mut s = Store::new(100);
-        let a = s.create(cm(), "default", json!({"metadata": {"generateName": "x-"}})).unwrap();
-        let b = s.create(cm(), "default", json!({"metadata": {"generateName": "x-"}})).unwrap();
+        let a = s
+            .create(cm(), "default", json!({"metadata": {"generateName": "x-"}}))
+            .unwrap();
+        let b = s
+            .create(cm(), "default", json!({"metadata": {"generateName": "x-"}}))
+            .unwrap();
         let (na, nb) = (meta_str(&a, "name").unwrap(), meta_str(&b, "name").unwrap());
         assert!(na.starts_with("x-") && na.len() == 7);
         assert_ne!(na, nb);
@@ -892,14 +1060,26 @@ mod tests {
     #[test]
     fn stale_update_conflicts_and_noop_update_keeps_version() {
         let mut s = Store::new(100);
-        let o = s.create(cm(), "default", json!({"metadata": {"name": "a"}, "data": {"k": "1"}})).unwrap();
+        let o = s
+            .create(
+                cm(),
+                "default",
+                json!({"metadata": {"name": "a"}, "data": {"k": "1"}}),
+            )
+            .unwrap();
         let mut v = (*o).clone();
         v["data"]["k"] = json!("2");
-        let o2 = s.update(cm(), "default", "a", v.clone(), Subresource::Main).unwrap();
+        let o2 = s
+            .update(cm(), "default", "a", v.clone(), Subresource::Main)
+            .unwrap();
         assert!(rv_of(&o2) > rv_of(&o));
-        let e = s.update(cm(), "default", "a", v, Subresource::Main).unwrap_err();
+        let e = s
+            .update(cm(), "default", "a", v, Subresource::Main)
+            .unwrap_err();
         assert_eq!((e.code, e.reason), (409, "Conflict"));
-        let same = s.update(cm(), "default", "a", (*o2).clone(), Subresource::Main).unwrap();
+        let same = s
+            .update(cm(), "default", "a", (*o2).clone(), Subresource::Main)
+            .unwrap();
         assert_eq!(rv_of(&same), rv_of(&o2));
     }
 
@@ -913,11 +1093,18 @@ mod tests {
         assert_eq!(o.pointer("/metadata/generation"), Some(&json!(1)));
         let mut v = (*o).clone();
         v["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
-        let same = s.update(svcs, "default", "a", v.clone(), Subresource::Main).unwrap();
+        let same = s
+            .update(svcs, "default", "a", v.clone(), Subresource::Main)
+            .unwrap();
         assert_eq!(same["status"], json!({"loadBalancer": {}}));
         v["spec"]["ports"][0]["port"] = json!(81);
-        let st = s.update(svcs, "default", "a", v, Subresource::Status).unwrap();
-        assert_eq!(st["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.1");
+        let st = s
+            .update(svcs, "default", "a", v, Subresource::Status)
+            .unwrap();
+        assert_eq!(
+            st["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "192.0.2.1"
+        );
         assert_eq!(st["spec"]["ports"][0]["port"], 80);
         assert_eq!(st.pointer("/metadata/generation"), Some(&json!(1)));
     }
@@ -927,7 +1114,12 @@ mod tests {
         let mut s = Store::new(3);
         let start = s.resource_version();
         for i in 0..5 {
-            s.create(cm(), "default", json!({"metadata": {"name": format!("c{i}")}})).unwrap();
+            s.create(
+                cm(),
+                "default",
+                json!({"metadata": {"name": format!("c{i}")}}),
+            )
+            .unwrap();
         }
         assert!(matches!(s.poll(cm(), start, 100), Poll::Expired { .. }));
         match s.poll(cm(), s.resource_version() - 2, 100) {
@@ -942,14 +1134,23 @@ mod tests {
     #[test]
     fn finalizers_delay_deletion_until_removed() {
         let mut s = Store::new(100);
-        s.create(cm(), "default", json!({"metadata": {"name": "a", "finalizers": ["x/y"]}})).unwrap();
-        let DeleteOutcome::Pending(o) = s.delete(cm(), "default", "a", &Preconditions::default()).unwrap() else {
+        s.create(
+            cm(),
+            "default",
+            json!({"metadata": {"name": "a", "finalizers": ["x/y"]}}),
+        )
+        .unwrap();
+        let DeleteOutcome::Pending(o) = s
+            .delete(cm(), "default", "a", &Preconditions::default())
+            .unwrap()
+        else {
             panic!("finalizers keep the object")
         };
         assert!(meta(&o).unwrap().contains_key("deletionTimestamp"));
         let mut v = (*o).clone();
         v["metadata"]["finalizers"] = json!([]);
-        s.update(cm(), "default", "a", v, Subresource::Main).unwrap();
+        s.update(cm(), "default", "a", v, Subresource::Main)
+            .unwrap();
         assert_eq!(s.get(cm(), "default", "a").unwrap_err().code, 404);
     }
 
@@ -957,21 +1158,35 @@ mod tests {
     fn list_pages_with_limit_and_continue() {
         let mut s = Store::new(100);
         for i in 0..5 {
-            s.create(cm(), "default", json!({"metadata": {"name": format!("c{i}"), "labels": {"n": i.to_string()}}}))
-                .unwrap();
+            s.create(
+                cm(),
+                "default",
+                json!({"metadata": {"name": format!("c{i}"), "labels": {"n": i.to_string()}}}),
+            )
+            .unwrap();
         }
-        let mut opts = ListOptions { limit: Some(2), ..Default::default() };
+        let mut opts = ListOptions {
+            limit: Some(2),
+            ..Default::default()
+        };
         let mut names = Vec::new();
         loop {
             let page = s.list(cm(), Some("default"), &opts).unwrap();
-            names.extend(page.items.iter().map(|o| meta_str(o, "name").unwrap().to_string()));
+            names.extend(
+                page.items
+                    .iter()
+                    .map(|o| meta_str(o, "name").unwrap().to_string()),
+            );
             match page.continue_token {
                 Some(t) => opts.continue_token = Some(t),
                 None => break,
             }
         }
         assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
-        let sel = ListOptions { labels: LabelSelector::parse("n in (1,3)").unwrap(), ..Default::default() };
+        let sel = ListOptions {
+            labels: LabelSelector::parse("n in (1,3)").unwrap(),
+            ..Default::default()
+        };
         assert_eq!(s.list(cm(), None, &sel).unwrap().items.len(), 2);
     }
 
@@ -979,7 +1194,13 @@ mod tests {
     fn secret_string_data_is_encoded() {
         let mut s = Store::new(100);
         let secrets = find("", "v1", "secrets").unwrap();
-        let o = s.create(secrets, "default", json!({"metadata": {"name": "a"}, "stringData": {"k": "hello"}})).unwrap();
+        let o = s
+            .create(
+                secrets,
+                "default",
+                json!({"metadata": {"name": "a"}, "stringData": {"k": "hello"}}),
+            )
+            .unwrap();
         assert_eq!(o["data"]["k"], "aGVsbG8=");
         assert_eq!(o["type"], "Opaque");
     }

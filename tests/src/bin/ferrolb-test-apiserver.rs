@@ -12,7 +12,11 @@ use ferrolb_tests::apiserver::{ServerOptions, TestApiServer};
 #[command(about = "In-memory Kubernetes API server for ferrolb tests (plain HTTP, no auth)")]
 struct Args {
     /// Address to listen on; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:0", env = "FERROLB_TEST_APISERVER_LISTEN")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:0",
+        env = "FERROLB_TEST_APISERVER_LISTEN"
+    )]
     listen: SocketAddr,
     /// Write a kubeconfig for the server to this file once it listens.
     #[arg(long)]
