@@ -23,7 +23,10 @@ struct Kubectl {
 impl Kubectl {
     async fn start() -> Self {
         let bin = std::env::var("FERROLB_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-        let found = Command::new(&bin).args(["version", "--client"]).output().await;
+        let found = Command::new(&bin)
+            .args(["version", "--client"])
+            .output()
+            .await;
         if !found.as_ref().is_ok_and(|o| o.status.success()) {
             panic!(
                 "kubectl is required by these tests and `{bin} version --client` failed ({found:?}). \
@@ -124,8 +127,13 @@ async fn kubectl_creates_a_namespace_and_applies_a_configmap_twice() {
     let changed = CONFIGMAP.replace("mode: one", "mode: two\n  extra: \"yes\"");
     let out = k.ok(&["apply", "-f", "-"], Some(&changed)).await;
     assert!(out.contains("configmap/settings configured"), "{out}");
-    let cm = k.json(&["get", "configmap", "settings", "-n", "demo"]).await;
-    assert_eq!(cm["data"], serde_json::json!({"mode": "two", "extra": "yes"}));
+    let cm = k
+        .json(&["get", "configmap", "settings", "-n", "demo"])
+        .await;
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"mode": "two", "extra": "yes"})
+    );
     // Applying the same manifest again changes nothing.
     let out = k.ok(&["apply", "-f", "-"], Some(&changed)).await;
     assert!(out.contains("configmap/settings unchanged"), "{out}");
@@ -142,7 +150,10 @@ async fn kubectl_creates_and_applies_a_load_balancer_service_with_defaults() {
     assert!(ip.starts_with("10.96."), "defaulted clusterIP: {ip}");
     assert_eq!(svc["spec"]["clusterIPs"][0], ip);
     let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
-    assert!((30000..=32767).contains(&node_port), "defaulted nodePort: {node_port}");
+    assert!(
+        (30000..=32767).contains(&node_port),
+        "defaulted nodePort: {node_port}"
+    );
     assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
 
     // apply over a created Service: add a port; the first keeps its node port, the new one gets one.
@@ -154,16 +165,36 @@ async fn kubectl_creates_and_applies_a_load_balancer_service_with_defaults() {
     let ports = svc["spec"]["ports"].as_array().unwrap();
     assert_eq!(ports.len(), 2);
     assert_eq!(ports[0]["nodePort"].as_u64(), Some(node_port));
-    assert!(ports[1]["nodePort"].as_u64().is_some_and(|p| p != node_port));
+    assert!(
+        ports[1]["nodePort"]
+            .as_u64()
+            .is_some_and(|p| p != node_port)
+    );
 
     // kubectl's typed create (protobuf body) works too.
-    let out = k.ok(&["create", "service", "loadbalancer", "api", "--tcp=443:8443", "-n", "demo"], None).await;
+    let out = k
+        .ok(
+            &[
+                "create",
+                "service",
+                "loadbalancer",
+                "api",
+                "--tcp=443:8443",
+                "-n",
+                "demo",
+            ],
+            None,
+        )
+        .await;
     assert!(out.contains("service/api created"), "{out}");
     let api = k.json(&["get", "svc", "api", "-n", "demo"]).await;
     assert_eq!(api["spec"]["type"], "LoadBalancer");
     assert!(api["spec"]["ports"][0]["nodePort"].as_u64().is_some());
     let described = k.ok(&["describe", "svc", "web", "-n", "demo"], None).await;
-    assert!(described.contains("LoadBalancer") && described.contains(ip), "{described}");
+    assert!(
+        described.contains("LoadBalancer") && described.contains(ip),
+        "{described}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +226,20 @@ async fn kubectl_status_patch_is_seen_by_get_watch_and_delete_removes() {
 
     let patch = r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10","ipMode":"VIP"}]}}}"#;
     let out = k
-        .ok(&["patch", "svc", "web", "-n", "demo", "--subresource=status", "--type=merge", "-p", patch], None)
+        .ok(
+            &[
+                "patch",
+                "svc",
+                "web",
+                "-n",
+                "demo",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+            None,
+        )
         .await;
     assert!(out.contains("service/web patched"), "{out}");
 
@@ -212,13 +256,19 @@ async fn kubectl_status_patch_is_seen_by_get_watch_and_delete_removes() {
     watch.kill().await.unwrap();
 
     let svc = k.json(&["get", "svc", "web", "-n", "demo"]).await;
-    assert_eq!(svc["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.10");
+    assert_eq!(
+        svc["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "192.0.2.10"
+    );
     let out = k.ok(&["delete", "svc", "web", "-n", "demo"], None).await;
     assert!(out.contains("service \"web\" deleted"), "{out}");
     let gone = k.run(&["get", "svc", "web", "-n", "demo"], None).await;
     assert!(!gone.status.success());
     let err = String::from_utf8_lossy(&gone.stderr);
-    assert!(err.contains("NotFound") && err.contains("services \"web\" not found"), "{err}");
+    assert!(
+        err.contains("NotFound") && err.contains("services \"web\" not found"),
+        "{err}"
+    );
     let out = k.ok(&["delete", "namespace", "demo"], None).await;
     assert!(out.contains("namespace \"demo\" deleted"), "{out}");
 }
@@ -227,9 +277,19 @@ async fn kubectl_status_patch_is_seen_by_get_watch_and_delete_removes() {
 async fn kubectl_server_side_apply_fails_loudly() {
     let k = Kubectl::start().await;
     k.ok(&["create", "namespace", "demo"], None).await;
-    let out = k.run(&["apply", "--server-side", "-f", "-"], Some(CONFIGMAP)).await;
-    assert!(!out.status.success(), "server-side apply must not succeed silently");
+    let out = k
+        .run(&["apply", "--server-side", "-f", "-"], Some(CONFIGMAP))
+        .await;
+    assert!(
+        !out.status.success(),
+        "server-side apply must not succeed silently"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server-side apply"), "{err}");
-    assert!(!k.run(&["get", "cm", "settings", "-n", "demo"], None).await.status.success());
+    assert!(
+        !k.run(&["get", "cm", "settings", "-n", "demo"], None)
+            .await
+            .status
+            .success()
+    );
 }
