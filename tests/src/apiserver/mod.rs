@@ -309,10 +309,10 @@ impl TestApiServer {
 
 impl Drop for TestApiServer {
     fn drop(&mut self) {
-        if let Ok(mut serving) = self.shared.serving.try_lock() {
-            if let Some(task) = serving.take() {
-                task.abort();
-            }
+        if let Ok(mut serving) = self.shared.serving.try_lock()
+            && let Some(task) = serving.take()
+        {
+            task.abort();
         }
         self.shared.close_watches.send_modify(|n| *n += 1);
     }

@@ -276,7 +276,8 @@ fn merge_list(
 
 /// `$setElementOrder`: elements named in `order` first, in that order, then the others.
 fn reorder(kind: &str, path: &str, list: &mut Vec<Value>, order: &[Value]) {
-    let matches: Box<dyn Fn(&Value, &Value) -> bool> = match list_strategy(kind, path) {
+    type Same = Box<dyn Fn(&Value, &Value) -> bool>;
+    let matches: Same = match list_strategy(kind, path) {
         Some(ListStrategy::Keys(keys)) => Box::new(move |a, b| key_matches(keys, a, b)),
         _ => Box::new(|a, b| a == b),
     };

@@ -300,19 +300,15 @@ impl ServiceAllocator {
             for (i, p) in ports.iter_mut().enumerate() {
                 let given = p.get("nodePort").and_then(Value::as_u64).map(|n| n as u16);
                 match given {
+                    Some(n) if old_held.ports.contains(&n) || taken.ports.contains(&n) => {}
+                    Some(n) if self.port_used(n) => causes.push(Cause::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        n,
+                        "provided port is already allocated",
+                    )),
                     Some(n) => {
-                        if !old_held.ports.contains(&n) && !taken.ports.contains(&n) {
-                            if self.port_used(n) {
-                                causes.push(Cause::invalid(
-                                    format!("spec.ports[{i}].nodePort"),
-                                    n,
-                                    "provided port is already allocated",
-                                ));
-                            } else {
-                                self.mark_port(n, true);
-                                taken.ports.push(n);
-                            }
-                        }
+                        self.mark_port(n, true);
+                        taken.ports.push(n);
                     }
                     None if wants_ports => match self.allocate_port() {
                         Some(n) => {
@@ -522,17 +518,16 @@ fn default_and_validate(
             ));
         }
     }
-    if let Some(o) = old {
-        if old_type == Some("LoadBalancer") && ty == "LoadBalancer" {
-            let old_class = o.get("loadBalancerClass").cloned().filter(|v| !v.is_null());
-            if old_class != class {
-                causes.push(Cause::invalid(
-                    "spec.loadBalancerClass",
-                    class.as_ref().map_or("null".to_string(), Value::to_string),
-                    "may not change once set",
-                ));
-            }
-        }
+    if let Some(o) = old
+        && old_type == Some("LoadBalancer")
+        && ty == "LoadBalancer"
+        && o.get("loadBalancerClass").cloned().filter(|v| !v.is_null()) != class
+    {
+        causes.push(Cause::invalid(
+            "spec.loadBalancerClass",
+            class.as_ref().map_or("null".to_string(), Value::to_string),
+            "may not change once set",
+        ));
     }
 
     if ty == "LoadBalancer" {
@@ -560,10 +555,10 @@ fn default_and_validate(
     }
     if !(ty == "LoadBalancer" && str_at(spec, "externalTrafficPolicy") == Some("Local")) {
         spec.remove("healthCheckNodePort");
-    } else if old.is_some() && !spec.contains_key("healthCheckNodePort") {
-        if let Some(n) = old.and_then(|o| o.get("healthCheckNodePort")) {
-            spec.insert("healthCheckNodePort".into(), n.clone());
-        }
+    } else if !spec.contains_key("healthCheckNodePort")
+        && let Some(n) = old.and_then(|o| o.get("healthCheckNodePort"))
+    {
+        spec.insert("healthCheckNodePort".into(), n.clone());
     }
 
     if ty == "ExternalName" {
@@ -723,24 +718,24 @@ fn ip_families(
     }
     if let Some(o) = old {
         let old_fams = string_list(o.get("ipFamilies"));
-        if let (Some(a), Some(b)) = (old_fams.first(), families.first()) {
-            if a != b {
-                causes.push(Cause::invalid(
-                    "spec.ipFamilies[0]",
-                    format!("\"{b}\""),
-                    "may not change once set",
-                ));
-            }
+        if let (Some(a), Some(b)) = (old_fams.first(), families.first())
+            && a != b
+        {
+            causes.push(Cause::invalid(
+                "spec.ipFamilies[0]",
+                format!("\"{b}\""),
+                "may not change once set",
+            ));
         }
         let old_ips = string_list(o.get("clusterIPs"));
-        if let (Some(a), Some(b)) = (old_ips.first(), ips.first()) {
-            if a != b {
-                causes.push(Cause::invalid(
-                    "spec.clusterIPs[0]",
-                    format!("\"{b}\""),
-                    "may not change once set",
-                ));
-            }
+        if let (Some(a), Some(b)) = (old_ips.first(), ips.first())
+            && a != b
+        {
+            causes.push(Cause::invalid(
+                "spec.clusterIPs[0]",
+                format!("\"{b}\""),
+                "may not change once set",
+            ));
         }
         if old_ips.len() == 2 && ips.len() == 2 && old_ips[1] != ips[1] {
             causes.push(Cause::invalid(

@@ -229,7 +229,7 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
@@ -390,10 +390,10 @@ impl Store {
             if !in_ns(key) {
                 break;
             }
-            if let Some(name) = opts.fields.pinned_name() {
-                if key.1 != name {
-                    continue;
-                }
+            if let Some(name) = opts.fields.pinned_name()
+                && key.1 != name
+            {
+                continue;
             }
             if !opts.labels.matches(obj) || !opts.fields.matches(obj) {
                 continue;
@@ -625,10 +625,10 @@ impl Store {
             }
             return Err(ApiError::not_found(r, name));
         };
-        if let Some(want) = meta_str(&body, "resourceVersion").filter(|v| !v.is_empty()) {
-            if Some(want) != meta_str(&current, "resourceVersion") {
-                return Err(ApiError::stale(r, name));
-            }
+        if let Some(want) = meta_str(&body, "resourceVersion").filter(|v| !v.is_empty())
+            && Some(want) != meta_str(&current, "resourceVersion")
+        {
+            return Err(ApiError::stale(r, name));
         }
         let body = convert::to_storage(r, body);
         let mut new = match sub {
