@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod check_config;
+mod engine;
+mod service;
 
 #[derive(Parser)]
 #[command(

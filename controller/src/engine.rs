@@ -1,0 +1,510 @@
+//! The controller's decisions, without I/O: watch events go in; desired
+//! Service statuses and notices (Events and log lines) come out.
+//!
+//! Start-up follows DESIGN section 4: nothing is assigned until the Services
+//! have been listed and a config has been loaded; then every address already in
+//! a Service's status is learned, all of them, before any new one is given out.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+
+use ferrolb_core::{Allocator, Change, Config, ServiceKey, config};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+
+use crate::service::{is_handled, key_of, pool_annotation, spec_of, status_ips};
+
+/// What a Service's status and pool annotation should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// IPv4 first; empty means the status is cleared.
+    pub ips: Vec<IpAddr>,
+    pub pool: Option<String>,
+}
+
+impl Desired {
+    pub fn cleared() -> Desired {
+        Desired {
+            ips: vec![],
+            pool: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Normal,
+    Warning,
+}
+
+/// Something a user should hear about: an Event on the object and a log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Service {
+        key: ServiceKey,
+        severity: Severity,
+        reason: &'static str,
+        message: String,
+    },
+    /// About the config; `on_object` is false when the ConfigMap does not exist.
+    Config {
+        severity: Severity,
+        reason: &'static str,
+        message: String,
+        on_object: bool,
+    },
+}
+
+/// The config as the controller sees it, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConfigStatus {
+    /// A config has been loaded at least once.
+    pub loaded: bool,
+    /// The ConfigMap's current content is not in force (invalid, missing, or refused).
+    pub stale: bool,
+}
+
+pub struct Engine {
+    class: Option<String>,
+    allocator: Allocator,
+    services: BTreeMap<ServiceKey, Service>,
+    listed: bool,
+    synced: bool,
+    config: ConfigStatus,
+    /// The last ConfigMap content evaluated, to ignore resyncs of the same text.
+    last_text: Option<Result<String, String>>,
+    /// A valid config refused because it would orphan held addresses; tried
+    /// again whenever addresses are freed.
+    refused: Option<Config>,
+    last_config_notice: Option<String>,
+    /// Handled Services without an address.
+    pending: BTreeSet<ServiceKey>,
+    /// The last failure reported per Service, so that a resync does not repeat it.
+    last_failure: BTreeMap<ServiceKey, String>,
+    /// Services no longer handled whose status ferrolb must clear.
+    to_clear: BTreeSet<ServiceKey>,
+    dirty: BTreeSet<ServiceKey>,
+    notices: Vec<Notice>,
+}
+
+impl Engine {
+    /// `class`: the `loadBalancerClass` to handle (`None`: Services without one).
+    pub fn new(class: Option<String>) -> Engine {
+        Engine {
+            class,
+            allocator: Allocator::new(),
+            services: BTreeMap::new(),
+            listed: false,
+            synced: false,
+            config: ConfigStatus::default(),
+            last_text: None,
+            refused: None,
+            last_config_notice: None,
+            pending: BTreeSet::new(),
+            last_failure: BTreeMap::new(),
+            to_clear: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            notices: Vec::new(),
+        }
+    }
+
+    pub fn allocator(&self) -> &Allocator {
+        &self.allocator
+    }
+    pub fn config_status(&self) -> ConfigStatus {
+        self.config
+    }
+    /// The first full pass (learn every status, then assign) is done.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+    pub fn pending(&self) -> &BTreeSet<ServiceKey> {
+        &self.pending
+    }
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+    /// Services whose desired status may differ from what they show.
+    pub fn take_dirty(&mut self) -> BTreeSet<ServiceKey> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The complete list of Services (the initial list, or a relist after a
+    /// watch restarted): replaces what was known.
+    pub fn services_listed(&mut self, list: Vec<Service>) {
+        let fresh: BTreeMap<ServiceKey, Service> =
+            list.into_iter().map(|s| (key_of(&s), s)).collect();
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !fresh.contains_key(*k))
+            .cloned()
+            .collect();
+        let changed: Vec<ServiceKey> = fresh
+            .iter()
+            .filter(|(k, s)| self.services.get(*k) != Some(*s))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.services = fresh;
+        self.listed = true;
+        if self.synced {
+            self.run(gone.into_iter().chain(changed));
+        } else {
+            self.try_sync();
+        }
+    }
+
+    pub fn service_applied(&mut self, svc: Service) {
+        let key = key_of(&svc);
+        if self.services.get(&key) == Some(&svc) {
+            return;
+        }
+        self.services.insert(key.clone(), svc);
+        if self.synced {
+            self.run([key]);
+        }
+    }
+
+    pub fn service_deleted(&mut self, key: &ServiceKey) {
+        if self.services.remove(key).is_some() && self.synced {
+            self.run([key.clone()]);
+        }
+        self.to_clear.remove(key);
+    }
+
+    /// The ConfigMap changed (`None`: it does not exist).
+    pub fn config_changed(&mut self, cm: Option<&ConfigMap>) {
+        let text: Result<String, String> = match cm {
+            None => Err("the ConfigMap does not exist".to_owned()),
+            Some(cm) => cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get("config"))
+                .cloned()
+                .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned()),
+        };
+        if self.last_text.as_ref() == Some(&text) && self.refused.is_none() {
+            return;
+        }
+        self.last_text = Some(text.clone());
+        self.refused = None;
+        let on_object = cm.is_some();
+        let parsed = match text {
+            Err(why) => {
+                self.config.stale = true;
+                let kept = if self.config.loaded {
+                    "; the last good config stays in force"
+                } else {
+                    "; nothing is assigned until a valid config is loaded"
+                };
+                self.config_notice(
+                    Severity::Warning,
+                    "ConfigMissing",
+                    format!("{why}{kept}"),
+                    on_object,
+                );
+                return;
+            }
+            Ok(t) => config::parse(&t),
+        };
+        match parsed {
+            Err(errors) => {
+                self.config.stale = true;
+                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                let kept = if self.config.loaded {
+                    "the last good config stays in force"
+                } else {
+                    "nothing is assigned until a valid config is loaded"
+                };
+                self.config_notice(
+                    Severity::Warning,
+                    "InvalidConfig",
+                    format!("config refused, {kept}: {}", list.join("; ")),
+                    true,
+                );
+            }
+            Ok(new) => self.offer_config(new),
+        }
+    }
+
+    /// What the Service's status should be; `None`: leave it alone.
+    pub fn desired(&self, key: &ServiceKey) -> Option<Desired> {
+        if !self.synced {
+            return None;
+        }
+        let svc = self.services.get(key)?;
+        if is_handled(svc, self.class.as_deref()) {
+            Some(match self.allocator.allocation(key) {
+                Some(a) => Desired {
+                    ips: a.ips,
+                    pool: Some(a.pool),
+                },
+                None => Desired::cleared(),
+            })
+        } else if self.to_clear.contains(key) || pool_annotation(svc).is_some() {
+            Some(Desired::cleared())
+        } else {
+            None
+        }
+    }
+
+    /// What the Service shows now, as far as the last watch event says.
+    pub fn observed(&self, key: &ServiceKey) -> Option<Desired> {
+        let svc = self.services.get(key)?;
+        Some(Desired {
+            ips: status_ips(svc),
+            pool: pool_annotation(svc).map(str::to_owned),
+        })
+    }
+
+    /// The status write for `key` landed and the watch shows it: nothing left to clear.
+    pub fn observed_clean(&mut self, key: &ServiceKey) {
+        if self.observed(key) == Some(Desired::cleared()) {
+            self.to_clear.remove(key);
+        }
+    }
+
+    // === internals ===
+
+    fn config_notice(
+        &mut self,
+        severity: Severity,
+        reason: &'static str,
+        message: String,
+        on_object: bool,
+    ) {
+        if self.last_config_notice.as_ref() == Some(&message) {
+            return;
+        }
+        self.last_config_notice = Some(message.clone());
+        self.notices.push(Notice::Config {
+            severity,
+            reason,
+            message,
+            on_object,
+        });
+    }
+
+    fn offer_config(&mut self, new: Config) {
+        if self.allocator.config() == Some(&new) {
+            self.config.stale = false;
+            return;
+        }
+        match self.allocator.set_config(new.clone()) {
+            Err(orphans) => {
+                self.config.stale = true;
+                self.refused = Some(new);
+                let list: Vec<String> = orphans.iter().map(ToString::to_string).collect();
+                self.config_notice(
+                    Severity::Warning,
+                    "StaleConfig",
+                    format!(
+                        "config refused: it would take addresses from Services, so the last good config stays in force; delete those Services or keep their addresses in a pool: {}",
+                        list.join("; ")
+                    ),
+                    true,
+                );
+            }
+            Ok(()) => {
+                self.refused = None;
+                self.config = ConfigStatus {
+                    loaded: true,
+                    stale: false,
+                };
+                let n = new.pools.len();
+                self.config_notice(
+                    Severity::Normal,
+                    "ConfigLoaded",
+                    format!(
+                        "config loaded: {n} address pool{}",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                    true,
+                );
+                if self.synced {
+                    let all: Vec<ServiceKey> = self.services.keys().cloned().collect();
+                    self.run(all);
+                } else {
+                    self.try_sync();
+                }
+            }
+        }
+    }
+
+    /// The first full pass, once the Services are listed and a config is loaded.
+    fn try_sync(&mut self) {
+        if self.synced || !self.listed || self.allocator.config().is_none() {
+            return;
+        }
+        // Learn every address already in a status, before any new one is given out.
+        let handled: Vec<(ServiceKey, Service)> = self
+            .services
+            .iter()
+            .filter(|(_, s)| is_handled(s, self.class.as_deref()))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        for (_, svc) in &handled {
+            let ips = status_ips(svc);
+            if let (false, Ok(spec)) = (ips.is_empty(), spec_of(svc)) {
+                // A status that cannot be learned is replaced by the pass below.
+                let _ = self.allocator.learn(&spec, &ips);
+            }
+        }
+        self.synced = true;
+        let all: Vec<ServiceKey> = self.services.keys().cloned().collect();
+        self.run(all);
+    }
+
+    /// Reconciles `keys`, then every pending Service whenever addresses were freed.
+    fn run(&mut self, keys: impl IntoIterator<Item = ServiceKey>) {
+        let mut queue: VecDeque<ServiceKey> = keys.into_iter().collect();
+        let mut budget = 4 * (self.services.len() + queue.len()) + 16;
+        while let Some(key) = queue.pop_front() {
+            if self.reconcile(&key) {
+                if let Some(cfg) = self.refused.clone() {
+                    self.offer_config(cfg);
+                }
+                queue.extend(self.pending.iter().filter(|k| **k != key).cloned());
+            }
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Brings one Service in line; returns whether addresses were freed.
+    fn reconcile(&mut self, key: &ServiceKey) -> bool {
+        self.dirty.insert(key.clone());
+        let Some(svc) = self.services.get(key) else {
+            self.pending.remove(key);
+            self.last_failure.remove(key);
+            return self.allocator.release(key).is_some();
+        };
+        if !is_handled(svc, self.class.as_deref()) {
+            self.pending.remove(key);
+            self.last_failure.remove(key);
+            if let Some(ips) = self.allocator.release(key) {
+                self.to_clear.insert(key.clone());
+                self.notice(
+                    key,
+                    Severity::Normal,
+                    "IPReleased",
+                    format!(
+                        "released {} (the Service is no longer handled by ferrolb)",
+                        list(&ips)
+                    ),
+                );
+                return true;
+            }
+            return false;
+        }
+        let spec = match spec_of(svc) {
+            Ok(spec) => spec,
+            Err(why) => {
+                if self.allocator.allocation(key).is_none() {
+                    self.pending.insert(key.clone());
+                }
+                self.fail(key, format!("{why}{}", self.keeping(key)));
+                return false;
+            }
+        };
+        let status = status_ips(svc);
+        match self.allocator.ensure(&spec, &status) {
+            Ok(done) => {
+                self.pending.remove(key);
+                self.last_failure.remove(key);
+                let a = &done.allocation;
+                match done.change {
+                    Change::None => false,
+                    Change::New => {
+                        self.notice(
+                            key,
+                            Severity::Normal,
+                            "IPAllocated",
+                            format!("assigned {} from pool {:?}", list(&a.ips), a.pool),
+                        );
+                        false
+                    }
+                    Change::Added => {
+                        self.notice(
+                            key,
+                            Severity::Normal,
+                            "IPAllocated",
+                            format!(
+                                "assigned additional address: now {} from pool {:?}",
+                                list(&a.ips),
+                                a.pool
+                            ),
+                        );
+                        false
+                    }
+                    Change::Replaced { previous, reason } => {
+                        self.notice(
+                            key,
+                            Severity::Normal,
+                            "IPAllocated",
+                            format!(
+                                "assigned {} from pool {:?} instead of {}: {reason}",
+                                list(&a.ips),
+                                a.pool,
+                                list(&previous)
+                            ),
+                        );
+                        previous.iter().any(|ip| !a.ips.contains(ip))
+                    }
+                }
+            }
+            Err(e) => {
+                if e.kept.is_none() {
+                    self.pending.insert(key.clone());
+                }
+                let kept = e
+                    .kept
+                    .map(|k| format!("; keeping {} from pool {:?}", list(&k.ips), k.pool))
+                    .unwrap_or_default();
+                self.fail(key, format!("{}{kept}", e.error));
+                false
+            }
+        }
+    }
+
+    fn keeping(&self, key: &ServiceKey) -> String {
+        self.allocator
+            .allocation(key)
+            .map(|a| format!("; keeping {}", list(&a.ips)))
+            .unwrap_or_default()
+    }
+
+    fn fail(&mut self, key: &ServiceKey, message: String) {
+        if self.last_failure.get(key) == Some(&message) {
+            return;
+        }
+        self.last_failure.insert(key.clone(), message.clone());
+        self.notice(key, Severity::Warning, "AllocationFailed", message);
+    }
+
+    fn notice(
+        &mut self,
+        key: &ServiceKey,
+        severity: Severity,
+        reason: &'static str,
+        message: String,
+    ) {
+        self.notices.push(Notice::Service {
+            key: key.clone(),
+            severity,
+            reason,
+            message,
+        });
+    }
+}
+
+fn list(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests;

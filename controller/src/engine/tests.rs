@@ -1,0 +1,310 @@
+//! The engine fed with Services and ConfigMaps built in memory.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort,
+    ServiceSpec as K8sSpec, ServiceStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::*;
+
+const POOLS: &str =
+    "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.1-192.0.2.2]\n";
+
+fn cm(text: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("config".into()),
+            namespace: Some("ferrolb-system".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("config".to_owned(), text.to_owned())])),
+        ..Default::default()
+    }
+}
+
+/// `lb("ns", "name")` is a LoadBalancer Service with one TCP port.
+fn lb(ns: &str, name: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(K8sSpec {
+            type_: Some("LoadBalancer".into()),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ip_families: Some(vec!["IPv4".into()]),
+            ip_family_policy: Some("SingleStack".into()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+trait Build {
+    fn with_status(self, ips: &[&str]) -> Self;
+    fn annotated(self, k: &str, v: &str) -> Self;
+    fn of_type(self, t: &str) -> Self;
+    fn class(self, c: &str) -> Self;
+}
+
+impl Build for Service {
+    fn with_status(mut self, ips: &[&str]) -> Self {
+        self.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ips.iter()
+                        .map(|ip| LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        });
+        self
+    }
+    fn annotated(mut self, k: &str, v: &str) -> Self {
+        self.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(k.into(), v.into());
+        self
+    }
+    fn of_type(mut self, t: &str) -> Self {
+        self.spec.as_mut().unwrap().type_ = Some(t.into());
+        self
+    }
+    fn class(mut self, c: &str) -> Self {
+        self.spec.as_mut().unwrap().load_balancer_class = Some(c.into());
+        self
+    }
+}
+
+fn key(ns: &str, name: &str) -> ServiceKey {
+    ServiceKey::new(ns, name)
+}
+
+fn ips(e: &Engine, ns: &str, name: &str) -> Vec<String> {
+    e.desired(&key(ns, name))
+        .map(|d| d.ips.iter().map(ToString::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn reasons(e: &mut Engine) -> Vec<&'static str> {
+    e.take_notices()
+        .into_iter()
+        .map(|n| match n {
+            Notice::Service { reason, .. } | Notice::Config { reason, .. } => reason,
+        })
+        .collect()
+}
+
+fn started(pools: &str, services: Vec<Service>) -> Engine {
+    let mut e = Engine::new(None);
+    e.config_changed(Some(&cm(pools)));
+    e.services_listed(services);
+    assert!(e.is_synced());
+    e
+}
+
+#[test]
+fn nothing_is_assigned_before_a_config_is_loaded() {
+    let mut e = Engine::new(None);
+    e.services_listed(vec![lb("ns", "a")]);
+    assert!(!e.is_synced());
+    assert_eq!(e.desired(&key("ns", "a")), None);
+    e.config_changed(Some(&cm("address-pools: [\n")));
+    assert_eq!(
+        e.desired(&key("ns", "a")),
+        None,
+        "an invalid first config assigns nothing"
+    );
+    assert!(e.config_status().stale && !e.config_status().loaded);
+    e.config_changed(Some(&cm(POOLS)));
+    assert_eq!(ips(&e, "ns", "a"), ["192.0.2.1"]);
+}
+
+#[test]
+fn restart_learns_every_status_before_assigning() {
+    // "b" (listed first) is pending; "z" already holds .1. A naive pass would give .1 to "b".
+    let e = started(
+        POOLS,
+        vec![lb("ns", "b"), lb("ns", "z").with_status(&["192.0.2.1"])],
+    );
+    assert_eq!(ips(&e, "ns", "z"), ["192.0.2.1"]);
+    assert_eq!(ips(&e, "ns", "b"), ["192.0.2.2"]);
+}
+
+#[test]
+fn events_say_which_address_from_which_pool() {
+    let mut e = started(POOLS, vec![]);
+    reasons(&mut e);
+    e.service_applied(lb("ns", "a"));
+    let notices = e.take_notices();
+    assert_eq!(
+        notices,
+        [Notice::Service {
+            key: key("ns", "a"),
+            severity: Severity::Normal,
+            reason: "IPAllocated",
+            message: "assigned 192.0.2.1 from pool \"default\"".into()
+        }]
+    );
+    assert_eq!(
+        e.desired(&key("ns", "a")).unwrap().pool.as_deref(),
+        Some("default")
+    );
+}
+
+#[test]
+fn exhausted_pool_is_a_warning_once_and_retried_when_freed() {
+    let mut e = started(POOLS, vec![lb("ns", "a"), lb("ns", "b"), lb("ns", "c")]);
+    assert_eq!(ips(&e, "ns", "c"), Vec::<String>::new());
+    assert!(reasons(&mut e).contains(&"AllocationFailed"));
+    // A resync of the same Service does not repeat the warning.
+    e.service_applied(lb("ns", "c").annotated("x", "y"));
+    assert!(!reasons(&mut e).contains(&"AllocationFailed"));
+    // Deleting a holder frees an address: the pending Service gets it at once.
+    e.service_deleted(&key("ns", "a"));
+    assert_eq!(ips(&e, "ns", "c"), ["192.0.2.1"]);
+}
+
+#[test]
+fn type_change_releases_clears_status_and_serves_pending() {
+    let mut e = started(POOLS, vec![lb("ns", "a"), lb("ns", "b"), lb("ns", "c")]);
+    let a = lb("ns", "a")
+        .with_status(&["192.0.2.1"])
+        .annotated("ferrolb.io/ip-allocated-from-pool", "default");
+    e.service_applied(a.clone());
+    e.service_applied(a.of_type("ClusterIP"));
+    assert_eq!(e.desired(&key("ns", "a")), Some(Desired::cleared()));
+    assert_eq!(ips(&e, "ns", "c"), ["192.0.2.1"]);
+    assert!(reasons(&mut e).contains(&"IPReleased"));
+}
+
+#[test]
+fn services_of_other_classes_or_types_are_never_touched() {
+    let e = started(
+        POOLS,
+        vec![
+            lb("ns", "other")
+                .class("example.com/other")
+                .with_status(&["203.0.113.9"]),
+            lb("ns", "np").of_type("NodePort"),
+        ],
+    );
+    assert_eq!(e.desired(&key("ns", "other")), None);
+    assert_eq!(e.desired(&key("ns", "np")), None);
+    // A controller given a class handles only that class.
+    let mut c = Engine::new(Some("ferrolb.io/lb".into()));
+    c.config_changed(Some(&cm(POOLS)));
+    c.services_listed(vec![
+        lb("ns", "mine").class("ferrolb.io/lb"),
+        lb("ns", "plain"),
+    ]);
+    assert_eq!(ips(&c, "ns", "mine"), ["192.0.2.1"]);
+    assert_eq!(c.desired(&key("ns", "plain")), None);
+}
+
+#[test]
+fn stale_config_is_refused_then_accepted_once_the_holder_is_gone() {
+    let mut e = started(POOLS, vec![lb("ns", "a"), lb("ns", "b")]);
+    reasons(&mut e);
+    let shrunk =
+        "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.1/32]\n";
+    e.config_changed(Some(&cm(shrunk)));
+    let notices = e.take_notices();
+    let Notice::Config {
+        reason, message, ..
+    } = &notices[0]
+    else {
+        panic!("{notices:?}")
+    };
+    assert_eq!(*reason, "StaleConfig");
+    assert!(message.contains("192.0.2.2 (held by ns/b)"), "{message}");
+    assert!(e.config_status().stale);
+    assert_eq!(
+        ips(&e, "ns", "b"),
+        ["192.0.2.2"],
+        "nothing loses its address"
+    );
+    e.service_deleted(&key("ns", "b"));
+    assert!(
+        !e.config_status().stale,
+        "accepted once no held address is orphaned"
+    );
+    assert_eq!(e.allocator().config().unwrap().pools[0].ranges.len(), 1);
+}
+
+#[test]
+fn invalid_config_keeps_the_last_good_one() {
+    let mut e = started(POOLS, vec![lb("ns", "a")]);
+    e.config_changed(Some(&cm("address-pools:\n- name: x\n  protocol: bgp\n")));
+    assert!(e.config_status().stale);
+    assert!(reasons(&mut e).contains(&"InvalidConfig"));
+    e.service_applied(lb("ns", "b"));
+    assert_eq!(ips(&e, "ns", "b"), ["192.0.2.2"], "old pools still serve");
+}
+
+#[test]
+fn deleted_configmap_keeps_the_config_and_says_so() {
+    let mut e = started(POOLS, vec![lb("ns", "a")]);
+    reasons(&mut e);
+    e.config_changed(None);
+    assert!(e.config_status().stale);
+    let notices = e.take_notices();
+    assert!(
+        matches!(
+            &notices[0],
+            Notice::Config {
+                reason: "ConfigMissing",
+                on_object: false,
+                ..
+            }
+        ),
+        "{notices:?}"
+    );
+    assert_eq!(ips(&e, "ns", "a"), ["192.0.2.1"]);
+}
+
+#[test]
+fn bad_annotations_are_a_warning_and_keep_the_address() {
+    let mut e = started(POOLS, vec![lb("ns", "a")]);
+    reasons(&mut e);
+    e.service_applied(
+        lb("ns", "a")
+            .with_status(&["192.0.2.1"])
+            .annotated("ferrolb.io/address-pool", "x")
+            .annotated("metallb.universe.tf/address-pool", "y"),
+    );
+    let notices = e.take_notices();
+    let Notice::Service {
+        reason, message, ..
+    } = &notices[0]
+    else {
+        panic!()
+    };
+    assert_eq!(*reason, "AllocationFailed");
+    assert!(
+        message.contains("disagree") && message.contains("keeping 192.0.2.1"),
+        "{message}"
+    );
+    assert_eq!(ips(&e, "ns", "a"), ["192.0.2.1"]);
+}
+
+#[test]
+fn relist_after_a_lost_watch_releases_deleted_services() {
+    let mut e = started(POOLS, vec![lb("ns", "a"), lb("ns", "b"), lb("ns", "c")]);
+    e.services_listed(vec![lb("ns", "b"), lb("ns", "c")]);
+    assert_eq!(ips(&e, "ns", "c"), ["192.0.2.1"]);
+    assert_eq!(ips(&e, "ns", "b"), ["192.0.2.2"]);
+}
