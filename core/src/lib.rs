@@ -6,6 +6,7 @@
 pub mod addr;
 pub mod allocator;
 pub mod config;
+pub mod packet;
 pub mod selector;
 pub mod service;
 
