@@ -44,6 +44,8 @@ pub enum Notice {
         severity: Severity,
         reason: &'static str,
         message: String,
+        /// For failures: the allocator's reason label, for metrics.
+        cause: Option<&'static str>,
     },
     /// About the config; `on_object` is false when the ConfigMap does not exist.
     Config {
@@ -404,7 +406,11 @@ impl Engine {
                 if self.allocator.allocation(key).is_none() {
                     self.pending.insert(key.clone());
                 }
-                self.fail(key, format!("{why}{}", self.keeping(key)));
+                self.fail(
+                    key,
+                    "invalid_request",
+                    format!("{why}{}", self.keeping(key)),
+                );
                 return false;
             }
         };
@@ -462,7 +468,7 @@ impl Engine {
                     .kept
                     .map(|k| format!("; keeping {} from pool {:?}", list(&k.ips), k.pool))
                     .unwrap_or_default();
-                self.fail(key, format!("{}{kept}", e.error));
+                self.fail(key, e.error.reason(), format!("{}{kept}", e.error));
                 false
             }
         }
@@ -475,12 +481,18 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    fn fail(&mut self, key: &ServiceKey, message: String) {
+    fn fail(&mut self, key: &ServiceKey, cause: &'static str, message: String) {
         if self.last_failure.get(key) == Some(&message) {
             return;
         }
         self.last_failure.insert(key.clone(), message.clone());
-        self.notice(key, Severity::Warning, "AllocationFailed", message);
+        self.notices.push(Notice::Service {
+            key: key.clone(),
+            severity: Severity::Warning,
+            reason: "AllocationFailed",
+            message,
+            cause: Some(cause),
+        });
     }
 
     fn notice(
@@ -495,7 +507,13 @@ impl Engine {
             severity,
             reason,
             message,
+            cause: None,
         });
+    }
+
+    /// The Service as last seen, for Event references.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key)
     }
 }
 

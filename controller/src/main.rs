@@ -1,24 +1,33 @@
 //! ferrolb-controller: assigns addresses to LoadBalancer Services.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::{error, info};
 
 mod check_config;
 mod engine;
+mod lease;
+mod metrics;
+mod run;
 mod service;
 
 #[derive(Parser)]
 #[command(
     name = "ferrolb-controller",
     version,
-    about = "Assigns addresses from ferrolb's pools to LoadBalancer Services"
+    about = "Assigns addresses from ferrolb's pools to LoadBalancer Services",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
@@ -34,10 +43,74 @@ enum Command {
     },
 }
 
+#[derive(Args, Clone, Debug)]
+struct RunArgs {
+    /// Namespace of the config ConfigMap (default: this pod's namespace, else ferrolb-system).
+    #[arg(long, env = "FERROLB_CONFIG_NAMESPACE")]
+    config_namespace: Option<String>,
+    /// Name of the config ConfigMap.
+    #[arg(long, env = "FERROLB_CONFIG_NAME", default_value = "config")]
+    config_name: String,
+    /// Handle only Services with this spec.loadBalancerClass (default: only Services without one).
+    #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS")]
+    load_balancer_class: Option<String>,
+    /// Hold a Lease so that only one replica writes.
+    #[arg(long, env = "FERROLB_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "ferrolb-controller")]
+    lease_name: String,
+    /// Namespace of the leader Lease (default: the config namespace).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// How long a leader's Lease stays valid without renewal (e.g. 15s, 500ms).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// How often the leader renews, and a follower retries.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    lease_renew_interval: Duration,
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "FERROLB_METRICS_ADDR", default_value = "0.0.0.0:7472")]
+    metrics_addr: SocketAddr,
+    /// Status writes in flight at once.
+    #[arg(long, default_value_t = 32)]
+    write_concurrency: usize,
+    #[arg(long, value_enum, env = "FERROLB_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter: a level (info, debug) or tracing directives.
+    #[arg(long, env = "FERROLB_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 15s or 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file, output } => match read_input(&file) {
+        Some(Command::CheckConfig { file, output }) => match read_input(&file) {
             Ok(input) => {
                 let (text, valid) = check_config::check(&input, output);
                 print!("{text}");
@@ -52,6 +125,124 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        None => {
+            init_logging(&cli.run);
+            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+            match runtime.block_on(controller(cli.run)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "the controller stops");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(args: &RunArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn controller(args: RunArgs) -> anyhow::Result<()> {
+    let namespace = args
+        .config_namespace
+        .clone()
+        .or_else(run::pod_namespace)
+        .unwrap_or_else(|| "ferrolb-system".into());
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let metrics = metrics::Metrics::new();
+    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+    let client = run::client().await?;
+
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let leadership = if args.leader_election {
+        let cfg = lease::LeaseConfig {
+            namespace: args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| namespace.clone()),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            duration: args.lease_duration,
+            renew_every: args.lease_renew_interval,
+        };
+        // A follower is ready: it serves by standing by.
+        metrics
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            l = lease::acquire(client.clone(), cfg) => Some(l?),
+            _ = &mut shutdown => return Ok(()),
+        }
+    } else {
+        None
+    };
+    metrics.is_leader.set(1);
+    metrics
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+
+    let settings = run::Settings {
+        config_namespace: namespace,
+        config_name: args.config_name.clone(),
+        class: args.load_balancer_class.clone(),
+        identity,
+        write_concurrency: args.write_concurrency,
+    };
+    let mut lost = leadership.as_ref().map(|l| l.lost.clone());
+    let lost_leadership = async move {
+        match lost.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|lost| *lost).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    let stop = async move {
+        let _ = stop_rx.await;
+    };
+    let run = run::run(client, settings, metrics.clone(), stop);
+    tokio::pin!(run);
+    let why = tokio::select! {
+        r = &mut run => { r.context("the controller loop failed")?; "the watch ended" }
+        _ = &mut shutdown => "signal",
+        _ = lost_leadership => "lost",
+    };
+    let _ = stop_tx.send(why);
+    let _ = run.await;
+    metrics.is_leader.set(0);
+    server.abort();
+    match (why, leadership) {
+        ("lost", _) => anyhow::bail!(
+            "lost the leader lease; exiting so that a restart starts again from the Services' status"
+        ),
+        (_, Some(l)) => {
+            l.release().await;
+            info!("stopped");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
     }
 }
 
@@ -64,5 +255,20 @@ fn read_input(file: &str) -> anyhow::Result<String> {
         Ok(s)
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("fast").is_err());
     }
 }

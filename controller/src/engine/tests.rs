@@ -156,7 +156,8 @@ fn events_say_which_address_from_which_pool() {
             key: key("ns", "a"),
             severity: Severity::Normal,
             reason: "IPAllocated",
-            message: "assigned 192.0.2.1 from pool \"default\"".into()
+            message: "assigned 192.0.2.1 from pool \"default\"".into(),
+            cause: None,
         }]
     );
     assert_eq!(

@@ -1,0 +1,442 @@
+//! The controller process: watches in, engine decisions, status writes and
+//! Events out. One task owns the engine, so allocation is strictly sequential;
+//! status writes run concurrently, at most one in flight per Service.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ferrolb_core::ServiceKey;
+use ferrolb_core::service::ALLOCATED_FROM_POOL;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::engine::{Desired, Engine, Notice, Severity};
+use crate::metrics::{Metrics, ReasonLabel};
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub config_namespace: String,
+    pub config_name: String,
+    pub class: Option<String>,
+    pub identity: String,
+    pub write_concurrency: usize,
+}
+
+/// Result of one status write.
+struct Written {
+    key: ServiceKey,
+    desired: Desired,
+    result: Result<(), kube::Error>,
+}
+
+/// Runs until `stop` resolves; returns an error only if it cannot go on.
+pub async fn run(
+    client: kube::Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let services: Api<Service> = Api::all(client.clone());
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &settings.config_namespace);
+    let mut service_events = watcher(services, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut config_events = watcher(
+        configmaps,
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.config_name)),
+    )
+    .default_backoff()
+    .boxed();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "ferrolb-controller".into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let mut engine = Engine::new(settings.class.clone());
+    let mut writer = Writer::new(client.clone(), settings.write_concurrency);
+    let mut listing: Option<Vec<Service>> = None;
+    let mut config_listing: Option<Option<ConfigMap>> = None;
+    let mut configmap: Option<ConfigMap> = None;
+    tokio::pin!(stop);
+    info!(
+        config = %format!("{}/{}", settings.config_namespace, settings.config_name),
+        class = settings.class.as_deref().unwrap_or("(none)"),
+        "watching Services and the config"
+    );
+
+    loop {
+        let retry_at = writer.next_retry();
+        let mut touched: BTreeSet<ServiceKey> = BTreeSet::new();
+        tokio::select! {
+            _ = &mut stop => break,
+            ev = service_events.next() => {
+                let started = Instant::now();
+                match ev {
+                    Some(Ok(Event::Init)) => listing = Some(Vec::new()),
+                    Some(Ok(Event::InitApply(svc))) => listing.get_or_insert_with(Vec::new).push(svc),
+                    Some(Ok(Event::InitDone)) => {
+                        let list = listing.take().unwrap_or_default();
+                        touched.extend(list.iter().map(crate::service::key_of));
+                        engine.services_listed(list);
+                    }
+                    Some(Ok(Event::Apply(svc))) => {
+                        touched.insert(crate::service::key_of(&svc));
+                        engine.service_applied(svc);
+                    }
+                    Some(Ok(Event::Delete(svc))) => {
+                        let key = crate::service::key_of(&svc);
+                        writer.forget(&key);
+                        engine.service_deleted(&key);
+                    }
+                    Some(Err(e)) => {
+                        metrics.api_error("watch_services");
+                        warn!(error = %e, "the Service watch failed; it restarts with backoff");
+                    }
+                    None => anyhow::bail!("the Service watch ended"),
+                }
+                metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+            }
+            ev = config_events.next() => {
+                match ev {
+                    Some(Ok(Event::Init)) => config_listing = Some(None),
+                    Some(Ok(Event::InitApply(cm))) => config_listing = Some(Some(cm)),
+                    Some(Ok(Event::InitDone)) => {
+                        configmap = config_listing.take().flatten();
+                        engine.config_changed(configmap.as_ref());
+                    }
+                    Some(Ok(Event::Apply(cm))) => {
+                        configmap = Some(cm);
+                        engine.config_changed(configmap.as_ref());
+                    }
+                    Some(Ok(Event::Delete(_))) => {
+                        configmap = None;
+                        engine.config_changed(None);
+                    }
+                    Some(Err(e)) => {
+                        metrics.api_error("watch_config");
+                        warn!(error = %e, "the ConfigMap watch failed; it restarts with backoff");
+                    }
+                    None => anyhow::bail!("the ConfigMap watch ended"),
+                }
+            }
+            Some(done) = writer.done.recv() => writer.completed(done, &metrics),
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(far_future).into()), if retry_at.is_some() => {}
+        }
+
+        for notice in engine.take_notices() {
+            publish(
+                &recorder,
+                &engine,
+                configmap.as_ref(),
+                &settings,
+                &metrics,
+                notice,
+            );
+        }
+        // Keys whose object changed are re-checked: a status someone else
+        // changed must be written again even if we wrote the same before.
+        for key in &touched {
+            writer.written.remove(key);
+            engine.observed_clean(key);
+        }
+        let mut check: BTreeSet<ServiceKey> = engine.take_dirty();
+        check.extend(touched);
+        check.extend(writer.due_retries());
+        for key in check {
+            writer.consider(&key, &engine);
+        }
+
+        let status = engine.config_status();
+        metrics.config_stale.set(status.stale as i64);
+        metrics.config_loaded.set(status.loaded as i64);
+        metrics.set_pools(&engine.allocator().pool_stats());
+        metrics.pending_services.set(engine.pending().len() as i64);
+        metrics.ready.store(engine.is_synced(), Ordering::Relaxed);
+    }
+    writer.drain(Duration::from_secs(3)).await;
+    Ok(())
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
+}
+
+fn watcher<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    watcher::watcher(api, cfg).map_err(|e| {
+        debug!(error = %e, "watch error");
+        e
+    })
+}
+
+/// Logs a notice and publishes it as an Event (in the background).
+fn publish(
+    recorder: &Recorder,
+    engine: &Engine,
+    configmap: Option<&ConfigMap>,
+    settings: &Settings,
+    metrics: &Metrics,
+    notice: Notice,
+) {
+    let (reference, severity, reason, message, action): (Option<ObjectReference>, _, _, _, _) =
+        match notice {
+            Notice::Service {
+                key,
+                severity,
+                reason,
+                message,
+                cause,
+            } => {
+                match severity {
+                    Severity::Normal => info!(service = %key, reason, "{message}"),
+                    Severity::Warning => warn!(service = %key, reason, "{message}"),
+                }
+                if reason == "IPAllocated" {
+                    metrics.allocations.inc();
+                }
+                if let Some(cause) = cause {
+                    metrics
+                        .allocation_failures
+                        .get_or_create(&ReasonLabel {
+                            reason: cause.to_owned(),
+                        })
+                        .inc();
+                }
+                (
+                    engine.service(&key).map(|s| s.object_ref(&())),
+                    severity,
+                    reason,
+                    message,
+                    "Allocate",
+                )
+            }
+            Notice::Config {
+                severity,
+                reason,
+                message,
+                on_object,
+            } => {
+                let name = format!("{}/{}", settings.config_namespace, settings.config_name);
+                match severity {
+                    Severity::Normal => info!(config = %name, reason, "{message}"),
+                    Severity::Warning => warn!(config = %name, reason, "{message}"),
+                }
+                let reference = if on_object {
+                    configmap.map(|c| c.object_ref(&()))
+                } else {
+                    None
+                };
+                (reference, severity, reason, message, "LoadConfig")
+            }
+        };
+    let Some(reference) = reference else { return };
+    let recorder = recorder.clone();
+    let event = KubeEvent {
+        type_: match severity {
+            Severity::Normal => EventType::Normal,
+            Severity::Warning => EventType::Warning,
+        },
+        reason: reason.to_owned(),
+        note: Some(truncate(message, 1000)),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(error = %e, reason = %event.reason, "could not publish an Event");
+        }
+    });
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Writes desired statuses, one write in flight per Service, retrying
+/// failures with exponential backoff.
+struct Writer {
+    client: kube::Client,
+    limit: Arc<Semaphore>,
+    inflight: HashMap<ServiceKey, Desired>,
+    /// What was last written successfully and not yet seen in a watch event.
+    written: HashMap<ServiceKey, Desired>,
+    retries: BTreeMap<ServiceKey, (Instant, u32)>,
+    done_tx: mpsc::UnboundedSender<Written>,
+    done: mpsc::UnboundedReceiver<Written>,
+}
+
+impl Writer {
+    fn new(client: kube::Client, concurrency: usize) -> Writer {
+        let (done_tx, done) = mpsc::unbounded_channel();
+        Writer {
+            client,
+            limit: Arc::new(Semaphore::new(concurrency.max(1))),
+            inflight: HashMap::new(),
+            written: HashMap::new(),
+            retries: BTreeMap::new(),
+            done_tx,
+            done,
+        }
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.retries.values().map(|(at, _)| *at).min()
+    }
+
+    fn due_retries(&self) -> Vec<ServiceKey> {
+        let now = Instant::now();
+        self.retries
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn forget(&mut self, key: &ServiceKey) {
+        self.written.remove(key);
+        self.retries.remove(key);
+    }
+
+    fn consider(&mut self, key: &ServiceKey, engine: &Engine) {
+        let Some(desired) = engine.desired(key) else {
+            self.retries.remove(key);
+            return;
+        };
+        let Some(observed) = engine.observed(key) else {
+            return;
+        };
+        if observed == desired {
+            self.written.remove(key);
+            self.retries.remove(key);
+            return;
+        }
+        if self.inflight.contains_key(key) || self.written.get(key) == Some(&desired) {
+            // Re-checked when the write completes or the watch shows it.
+            return;
+        }
+        if self.retries.get(key).is_some_and(|(at, _)| *at > Instant::now()) {
+            return;
+        }
+        self.inflight.insert(key.clone(), desired.clone());
+        let (client, limit, tx, key) = (
+            self.client.clone(),
+            self.limit.clone(),
+            self.done_tx.clone(),
+            key.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let result = write_status(client, &key, &observed, &desired).await;
+            let _ = tx.send(Written {
+                key,
+                desired,
+                result,
+            });
+        });
+    }
+
+    fn completed(&mut self, done: Written, metrics: &Metrics) {
+        self.inflight.remove(&done.key);
+        match done.result {
+            Ok(()) => {
+                debug!(service = %done.key, ips = ?done.desired.ips, "status written");
+                self.retries.remove(&done.key);
+                self.written.insert(done.key, done.desired);
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                self.retries.remove(&done.key);
+            }
+            Err(e) => {
+                metrics.api_error("write_status");
+                let attempts = self.retries.get(&done.key).map_or(0, |(_, n)| *n) + 1;
+                let backoff = Duration::from_millis(50 * 2u64.pow(attempts.min(8)))
+                    .min(Duration::from_secs(10));
+                warn!(service = %done.key, error = %e, retry_in = ?backoff, "could not write the Service status");
+                self.retries
+                    .insert(done.key, (Instant::now() + backoff, attempts));
+            }
+        }
+    }
+
+    /// Waits a little for writes in flight at shutdown.
+    async fn drain(&mut self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        while !self.inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.done.recv()).await {
+                Ok(Some(done)) => {
+                    self.inflight.remove(&done.key);
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+async fn write_status(
+    client: kube::Client,
+    key: &ServiceKey,
+    observed: &Desired,
+    desired: &Desired,
+) -> Result<(), kube::Error> {
+    let api: Api<Service> = Api::namespaced(client, &key.namespace);
+    let params = PatchParams::default();
+    if observed.ips != desired.ips {
+        let ingress = if desired.ips.is_empty() {
+            serde_json::Value::Null
+        } else {
+            desired
+                .ips
+                .iter()
+                .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+                .collect()
+        };
+        let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+        api.patch_status(&key.name, &params, &Patch::Merge(&patch))
+            .await?;
+    }
+    if observed.pool != desired.pool {
+        let patch = json!({"metadata": {"annotations": {ALLOCATED_FROM_POOL: desired.pool}}});
+        api.patch(&key.name, &params, &Patch::Merge(&patch)).await?;
+    }
+    Ok(())
+}
+
+/// The namespace of this pod, if running in one.
+pub fn pod_namespace() -> Option<String> {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+pub async fn client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")
+}
