@@ -340,7 +340,11 @@ impl Writer {
             // Re-checked when the write completes or the watch shows it.
             return;
         }
-        if self.retries.get(key).is_some_and(|(at, _)| *at > Instant::now()) {
+        if self
+            .retries
+            .get(key)
+            .is_some_and(|(at, _)| *at > Instant::now())
+        {
             return;
         }
         self.inflight.insert(key.clone(), desired.clone());
