@@ -6,6 +6,7 @@
 pub mod addr;
 pub mod allocator;
 pub mod config;
+pub mod election;
 pub mod packet;
 pub mod selector;
 pub mod service;
@@ -15,4 +16,5 @@ pub use allocator::{
     AllocError, Allocation, Allocator, Change, EnsureError, Ensured, Orphan, PoolStats,
 };
 pub use config::{AddressPool, Config, ConfigError};
+pub use election::{ClusterState, Endpoint, NodeInfo, Owner, ServiceInfo, TrafficPolicy, Unowned};
 pub use service::{FamilyPolicy, PortKey, Protocol, ServiceKey, ServiceSpec, Sharing};
