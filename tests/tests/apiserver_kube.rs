@@ -738,3 +738,37 @@ async fn deleting_a_namespace_deletes_its_contents() {
         .unwrap();
     assert_eq!(api_status(cms.get("a").await).code, 404);
 }
+
+#[tokio::test]
+async fn watcher_with_streaming_lists_gets_initial_events_then_changes() {
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let server = TestApiServer::start().await.unwrap();
+    let api = Api::<ConfigMap>::default_namespaced(server.client().unwrap());
+    api.create(
+        &PostParams::default(),
+        &from_json(json!({"metadata": {"name": "before"}})),
+    )
+    .await
+    .unwrap();
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists())
+        .applied_objects()
+        .boxed();
+    let first = tokio::time::timeout(Duration::from_secs(60), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.name_any(), "before");
+    api.create(
+        &PostParams::default(),
+        &from_json(json!({"metadata": {"name": "after"}})),
+    )
+    .await
+    .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(60), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.name_any(), "after");
+}
