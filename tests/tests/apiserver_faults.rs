@@ -193,6 +193,24 @@ async fn injected_errors_reach_the_client_as_status() {
 }
 
 #[tokio::test]
+async fn every_nth_request_fails_until_turned_off() {
+    let server = TestApiServer::start().await.unwrap();
+    let api = Api::<ConfigMap>::default_namespaced(server.client().unwrap());
+    server.fail_every(4, 500);
+    let mut failed = Vec::new();
+    for _ in 0..12 {
+        failed.push(api.list(&ListParams::default()).await.is_err());
+    }
+    let expected: Vec<bool> = (1..=12).map(|i| i % 4 == 0).collect();
+    assert_eq!(failed, expected, "a steady one-in-four ratio");
+    server.fail_every(0, 500);
+    for _ in 0..8 {
+        api.list(&ListParams::default()).await.unwrap();
+    }
+    assert_eq!(server.injected_failures(), 3);
+}
+
+#[tokio::test]
 async fn response_delay_slows_answers() {
     let server = TestApiServer::start().await.unwrap();
     let api = Api::<ConfigMap>::default_namespaced(server.client().unwrap());

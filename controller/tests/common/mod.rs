@@ -103,9 +103,11 @@ impl Harness {
                 "--metrics-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--lease-duration", "2s", "--lease-renew-interval", "200ms"])
-            .args(["--log-level", "info"])
-            .stdout(Stdio::null())
+            .args(["--log-level", "info"]);
+        if !extra.contains(&"--lease-duration") {
+            cmd.args(["--lease-duration", "2s", "--lease-renew-interval", "200ms"]);
+        }
+        cmd.stdout(Stdio::null())
             .stderr(if std::env::var_os("FERROLB_E2E_LOGS").is_some() {
                 Stdio::inherit()
             } else {
@@ -160,6 +162,30 @@ impl Harness {
         )
         .await
         .unwrap_or_else(|e| panic!("creating Service {ns}/{name}: {e}"))
+    }
+
+    /// Creates a plain LoadBalancer Service; false if the API refused (an injected fault).
+    pub async fn try_create_service(&self, name: &str) -> bool {
+        let mut svc = json!({
+            "metadata": {"name": name},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
+        });
+        if let Some(class) = &self.class {
+            svc["spec"]["loadBalancerClass"] = json!(class);
+        }
+        match self
+            .services()
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(svc).unwrap(),
+            )
+            .await
+        {
+            Ok(_) => true,
+            // An earlier attempt that got through although its answer was lost.
+            Err(kube::Error::Api(s)) if s.code == 409 => true,
+            Err(_) => false,
+        }
     }
 
     pub async fn patch_service(&self, name: &str, patch: Value) {
@@ -243,7 +269,15 @@ impl Harness {
 
     /// Every Service in the namespace with its status addresses.
     pub async fn all_ips(&self) -> BTreeMap<String, Vec<String>> {
-        let list = self.services().list(&ListParams::default()).await.unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        // Retried: under fault injection the test's own requests fail too.
+        let list = loop {
+            match self.services().list(&ListParams::default()).await {
+                Ok(list) => break list,
+                Err(e) => assert!(Instant::now() < deadline, "listing Services: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         list.items
             .iter()
             .map(|s| (s.metadata.name.clone().unwrap(), status_ips(s)))
@@ -258,6 +292,25 @@ impl Drop for Harness {
             let _ = c.wait();
         }
     }
+}
+
+/// POSTs to the test API server's admin endpoint (fault injection).
+pub async fn admin_post(base_url: &str, action: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("the test API server listens");
+    let req = format!(
+        "POST /admin/{action} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "admin {action}: {answer}"
+    );
 }
 
 pub fn status_ips(svc: &Service) -> Vec<String> {

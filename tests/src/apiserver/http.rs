@@ -782,6 +782,17 @@ async fn admin(shared: &Arc<Shared>, method: &Method, action: &str, q: &Query) -
             *super::lock(&shared.faults.fail) = (count > 0).then_some((code as u16, count as u32));
             ok(format!("the next {count} API requests get {code}"))
         }
+        "fail-every" => {
+            let (code, n) = match (num("code", 500), num("n", 10)) {
+                (Ok(c), Ok(n)) => (c, n),
+                (Err(e), _) | (_, Err(e)) => return bad(e),
+            };
+            if !(400..=599).contains(&code) {
+                return bad(format!("code must be a 4xx or 5xx status, got {code}"));
+            }
+            *super::lock(&shared.faults.every) = (n > 0).then_some((code as u16, n));
+            ok(format!("every {n}th API request gets {code}"))
+        }
         "delay" => match num("ms", 0) {
             Ok(ms) => {
                 shared.faults.delay_ms.store(ms, Ordering::Relaxed);

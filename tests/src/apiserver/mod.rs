@@ -74,6 +74,9 @@ pub enum Contents {
 pub(crate) struct Faults {
     /// (status code, how many more requests get it)
     fail: Mutex<Option<(u16, u32)>>,
+    /// (status code, n): every n-th request gets the code, until turned off.
+    every: Mutex<Option<(u16, u64)>>,
+    counted: AtomicU64,
     delay_ms: AtomicU64,
     /// How many answers were injected failures.
     injected: AtomicU64,
@@ -81,6 +84,14 @@ pub(crate) struct Faults {
 
 impl Faults {
     fn take_failure(&self) -> Option<u16> {
+        // A steady ratio: every n-th API request fails, whoever sends it.
+        if let Some((code, every)) = *lock(&self.every) {
+            let seen = self.counted.fetch_add(1, Ordering::SeqCst) + 1;
+            if every > 0 && seen.is_multiple_of(every) {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                return Some(code);
+            }
+        }
         let mut f = lock(&self.fail);
         match &mut *f {
             Some((code, n)) if *n > 0 => {
@@ -251,6 +262,12 @@ impl TestApiServer {
     /// with `Retry-After: 1`, or any other 4xx/5xx) as a Status object.
     pub fn fail_next_requests(&self, n: u32, code: u16) {
         *lock(&self.shared.faults.fail) = (n > 0).then_some((code, n));
+    }
+
+    /// Answers every `n`-th API request with `code` from now on (`n` = 0 turns it off):
+    /// a steady failure ratio of 1/n, however busy or idle the clients are.
+    pub fn fail_every(&self, n: u64, code: u16) {
+        *lock(&self.shared.faults.every) = (n > 0).then_some((code, n));
     }
 
     /// How many answers so far were injected failures (clients may retry 429/503/504 on their
