@@ -194,13 +194,21 @@ async fn exhausted_pool_then_type_change_frees_an_address_for_the_pending_servic
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let a = h.services().get("a").await.unwrap();
-        if !a.metadata.annotations.unwrap_or_default().contains_key("ferrolb.io/ip-allocated-from-pool") {
+        if !a
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("ferrolb.io/ip-allocated-from-pool")
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the pool annotation stays on a released Service");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool annotation stays on a released Service"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-}}
+}
 
 #[tokio::test]
 async fn other_classes_are_never_touched() {
