@@ -1,0 +1,479 @@
+//! The announcer: answers ARP and NDP for the addresses this node owns, on
+//! the interfaces it announces on, and tells the segment when it takes an
+//! address over (DESIGN section 6).
+//!
+//! It is driven by one idempotent call, [`Announcer::set`], with the whole
+//! table of owned addresses per interface. Setting the same table again
+//! changes nothing and sends nothing; an address that leaves the table is
+//! no longer answered from that moment on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ferrolb_core::packet::arp::ETHERTYPE_ARP;
+use ferrolb_core::packet::ndp::{ALL_NODES, TYPE_NEIGHBOR_SOLICITATION};
+use ferrolb_core::packet::{
+    ArpFrame, ArpOperation, ArpRequest, NeighborAdvertisement, NeighborSolicitation,
+    solicited_node_multicast,
+};
+use socket2::Socket;
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::interfaces::Interface;
+use crate::sys;
+
+/// How the segment is told about a takeover.
+#[derive(Clone, Copy, Debug)]
+pub struct GratuitousSchedule {
+    /// Bursts per takeover: each a gratuitous ARP request and reply for
+    /// IPv4, an unsolicited NA for IPv6.
+    pub bursts: u32,
+    /// Time between bursts. With 3 bursts 600 ms apart the last leaves
+    /// 1.2 s after the first, past Linux's 1 s `locktime`, inside which a
+    /// client may ignore an update (reference/peers.md section B).
+    pub interval: Duration,
+}
+
+impl Default for GratuitousSchedule {
+    fn default() -> Self {
+        GratuitousSchedule {
+            bursts: 3,
+            interval: Duration::from_millis(600),
+        }
+    }
+}
+
+/// Counters for the metrics of DESIGN section 7.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub arp_requests_received: AtomicU64,
+    pub arp_replies_sent: AtomicU64,
+    pub solicitations_received: AtomicU64,
+    pub advertisements_sent: AtomicU64,
+    pub gratuitous_sent: AtomicU64,
+    pub malformed_packets: AtomicU64,
+}
+
+/// The addresses to announce on one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub interface: Interface,
+    pub addresses: BTreeSet<IpAddr>,
+}
+
+/// Answers for owned addresses on every interface it was given.
+pub struct Announcer {
+    schedule: GratuitousSchedule,
+    stats: Arc<Stats>,
+    interfaces: BTreeMap<String, InterfaceAnnouncer>,
+}
+
+impl Announcer {
+    pub fn new(schedule: GratuitousSchedule) -> Announcer {
+        Announcer {
+            schedule,
+            stats: Arc::default(),
+            interfaces: BTreeMap::new(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// What is announced now, per interface name.
+    pub fn announced(&self) -> BTreeMap<String, BTreeSet<IpAddr>> {
+        self.interfaces
+            .iter()
+            .map(|(name, ia)| (name.clone(), ia.owned()))
+            .collect()
+    }
+
+    /// Makes the announced table equal `desired`. Interfaces not in it stop
+    /// announcing; an interface whose sockets cannot be opened is reported
+    /// in the result and skipped, never blocking the others. Must be called
+    /// inside a tokio runtime.
+    pub fn set(&mut self, desired: &[Desired]) -> Vec<(String, io::Error)> {
+        let wanted: BTreeSet<&str> = desired.iter().map(|d| d.interface.name.as_str()).collect();
+        self.interfaces.retain(|name, _| {
+            let keep = wanted.contains(name.as_str());
+            if !keep {
+                info!(interface = %name, "stopped announcing on interface");
+            }
+            keep
+        });
+        let mut errors = Vec::new();
+        for d in desired {
+            let name = &d.interface.name;
+            // An interface recreated under the same name, or with a new MAC,
+            // needs new sockets.
+            if self
+                .interfaces
+                .get(name)
+                .is_some_and(|ia| ia.interface != d.interface)
+            {
+                self.interfaces.remove(name);
+            }
+            if !self.interfaces.contains_key(name) {
+                match InterfaceAnnouncer::open(d.interface.clone(), self.stats.clone()) {
+                    Ok(ia) => {
+                        self.interfaces.insert(name.clone(), ia);
+                    }
+                    Err(e) => {
+                        warn!(interface = %name, error = %e, "cannot announce on interface");
+                        errors.push((name.clone(), e));
+                        continue;
+                    }
+                }
+            }
+            if let Some(ia) = self.interfaces.get_mut(name) {
+                ia.set(&d.addresses, self.schedule);
+            }
+        }
+        errors
+    }
+}
+
+/// The responders and state of one interface. Dropping it stops them and
+/// closes its sockets, which also leaves its multicast groups.
+struct InterfaceAnnouncer {
+    interface: Interface,
+    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    arp: Arc<AsyncFd<Socket>>,
+    ndp: Option<Arc<AsyncFd<Socket>>>,
+    /// Solicited-node groups joined on `ndp`, with how many owned addresses
+    /// need each: two addresses can share a group, and the kernel refuses a
+    /// second join of the same group on one socket.
+    groups: BTreeMap<Ipv6Addr, usize>,
+    stats: Arc<Stats>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for InterfaceAnnouncer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl InterfaceAnnouncer {
+    fn open(interface: Interface, stats: Arc<Stats>) -> io::Result<InterfaceAnnouncer> {
+        let arp = Arc::new(sys::async_socket(sys::packet_socket(
+            ETHERTYPE_ARP,
+            interface.index,
+        )?)?);
+        // An interface without IPv6 still gets ARP.
+        let ndp = match sys::icmpv6_socket(&interface.name, &[TYPE_NEIGHBOR_SOLICITATION])
+            .and_then(sys::async_socket)
+        {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                warn!(interface = %interface.name, error = %e, "no NDP responder on interface");
+                None
+            }
+        };
+        let owned = Arc::new(RwLock::new(BTreeSet::new()));
+        let mut tasks = vec![tokio::spawn(answer_arp(
+            arp.clone(),
+            interface.clone(),
+            owned.clone(),
+            stats.clone(),
+        ))];
+        if let Some(ndp) = &ndp {
+            tasks.push(tokio::spawn(answer_ndp(
+                ndp.clone(),
+                interface.clone(),
+                owned.clone(),
+                stats.clone(),
+            )));
+        }
+        info!(interface = %interface.name, mac = %interface.mac, "announcing on interface");
+        Ok(InterfaceAnnouncer {
+            interface,
+            owned,
+            arp,
+            ndp,
+            groups: BTreeMap::new(),
+            stats,
+            tasks,
+        })
+    }
+
+    fn owned(&self) -> BTreeSet<IpAddr> {
+        self.owned.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&mut self, addresses: &BTreeSet<IpAddr>, schedule: GratuitousSchedule) {
+        let current = self.owned();
+        let removed: Vec<IpAddr> = current.difference(addresses).copied().collect();
+        let added: Vec<IpAddr> = addresses.difference(&current).copied().collect();
+        if removed.is_empty() && added.is_empty() {
+            return;
+        }
+        // Stop answering first, then leave groups.
+        {
+            let mut owned = self.owned.write().unwrap_or_else(|e| e.into_inner());
+            for a in &removed {
+                owned.remove(a);
+            }
+        }
+        for a in &removed {
+            info!(interface = %self.interface.name, address = %a, "stopped announcing address");
+            if let IpAddr::V6(v6) = a {
+                self.leave(solicited_node_multicast(*v6));
+            }
+        }
+        // Join groups first, so that no solicitation is missed once we answer.
+        for a in &added {
+            if let IpAddr::V6(v6) = a {
+                self.join(solicited_node_multicast(*v6));
+            }
+        }
+        {
+            let mut owned = self.owned.write().unwrap_or_else(|e| e.into_inner());
+            owned.extend(added.iter().copied());
+        }
+        for a in added {
+            info!(interface = %self.interface.name, address = %a, "announcing address");
+            self.tasks.push(tokio::spawn(gratuitous_bursts(
+                a,
+                self.interface.clone(),
+                self.arp.clone(),
+                self.ndp.clone(),
+                self.owned.clone(),
+                self.stats.clone(),
+                schedule,
+            )));
+        }
+        self.tasks.retain(|t| !t.is_finished());
+    }
+
+    fn join(&mut self, group: Ipv6Addr) {
+        let Some(ndp) = &self.ndp else { return };
+        let count = self.groups.entry(group).or_insert(0);
+        if *count == 0
+            && let Err(e) = ndp
+                .get_ref()
+                .join_multicast_v6(&group, self.interface.index)
+        {
+            warn!(interface = %self.interface.name, %group, error = %e, "cannot join solicited-node group");
+            self.groups.remove(&group);
+            return;
+        }
+        *count += 1;
+    }
+
+    fn leave(&mut self, group: Ipv6Addr) {
+        let Some(ndp) = &self.ndp else { return };
+        let Some(count) = self.groups.get_mut(&group) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.groups.remove(&group);
+            if let Err(e) = ndp
+                .get_ref()
+                .leave_multicast_v6(&group, self.interface.index)
+            {
+                warn!(interface = %self.interface.name, %group, error = %e, "cannot leave solicited-node group");
+            }
+        }
+    }
+}
+
+fn owns(owned: &RwLock<BTreeSet<IpAddr>>, address: IpAddr) -> bool {
+    owned
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&address)
+}
+
+async fn answer_arp(
+    socket: Arc<AsyncFd<Socket>>,
+    interface: Interface,
+    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    stats: Arc<Stats>,
+) {
+    let mut buf = [0u8; 1514];
+    loop {
+        let n = match socket
+            .readable()
+            .await
+            .map(|mut guard| guard.try_io(|s| s.get_ref().read(&mut buf)))
+        {
+            Ok(Ok(Ok(n))) => n,
+            Ok(Ok(Err(e))) => {
+                warn!(interface = %interface.name, error = %e, "ARP receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Ok(Err(_would_block)) => continue,
+            Err(e) => {
+                warn!(interface = %interface.name, error = %e, "ARP socket failed; responder stops");
+                return;
+            }
+        };
+        let request = match ArpRequest::parse(&buf[..n]) {
+            Ok(r) => r,
+            // Replies and other ARP traffic are normal on a segment.
+            Err(_) => continue,
+        };
+        stats.arp_requests_received.fetch_add(1, Ordering::Relaxed);
+        if !request.is_addressed_to(interface.mac)
+            || request.is_gratuitous()
+            || !owns(&owned, IpAddr::V4(request.target_ip()))
+        {
+            continue;
+        }
+        let reply = request.reply(interface.mac).to_bytes();
+        match socket.get_ref().send(&reply) {
+            Ok(_) => {
+                stats.arp_replies_sent.fetch_add(1, Ordering::Relaxed);
+                debug!(interface = %interface.name, address = %request.target_ip(), to = %request.sender_mac(), "answered ARP");
+            }
+            Err(e) => warn!(interface = %interface.name, error = %e, "ARP reply failed"),
+        }
+    }
+}
+
+async fn answer_ndp(
+    socket: Arc<AsyncFd<Socket>>,
+    interface: Interface,
+    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    stats: Arc<Stats>,
+) {
+    let mut buf = [0u8; 1500];
+    let mut out = [0u8; 64];
+    loop {
+        let (n, from) = match socket
+            .readable()
+            .await
+            .map(|mut guard| guard.try_io(|s| sys::recv_from(s.get_ref(), &mut buf)))
+        {
+            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Err(e))) => {
+                warn!(interface = %interface.name, error = %e, "NDP receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Ok(Err(_would_block)) => continue,
+            Err(e) => {
+                warn!(interface = %interface.name, error = %e, "NDP socket failed; responder stops");
+                return;
+            }
+        };
+        let Some(source) = from.as_socket_ipv6() else {
+            continue;
+        };
+        let ns = match NeighborSolicitation::parse(&buf[..n]) {
+            Ok(ns) => ns,
+            Err(e) => {
+                stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
+                debug!(interface = %interface.name, reason = e.reason(), "dropped NDP message");
+                continue;
+            }
+        };
+        stats.solicitations_received.fetch_add(1, Ordering::Relaxed);
+        if !owns(&owned, IpAddr::V6(ns.target)) {
+            continue;
+        }
+        let (destination, na) = match ns.answer(*source.ip(), interface.mac) {
+            Ok(a) => a,
+            Err(e) => {
+                stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
+                debug!(interface = %interface.name, reason = e.reason(), "dropped NDP message");
+                continue;
+            }
+        };
+        if send_na(&socket, &interface, destination, &na, &mut out) {
+            stats.advertisements_sent.fetch_add(1, Ordering::Relaxed);
+            debug!(interface = %interface.name, address = %ns.target, to = %destination, "answered NS");
+        }
+    }
+}
+
+fn send_na(
+    socket: &AsyncFd<Socket>,
+    interface: &Interface,
+    destination: Ipv6Addr,
+    na: &NeighborAdvertisement,
+    out: &mut [u8],
+) -> bool {
+    let Ok(len) = na.emit(out) else {
+        return false;
+    };
+    // The scope matters for link-local and multicast destinations.
+    let to = SocketAddrV6::new(destination, 0, 0, interface.index);
+    match sys::send_icmpv6_from(
+        socket.get_ref(),
+        &out[..len],
+        na.target,
+        to,
+        interface.index,
+    ) {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(interface = %interface.name, %destination, error = %e, "NA send failed");
+            false
+        }
+    }
+}
+
+async fn gratuitous_bursts(
+    address: IpAddr,
+    interface: Interface,
+    arp: Arc<AsyncFd<Socket>>,
+    ndp: Option<Arc<AsyncFd<Socket>>>,
+    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    stats: Arc<Stats>,
+    schedule: GratuitousSchedule,
+) {
+    let mut out = [0u8; 64];
+    for burst in 0..schedule.bursts {
+        if burst > 0 {
+            tokio::time::sleep(schedule.interval).await;
+        }
+        // Lost the address meanwhile: say nothing more about it.
+        if !owns(&owned, address) {
+            return;
+        }
+        match address {
+            IpAddr::V4(v4) => {
+                for op in [ArpOperation::Request, ArpOperation::Reply] {
+                    send_garp(&arp, &interface, v4, op, &stats);
+                }
+            }
+            IpAddr::V6(v6) => {
+                if let Some(ndp) = &ndp {
+                    let na = NeighborAdvertisement::unsolicited(v6, interface.mac);
+                    if send_na(ndp, &interface, ALL_NODES, &na, &mut out) {
+                        stats.gratuitous_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn send_garp(
+    socket: &AsyncFd<Socket>,
+    interface: &Interface,
+    address: Ipv4Addr,
+    op: ArpOperation,
+    stats: &Stats,
+) {
+    let frame = ArpFrame::gratuitous(op, address, interface.mac).to_bytes();
+    match socket.get_ref().send(&frame) {
+        Ok(_) => {
+            stats.gratuitous_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => warn!(interface = %interface.name, %address, error = %e, "gratuitous ARP failed"),
+    }
+}

@@ -1,0 +1,165 @@
+//! The few socket operations no safe crate offers: binding a packet socket
+//! to one interface and EtherType, ignoring outgoing frames on it, the
+//! ICMPv6 type filter, and receiving into an initialised buffer. Everything
+//! else goes through socket2.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
+
+/// A raw packet socket that receives only frames of `ethertype` arriving on
+/// interface `ifindex`, and sends whole Ethernet frames out of it.
+pub fn packet_socket(ethertype: u16, ifindex: u32) -> io::Result<Socket> {
+    // The protocol of a packet socket is the EtherType in network order.
+    let protocol = i32::from(ethertype.to_be());
+    let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(protocol)))?;
+    let mut storage = SockAddrStorage::zeroed();
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: the storage is zeroed and large enough for any address
+    // family; we fill in a sockaddr_ll, the type AF_PACKET expects.
+    let address = unsafe {
+        let ll = storage.view_as::<libc::sockaddr_ll>();
+        ll.sll_family = libc::AF_PACKET as u16;
+        ll.sll_protocol = ethertype.to_be();
+        ll.sll_ifindex = ifindex as i32;
+        SockAddr::new(storage, len)
+    };
+    socket.bind(&address)?;
+    // Our own gratuitous ARP and replies would otherwise come back to us.
+    set_int_option(&socket, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// An ICMPv6 raw socket on interface `name` that the kernel hands only the
+/// ICMPv6 types in `types` (ICMP6_FILTER, RFC 3542 section 3.2), so that no
+/// other traffic reaches the speaker. The kernel verifies the checksum of
+/// what it delivers and fills in the checksum of what we send.
+pub fn icmpv6_socket(name: &str, types: &[u8]) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    socket.bind_device(Some(name.as_bytes()))?;
+    // struct icmp6_filter: 256 bits, a set bit blocks that type.
+    let mut filter = [u32::MAX; 8];
+    for t in types {
+        filter[usize::from(*t >> 5)] &= !(1u32 << (t & 31));
+    }
+    // SAFETY: the option value is a 32-byte struct icmp6_filter, passed
+    // with its size; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_ICMPV6,
+            ICMP6_FILTER,
+            filter.as_ptr().cast(),
+            std::mem::size_of_val(&filter) as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // NDP must leave with hop limit 255 or receivers drop it (RFC 4861 7.1).
+    socket.set_unicast_hops_v6(255)?;
+    socket.set_multicast_hops_v6(255)?;
+    socket.set_multicast_loop_v6(false)?;
+    // Lets advertisements leave from the (unassigned) target address.
+    socket.set_freebind_v6(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// `ICMP6_FILTER` from <netinet/icmp6.h>.
+const ICMP6_FILTER: libc::c_int = 1;
+
+fn set_int_option(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: an int option, passed by pointer with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `recv_from` into an ordinary, initialised buffer.
+pub fn recv_from(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, SockAddr)> {
+    // SAFETY: viewing initialised bytes as MaybeUninit is sound; the kernel
+    // only writes bytes into it.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    socket.recv_from(uninit)
+}
+
+/// Registers `socket` with tokio's reactor.
+pub fn async_socket(socket: Socket) -> io::Result<tokio::io::unix::AsyncFd<Socket>> {
+    // SAFETY: a socket2::Socket owns its descriptor: it stays open, and
+    // as_raw_fd returns the same one, until the Socket (moved into the
+    // AsyncFd) is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register(socket) }.map_err(io::Error::from)
+}
+
+/// Sends `message` on an ICMPv6 raw socket to `destination` with IPv6
+/// source `source` and out of interface `ifindex`, via an IPV6_PKTINFO
+/// control message. `source` need not be assigned to the node: the socket
+/// has IPV6_FREEBIND set (see [`icmpv6_socket`]). Neighbor Advertisements
+/// go out from the target address itself, as the Linux kernel sends its own;
+/// some receivers (ndisc6) ignore advertisements from any other source.
+pub fn send_icmpv6_from(
+    socket: &Socket,
+    message: &[u8],
+    source: std::net::Ipv6Addr,
+    destination: std::net::SocketAddrV6,
+    ifindex: u32,
+) -> io::Result<usize> {
+    // struct cmsghdr (len: usize, level: i32, type: i32) then struct
+    // in6_pktinfo (addr: [u8; 16], ifindex: u32), padded to 8 bytes.
+    const HEADER: usize = std::mem::size_of::<libc::cmsghdr>();
+    const DATA: usize = std::mem::size_of::<libc::in6_pktinfo>();
+    const SPACE: usize = HEADER + DATA.div_ceil(8) * 8;
+    let mut control = [0u8; SPACE];
+    let header = libc::cmsghdr {
+        cmsg_len: (HEADER + DATA) as _,
+        cmsg_level: libc::IPPROTO_IPV6,
+        cmsg_type: libc::IPV6_PKTINFO,
+    };
+    let info = libc::in6_pktinfo {
+        ipi6_addr: libc::in6_addr {
+            s6_addr: source.octets(),
+        },
+        ipi6_ifindex: ifindex,
+    };
+    // SAFETY: both are plain C structs; we copy their bytes into `control`,
+    // which is large enough for both (SPACE).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&header as *const libc::cmsghdr).cast::<u8>(),
+            control.as_mut_ptr(),
+            HEADER,
+        );
+        std::ptr::copy_nonoverlapping(
+            (&info as *const libc::in6_pktinfo).cast::<u8>(),
+            control.as_mut_ptr().add(HEADER),
+            DATA,
+        );
+    }
+    let to = SockAddr::from(destination);
+    let bufs = [io::IoSlice::new(message)];
+    let msg = socket2::MsgHdr::new()
+        .with_addr(&to)
+        .with_buffers(&bufs)
+        .with_control(&control);
+    socket.sendmsg(&msg, 0)
+}
