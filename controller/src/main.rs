@@ -11,6 +11,7 @@ use tracing::{error, info};
 
 mod check_config;
 mod engine;
+mod events;
 mod lease;
 mod metrics;
 mod run;
@@ -127,7 +128,12 @@ fn main() -> ExitCode {
         },
         None => {
             init_logging(&cli.run);
-            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+            // One thread: the work is waiting on the API server, and a single
+            // allocator arena keeps the memory small.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
             match runtime.block_on(controller(cli.run)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

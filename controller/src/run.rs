@@ -15,10 +15,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::engine::{Desired, Engine, Notice, Severity};
@@ -58,13 +57,8 @@ pub async fn run(
     )
     .default_backoff()
     .boxed();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "ferrolb-controller".into(),
-            instance: Some(settings.identity.clone()),
-        },
-    );
+    let events =
+        crate::events::EventSink::start(client.clone(), settings.identity.clone(), metrics.clone());
     let mut engine = Engine::new(settings.class.clone());
     let mut writer = Writer::new(client.clone(), settings.write_concurrency);
     let mut listing: Option<Vec<Service>> = None;
@@ -86,7 +80,7 @@ pub async fn run(
                 let started = Instant::now();
                 match ev {
                     Some(Ok(Event::Init)) => listing = Some(Vec::new()),
-                    Some(Ok(Event::InitApply(svc))) => listing.get_or_insert_with(Vec::new).push(svc),
+                    Some(Ok(Event::InitApply(svc))) => listing.get_or_insert_with(Vec::new).push(trim(svc)),
                     Some(Ok(Event::InitDone)) => {
                         let list = listing.take().unwrap_or_default();
                         touched.extend(list.iter().map(crate::service::key_of));
@@ -94,7 +88,7 @@ pub async fn run(
                     }
                     Some(Ok(Event::Apply(svc))) => {
                         touched.insert(crate::service::key_of(&svc));
-                        engine.service_applied(svc);
+                        engine.service_applied(trim(svc));
                     }
                     Some(Ok(Event::Delete(svc))) => {
                         let key = crate::service::key_of(&svc);
@@ -138,7 +132,7 @@ pub async fn run(
 
         for notice in engine.take_notices() {
             publish(
-                &recorder,
+                &events,
                 &engine,
                 configmap.as_ref(),
                 &settings,
@@ -158,6 +152,9 @@ pub async fn run(
         for key in check {
             writer.consider(&key, &engine);
         }
+        for key in writer.take_waiting() {
+            writer.consider(&key, &engine);
+        }
 
         let status = engine.config_status();
         metrics.config_stale.set(status.stale as i64);
@@ -168,6 +165,13 @@ pub async fn run(
     }
     writer.drain(Duration::from_secs(3)).await;
     Ok(())
+}
+
+/// Drops what the controller never reads and a real API server sends with
+/// every object (managedFields is often larger than the rest).
+fn trim(mut svc: Service) -> Service {
+    svc.metadata.managed_fields = None;
+    svc
 }
 
 fn far_future() -> Instant {
@@ -189,14 +193,14 @@ where
 
 /// Logs a notice and publishes it as an Event (in the background).
 fn publish(
-    recorder: &Recorder,
+    events: &crate::events::EventSink,
     engine: &Engine,
     configmap: Option<&ConfigMap>,
     settings: &Settings,
     metrics: &Metrics,
     notice: Notice,
 ) {
-    let (reference, severity, reason, message, action): (Option<ObjectReference>, _, _, _, _) =
+    let (regarding, severity, reason, message, action): (Option<ObjectReference>, _, _, _, _) =
         match notice {
             Notice::Service {
                 key,
@@ -247,23 +251,15 @@ fn publish(
                 (reference, severity, reason, message, "LoadConfig")
             }
         };
-    let Some(reference) = reference else { return };
-    let recorder = recorder.clone();
-    let event = KubeEvent {
-        type_: match severity {
-            Severity::Normal => EventType::Normal,
-            Severity::Warning => EventType::Warning,
-        },
-        reason: reason.to_owned(),
-        note: Some(truncate(message, 1000)),
-        action: action.to_owned(),
-        secondary: None,
-    };
-    tokio::spawn(async move {
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            warn!(error = %e, reason = %event.reason, "could not publish an Event");
-        }
-    });
+    if let Some(regarding) = regarding {
+        events.publish(crate::events::Pending {
+            regarding,
+            warning: severity == Severity::Warning,
+            reason,
+            note: truncate(message, 1000),
+            action,
+        });
+    }
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -282,8 +278,11 @@ fn truncate(mut s: String, max: usize) -> String {
 /// failures with exponential backoff.
 struct Writer {
     client: kube::Client,
-    limit: Arc<Semaphore>,
+    limit: usize,
     inflight: HashMap<ServiceKey, Desired>,
+    /// Services to check again once a write slot frees up. Writes are not
+    /// spawned to wait for a slot: 10,000 parked tasks cost memory.
+    waiting: BTreeSet<ServiceKey>,
     /// What was last written successfully and not yet seen in a watch event.
     written: HashMap<ServiceKey, Desired>,
     retries: BTreeMap<ServiceKey, (Instant, u32)>,
@@ -296,8 +295,9 @@ impl Writer {
         let (done_tx, done) = mpsc::unbounded_channel();
         Writer {
             client,
-            limit: Arc::new(Semaphore::new(concurrency.max(1))),
+            limit: concurrency.max(1),
             inflight: HashMap::new(),
+            waiting: BTreeSet::new(),
             written: HashMap::new(),
             retries: BTreeMap::new(),
             done_tx,
@@ -347,15 +347,13 @@ impl Writer {
         {
             return;
         }
+        if self.inflight.len() >= self.limit {
+            self.waiting.insert(key.clone());
+            return;
+        }
         self.inflight.insert(key.clone(), desired.clone());
-        let (client, limit, tx, key) = (
-            self.client.clone(),
-            self.limit.clone(),
-            self.done_tx.clone(),
-            key.clone(),
-        );
+        let (client, tx, key) = (self.client.clone(), self.done_tx.clone(), key.clone());
         tokio::spawn(async move {
-            let _permit = limit.acquire_owned().await;
             let result = write_status(client, &key, &observed, &desired).await;
             let _ = tx.send(Written {
                 key,
@@ -363,6 +361,16 @@ impl Writer {
                 result,
             });
         });
+    }
+
+    /// Services waiting for a write slot, as many as there are free slots.
+    fn take_waiting(&mut self) -> Vec<ServiceKey> {
+        let free = self.limit.saturating_sub(self.inflight.len());
+        let keys: Vec<ServiceKey> = self.waiting.iter().take(free).cloned().collect();
+        for k in &keys {
+            self.waiting.remove(k);
+        }
+        keys
     }
 
     fn completed(&mut self, done: Written, metrics: &Metrics) {
