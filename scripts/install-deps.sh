@@ -8,7 +8,8 @@ packages=(
   nftables        # packet loss/delay injection and kube-proxy emulation in tests
   iputils-arping  # ARP probes from the test client
   ndisc6          # NDP probes from the test client
-  procps          # ps/pkill for process checks in tests
+  procps          # process checks in tests
+  python3-venv    # scripts/validate-manifests.sh installs kubernetes-validate in a venv
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+# Manifests and config examples against the Kubernetes schemas, kustomize, check-config.
+scripts/validate-manifests.sh
