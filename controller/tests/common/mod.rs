@@ -32,13 +32,19 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 impl Harness {
     /// A cluster with a fresh namespace holding the ConfigMap `config` with `pools`.
     pub async fn new(pools: &str) -> Harness {
-        let cluster = TestCluster::start().await.expect("a cluster");
-        let real = cluster.server().is_none();
         let ns = format!(
             "e2e-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::SeqCst)
         );
+        Harness::in_namespace(&ns, pools).await
+    }
+
+    /// The same with the config in namespace `ns` (which may already exist).
+    pub async fn in_namespace(ns: &str, pools: &str) -> Harness {
+        let cluster = TestCluster::start().await.expect("a cluster");
+        let real = cluster.server().is_none();
+        let ns = ns.to_owned();
         let h = Harness {
             class: real.then(|| format!("ferrolb.io/{ns}")),
             cluster,
@@ -94,7 +100,12 @@ impl Harness {
 
     /// Starts a controller process watching this harness's config.
     pub fn start_controller(&mut self, extra: &[&str]) -> usize {
+        self.start_controller_with_env(extra, &[])
+    }
+
+    pub fn start_controller_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> usize {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrolb-controller"));
+        cmd.envs(env.iter().copied());
         cmd.env("KUBECONFIG", self.cluster.kubeconfig_path())
             .env_remove("POD_NAME")
             .args([

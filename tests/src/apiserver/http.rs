@@ -311,6 +311,7 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
         }
         Route::Resource(t) => t,
     };
+    authorize(shared, &req, &method, &target, &query)?;
     if query.get("dryRun").is_some_and(|d| !d.is_empty()) {
         return Err(ApiError::bad_request(
             "dryRun is not supported by the ferrolb test API server",
@@ -434,6 +435,48 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
             r.qualified()
         ))),
     }
+}
+
+/// RBAC for requests impersonating a service account, when a test enabled it.
+fn authorize(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    method: &Method,
+    target: &Target,
+    query: &Query,
+) -> Result<(), ApiError> {
+    let Some(policy) = super::lock(&shared.rbac).clone() else {
+        return Ok(());
+    };
+    let Some(user) = req
+        .headers()
+        .get("Impersonate-User")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    // A list or watch limited to one name by a field selector counts as that name.
+    let selected = query.get("fieldSelector").and_then(|f| {
+        f.split(',')
+            .find_map(|t| t.strip_prefix("metadata.name="))
+            .map(str::to_owned)
+    });
+    let watch = target.legacy_watch || query.flag("watch");
+    let resource = match target.sub {
+        Subresource::Main => target.r.plural.to_owned(),
+        Subresource::Status => format!("{}/status", target.r.plural),
+    };
+    let attrs = super::rbac::Attributes {
+        user: user.to_owned(),
+        verb: super::rbac::verb(method.as_str(), target.name.is_some(), watch).to_owned(),
+        api_group: target.r.group.to_owned(),
+        resource,
+        namespace: target.ns.clone(),
+        name: target.name.clone().or(selected),
+    };
+    policy
+        .check(&attrs)
+        .map_err(|message| ApiError::new(403, "Forbidden", message))
 }
 
 fn parse_json_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {

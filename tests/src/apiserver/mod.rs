@@ -19,6 +19,7 @@ pub mod convert;
 mod http;
 pub mod patch;
 mod protobuf;
+pub mod rbac;
 pub mod resources;
 pub mod selectors;
 pub mod services;
@@ -123,9 +124,11 @@ pub(crate) struct Shared {
     addr: Mutex<SocketAddr>,
     serving: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     open_watches: AtomicUsize,
+    /// RBAC enforced on impersonated requests, once a test asks for it.
+    rbac: Mutex<Option<Arc<rbac::Rbac>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves the store consistent (every change is applied at
     // once at the end), so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -221,6 +224,7 @@ impl TestApiServer {
             opts,
             serving: tokio::sync::Mutex::new(None),
             open_watches: AtomicUsize::new(0),
+            rbac: Mutex::new(None),
         });
         shared.start_listening().await?;
         Ok(TestApiServer { shared })
@@ -262,6 +266,16 @@ impl TestApiServer {
     /// with `Retry-After: 1`, or any other 4xx/5xx) as a Status object.
     pub fn fail_next_requests(&self, n: u32, code: u16) {
         *lock(&self.shared.faults.fail) = (n > 0).then_some((code, n));
+    }
+
+    /// From now on, requests that impersonate a service account (header
+    /// `Impersonate-User`, as kube-rs sends with `KUBE_RS_DEBUG_IMPERSONATE_USER`)
+    /// are authorised against `policy`; denied ones get `403 Forbidden`. The
+    /// returned handle tells what was denied and which grants went unused.
+    pub fn enforce_rbac(&self, policy: rbac::Rbac) -> Arc<rbac::Rbac> {
+        let policy = Arc::new(policy);
+        *lock(&self.shared.rbac) = Some(policy.clone());
+        policy
     }
 
     /// Answers every `n`-th API request with `code` from now on (`n` = 0 turns it off):
