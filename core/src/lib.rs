@@ -7,6 +7,7 @@ pub mod addr;
 pub mod allocator;
 pub mod config;
 pub mod election;
+pub mod membership;
 pub mod packet;
 pub mod selector;
 pub mod service;

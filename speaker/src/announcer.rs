@@ -10,16 +10,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferrolb_core::packet::arp::ETHERTYPE_ARP;
-use ferrolb_core::packet::ndp::{ALL_NODES, TYPE_NEIGHBOR_SOLICITATION};
+use ferrolb_core::packet::ndp::ALL_NODES;
 use ferrolb_core::packet::{
-    ArpFrame, ArpOperation, ArpRequest, NeighborAdvertisement, NeighborSolicitation,
+    ArpFrame, ArpOperation, ArpRequest, NdpFrame, NdpMessage, NeighborAdvertisement,
     solicited_node_multicast,
 };
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
@@ -49,15 +51,48 @@ impl Default for GratuitousSchedule {
     }
 }
 
-/// Counters for the metrics of DESIGN section 7.
+/// A request's address and protocol (`arp` or `ndp`), as metric labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub address: String,
+    pub protocol: String,
+}
+
+/// The protocol alone, for counts over every address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: String,
+}
+
+/// Counters for the metrics of DESIGN section 7. Per-address counters only
+/// count addresses this node announces, so that a scan of the segment
+/// cannot grow the label set.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub arp_requests_received: AtomicU64,
-    pub arp_replies_sent: AtomicU64,
-    pub solicitations_received: AtomicU64,
-    pub advertisements_sent: AtomicU64,
-    pub gratuitous_sent: AtomicU64,
-    pub malformed_packets: AtomicU64,
+    pub requests_received: Family<RequestLabel, Counter>,
+    pub requests_answered: Family<RequestLabel, Counter>,
+    pub requests_seen: Family<ProtocolLabel, Counter>,
+    pub gratuitous_sent: Counter,
+    pub malformed_packets: Counter,
+}
+
+impl Stats {
+    fn seen(&self, protocol: &str) {
+        self.requests_seen
+            .get_or_create(&ProtocolLabel {
+                protocol: protocol.to_owned(),
+            })
+            .inc();
+    }
+
+    fn request(&self, family: &Family<RequestLabel, Counter>, address: IpAddr, protocol: &str) {
+        family
+            .get_or_create(&RequestLabel {
+                address: address.to_string(),
+                protocol: protocol.to_owned(),
+            })
+            .inc();
+    }
 }
 
 /// The addresses to announce on one interface.
@@ -76,9 +111,14 @@ pub struct Announcer {
 
 impl Announcer {
     pub fn new(schedule: GratuitousSchedule) -> Announcer {
+        Announcer::with_stats(schedule, Arc::default())
+    }
+
+    /// An announcer counting into `stats` (shared with the metrics).
+    pub fn with_stats(schedule: GratuitousSchedule, stats: Arc<Stats>) -> Announcer {
         Announcer {
             schedule,
-            stats: Arc::default(),
+            stats,
             interfaces: BTreeMap::new(),
         }
     }
@@ -93,6 +133,18 @@ impl Announcer {
             .iter()
             .map(|(name, ia)| (name.clone(), ia.owned()))
             .collect()
+    }
+
+    /// Sends the gratuitous bursts again for every announced address
+    /// (`--gratuitous-refresh`: for switches that forget MACs before routers
+    /// forget ARP entries). Must be called inside a tokio runtime.
+    pub fn refresh(&mut self) {
+        for ia in self.interfaces.values_mut() {
+            let owned: Vec<IpAddr> = ia.owned().into_iter().collect();
+            for a in owned {
+                ia.spawn_gratuitous(a, self.schedule);
+            }
+        }
     }
 
     /// Makes the announced table equal `desired`. Interfaces not in it stop
@@ -169,15 +221,25 @@ impl InterfaceAnnouncer {
             ETHERTYPE_ARP,
             interface.index,
         )?)?);
-        // An interface without IPv6 still gets ARP.
-        let ndp = match sys::icmpv6_socket(&interface.name, &[TYPE_NEIGHBOR_SOLICITATION])
+        // An interface without IPv6 still gets ARP. The ICMPv6 socket
+        // receives nothing (its type filter blocks all): it sends and holds
+        // the solicited-node group memberships; solicitations arrive on the
+        // filtered packet socket.
+        let ndp = match sys::icmpv6_socket(&interface.name, &[])
             .and_then(sys::async_socket)
-        {
-            Ok(s) => Some(Arc::new(s)),
+            .and_then(|tx| {
+                let rx = sys::async_socket(sys::ndp_socket(interface.index)?)?;
+                Ok((Arc::new(tx), Arc::new(rx)))
+            }) {
+            Ok(s) => Some(s),
             Err(e) => {
                 warn!(interface = %interface.name, error = %e, "no NDP responder on interface");
                 None
             }
+        };
+        let (ndp, ndp_rx) = match ndp {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
         };
         let owned = Arc::new(RwLock::new(BTreeSet::new()));
         let mut tasks = vec![tokio::spawn(answer_arp(
@@ -186,8 +248,9 @@ impl InterfaceAnnouncer {
             owned.clone(),
             stats.clone(),
         ))];
-        if let Some(ndp) = &ndp {
+        if let (Some(ndp), Some(rx)) = (&ndp, ndp_rx) {
             tasks.push(tokio::spawn(answer_ndp(
+                rx,
                 ndp.clone(),
                 interface.clone(),
                 owned.clone(),
@@ -242,17 +305,21 @@ impl InterfaceAnnouncer {
         }
         for a in added {
             info!(interface = %self.interface.name, address = %a, "announcing address");
-            self.tasks.push(tokio::spawn(gratuitous_bursts(
-                a,
-                self.interface.clone(),
-                self.arp.clone(),
-                self.ndp.clone(),
-                self.owned.clone(),
-                self.stats.clone(),
-                schedule,
-            )));
+            self.spawn_gratuitous(a, schedule);
         }
+    }
+
+    fn spawn_gratuitous(&mut self, address: IpAddr, schedule: GratuitousSchedule) {
         self.tasks.retain(|t| !t.is_finished());
+        self.tasks.push(tokio::spawn(gratuitous_bursts(
+            address,
+            self.interface.clone(),
+            self.arp.clone(),
+            self.ndp.clone(),
+            self.owned.clone(),
+            self.stats.clone(),
+            schedule,
+        )));
     }
 
     fn join(&mut self, group: Ipv6Addr) {
@@ -325,17 +392,19 @@ async fn answer_arp(
             // Replies and other ARP traffic are normal on a segment.
             Err(_) => continue,
         };
-        stats.arp_requests_received.fetch_add(1, Ordering::Relaxed);
+        stats.seen("arp");
+        let target = IpAddr::V4(request.target_ip());
         if !request.is_addressed_to(interface.mac)
             || request.is_gratuitous()
-            || !owns(&owned, IpAddr::V4(request.target_ip()))
+            || !owns(&owned, target)
         {
             continue;
         }
+        stats.request(&stats.requests_received, target, "arp");
         let reply = request.reply(interface.mac).to_bytes();
         match socket.get_ref().send(&reply) {
             Ok(_) => {
-                stats.arp_replies_sent.fetch_add(1, Ordering::Relaxed);
+                stats.request(&stats.requests_answered, target, "arp");
                 debug!(interface = %interface.name, address = %request.target_ip(), to = %request.sender_mac(), "answered ARP");
             }
             Err(e) => warn!(interface = %interface.name, error = %e, "ARP reply failed"),
@@ -343,21 +412,29 @@ async fn answer_arp(
     }
 }
 
+/// Answers neighbour solicitations received on a packet socket whose
+/// kernel filter passes only ICMPv6 type 135 (see [`sys::ndp_socket`]). A
+/// packet socket sees a unicast solicitation for an address the node does
+/// not hold (a router's reachability probe, without a source link-layer
+/// option), which the kernel drops before any ICMPv6 socket. Answers leave
+/// through the ICMPv6 socket `tx`, so that the kernel builds the IPv6
+/// header and resolves the destination.
 async fn answer_ndp(
-    socket: Arc<AsyncFd<Socket>>,
+    rx: Arc<AsyncFd<Socket>>,
+    tx: Arc<AsyncFd<Socket>>,
     interface: Interface,
     owned: Arc<RwLock<BTreeSet<IpAddr>>>,
     stats: Arc<Stats>,
 ) {
-    let mut buf = [0u8; 1500];
+    let mut buf = [0u8; 1514];
     let mut out = [0u8; 64];
     loop {
-        let (n, from) = match socket
+        let n = match rx
             .readable()
             .await
-            .map(|mut guard| guard.try_io(|s| sys::recv_from(s.get_ref(), &mut buf)))
+            .map(|mut guard| guard.try_io(|s| s.get_ref().read(&mut buf)))
         {
-            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Ok(n))) => n,
             Ok(Ok(Err(e))) => {
                 warn!(interface = %interface.name, error = %e, "NDP receive failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -369,31 +446,37 @@ async fn answer_ndp(
                 return;
             }
         };
-        let Some(source) = from.as_socket_ipv6() else {
-            continue;
-        };
-        let ns = match NeighborSolicitation::parse(&buf[..n]) {
-            Ok(ns) => ns,
+        let frame = match NdpFrame::parse(&buf[..n]) {
+            Ok(f) => f,
             Err(e) => {
-                stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
-                debug!(interface = %interface.name, reason = e.reason(), "dropped NDP message");
+                stats.malformed_packets.inc();
+                debug!(interface = %interface.name, reason = e.reason(), "dropped NDP frame");
                 continue;
             }
         };
-        stats.solicitations_received.fetch_add(1, Ordering::Relaxed);
-        if !owns(&owned, IpAddr::V6(ns.target)) {
+        let NdpMessage::Solicitation(ns) = frame.message else {
+            continue;
+        };
+        // In promiscuous mode the socket also sees frames for other hosts.
+        if frame.eth_destination != interface.mac && !frame.eth_destination.is_multicast() {
             continue;
         }
-        let (destination, na) = match ns.answer(*source.ip(), interface.mac) {
+        stats.seen("ndp");
+        let target = IpAddr::V6(ns.target);
+        if !owns(&owned, target) {
+            continue;
+        }
+        stats.request(&stats.requests_received, target, "ndp");
+        let (destination, na) = match ns.answer(frame.source, interface.mac) {
             Ok(a) => a,
             Err(e) => {
-                stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
+                stats.malformed_packets.inc();
                 debug!(interface = %interface.name, reason = e.reason(), "dropped NDP message");
                 continue;
             }
         };
-        if send_na(&socket, &interface, destination, &na, &mut out) {
-            stats.advertisements_sent.fetch_add(1, Ordering::Relaxed);
+        if send_na(&tx, &interface, destination, &na, &mut out) {
+            stats.request(&stats.requests_answered, target, "ndp");
             debug!(interface = %interface.name, address = %ns.target, to = %destination, "answered NS");
         }
     }
@@ -454,7 +537,7 @@ async fn gratuitous_bursts(
                 if let Some(ndp) = &ndp {
                     let na = NeighborAdvertisement::unsolicited(v6, interface.mac);
                     if send_na(ndp, &interface, ALL_NODES, &na, &mut out) {
-                        stats.gratuitous_sent.fetch_add(1, Ordering::Relaxed);
+                        stats.gratuitous_sent.inc();
                     }
                 }
             }
@@ -472,7 +555,7 @@ fn send_garp(
     let frame = ArpFrame::gratuitous(op, address, interface.mac).to_bytes();
     match socket.get_ref().send(&frame) {
         Ok(_) => {
-            stats.gratuitous_sent.fetch_add(1, Ordering::Relaxed);
+            stats.gratuitous_sent.inc();
         }
         Err(e) => warn!(interface = %interface.name, %address, error = %e, "gratuitous ARP failed"),
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::IpAddr;
 use std::path::Path;
 
 use ferrolb_core::packet::MacAddr;
@@ -37,6 +38,9 @@ pub struct Interface {
     pub index: u32,
     pub mac: MacAddr,
     pub up: bool,
+    /// The link has carrier (IFF_RUNNING): an interface without it must not
+    /// hold addresses, so that a node whose cable is pulled stops announcing.
+    pub running: bool,
     pub loopback: bool,
     pub noarp: bool,
     /// Enslaved to a bond or bridge.
@@ -65,6 +69,7 @@ pub fn list() -> io::Result<Vec<Interface>> {
                 index: link.ifindex() as u32,
                 mac: MacAddr(link.addr().unwrap_or_default()),
                 up: flags.contains(InterfaceFlags::IFF_UP),
+                running: flags.contains(InterfaceFlags::IFF_RUNNING),
                 loopback: flags.contains(InterfaceFlags::IFF_LOOPBACK),
                 noarp: flags.contains(InterfaceFlags::IFF_NOARP),
             },
@@ -81,10 +86,85 @@ pub fn select<'a>(
     only: &[String],
 ) -> Vec<&'a Interface> {
     all.iter()
-        .filter(|i| i.up && !i.loopback && !i.noarp && !i.enslaved)
+        .filter(|i| i.up && i.running && !i.loopback && !i.noarp && !i.enslaved)
         .filter(|i| !excludes.iter().any(|p| i.name.starts_with(p.as_str())))
         .filter(|i| only.is_empty() || only.contains(&i.name))
         .collect()
+}
+
+/// An address assigned to an interface, with its prefix length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assigned {
+    pub interface: String,
+    pub address: IpAddr,
+    pub prefix: u8,
+}
+
+impl Assigned {
+    /// Whether `ip` lies in this address's subnet.
+    pub fn subnet_contains(&self, ip: IpAddr) -> bool {
+        match (self.address, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix.min(32))).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix.min(128))).unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Every address assigned to an interface of this network namespace.
+pub fn assigned() -> io::Result<Vec<Assigned>> {
+    let mut out = Vec::new();
+    for ifaddr in getifaddrs().map_err(io::Error::from)? {
+        let (Some(address), Some(mask)) = (ifaddr.address.as_ref(), ifaddr.netmask.as_ref()) else {
+            continue;
+        };
+        let (address, prefix) = if let (Some(a), Some(m)) = (address.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            (IpAddr::V4(a.ip()), m.ip().to_bits().count_ones() as u8)
+        } else if let (Some(a), Some(m)) = (address.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+            (IpAddr::V6(a.ip()), m.ip().to_bits().count_ones() as u8)
+        } else {
+            continue;
+        };
+        out.push(Assigned {
+            interface: ifaddr.interface_name,
+            address,
+            prefix,
+        });
+    }
+    Ok(out)
+}
+
+/// The interfaces to announce `vip` on: [`select`]'s, and when the pool
+/// names no interfaces, only those with an address in the VIP's subnet if
+/// there are any (DESIGN section 3: the default is every eligible
+/// interface with an address in the same subnet, else every eligible one).
+pub fn for_address<'a>(
+    all: &'a [Interface],
+    assigned: &[Assigned],
+    excludes: &[String],
+    pool_interfaces: &[String],
+    vip: IpAddr,
+) -> Vec<&'a Interface> {
+    let base = select(all, excludes, pool_interfaces);
+    if !pool_interfaces.is_empty() {
+        return base;
+    }
+    let same_subnet: Vec<&Interface> = base
+        .iter()
+        .copied()
+        .filter(|i| {
+            assigned
+                .iter()
+                .any(|a| a.interface == i.name && a.subnet_contains(vip))
+        })
+        .collect();
+    if same_subnet.is_empty() { base } else { same_subnet }
 }
 
 /// [`DEFAULT_EXCLUDES`] as owned strings, for flags.
@@ -102,6 +182,7 @@ mod tests {
             index: 1,
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             up: true,
+            running: true,
             loopback: false,
             noarp: false,
             enslaved: false,
@@ -151,5 +232,34 @@ mod tests {
             )),
             ["bond0"]
         );
+        // No carrier: not announced on.
+        let mut cut = iface("eth9");
+        cut.running = false;
+        assert!(select(&[cut], &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn default_interfaces_are_those_in_the_vips_subnet_if_any() {
+        let all = vec![iface("eth0"), iface("eth1")];
+        let assigned = vec![
+            Assigned {
+                interface: "eth0".into(),
+                address: "192.0.2.1".parse().unwrap(),
+                prefix: 24,
+            },
+            Assigned {
+                interface: "eth1".into(),
+                address: "2001:db8::1".parse().unwrap(),
+                prefix: 64,
+            },
+        ];
+        let ex = default_excludes();
+        let on = |vip: &str, pool: &[String]| {
+            names(for_address(&all, &assigned, &ex, pool, vip.parse().unwrap()))
+        };
+        assert_eq!(on("192.0.2.50", &[]), ["eth0"]);
+        assert_eq!(on("2001:db8::50", &[]), ["eth1"]);
+        assert_eq!(on("203.0.113.5", &[]), ["eth0", "eth1"]);
+        assert_eq!(on("192.0.2.50", &["eth1".into()]), ["eth1"]);
     }
 }

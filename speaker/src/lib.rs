@@ -4,5 +4,10 @@
 //! the packets) live in `ferrolb-core`.
 
 pub mod announcer;
+pub mod cluster;
+pub mod daemon;
+pub mod events;
+pub mod membership;
+pub mod metrics;
 pub mod interfaces;
 pub mod sys;

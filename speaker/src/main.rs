@@ -1,33 +1,102 @@
-//! ferrolb-speaker: the per-node agent that answers ARP/NDP for the addresses
-//! this node owns. The Kubernetes-driven mode (watches, membership, election)
-//! is not built yet; `announce` runs the announcer for a fixed set of
-//! addresses, for the network-namespace tests and for labs.
+//! ferrolb-speaker: the per-node agent that answers ARP/NDP for the
+//! addresses this node owns. The default command watches the cluster, runs
+//! membership among speakers and announces what the election gives this
+//! node; `announce` runs the announcer for a fixed set of addresses, for
+//! labs and the network-namespace tests.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferrolb_speaker::announcer::{Announcer, Desired, GratuitousSchedule};
-use ferrolb_speaker::interfaces;
+use ferrolb_speaker::{daemon, interfaces, membership, metrics};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
     name = "ferrolb-speaker",
     version,
-    about = "Announces ferrolb's load-balancer addresses on the node's layer-2 segment (ARP/NDP)"
+    about = "Announces ferrolb's load-balancer addresses on the node's layer-2 segment (ARP/NDP)",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+struct RunArgs {
     /// The Kubernetes name of this node.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Namespace of the config ConfigMap (default: this pod's namespace, else ferrolb-system).
+    #[arg(long, env = "FERROLB_CONFIG_NAMESPACE")]
+    config_namespace: Option<String>,
+    /// Name of the config ConfigMap.
+    #[arg(long, env = "FERROLB_CONFIG_NAME", default_value = "config")]
+    config_name: String,
+    /// Namespace of the speaker Pods and the membership Secret (default: the config namespace).
+    #[arg(long, env = "FERROLB_SPEAKER_NAMESPACE")]
+    speaker_namespace: Option<String>,
+    /// Label selector of the speaker Pods: their Pod IPs are the peers.
+    #[arg(long, default_value = "app.kubernetes.io/name=ferrolb,app.kubernetes.io/component=speaker")]
+    speaker_selector: String,
+    /// Handle only Services with this spec.loadBalancerClass (default: only Services without one).
+    #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS")]
+    load_balancer_class: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "FERROLB_METRICS_ADDR", default_value = "0.0.0.0:7473")]
+    metrics_addr: SocketAddr,
+    #[arg(long, value_enum, env = "FERROLB_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter: a level (info, debug) or tracing directives.
+    #[arg(long, env = "FERROLB_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Membership among speakers; off: every Node is a candidate (no failure detection).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    membership: bool,
+    /// UDP address membership listens on; peers are reached at their Pod IP and this port.
+    #[arg(long, env = "FERROLB_MEMBERSHIP_BIND", default_value = "0.0.0.0:7946")]
+    membership_bind: SocketAddr,
+    /// Time between heartbeats to each peer.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    membership_interval: Duration,
+    /// A peer not heard from for this long is dead and loses its addresses.
+    #[arg(long, default_value = "150ms", value_parser = parse_duration)]
+    membership_timeout: Duration,
+    /// At start, announce after hearing every peer or after this long.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    membership_join_grace: Duration,
+    /// Secret holding the membership key (in the speaker namespace).
+    #[arg(long, default_value = "ferrolb-memberlist")]
+    membership_secret_name: String,
+    /// Key in that Secret's data.
+    #[arg(long, default_value = "secretkey")]
+    membership_secret_key: String,
+    /// On SIGTERM, wait at most this long for peers to confirm they took over.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    leave_timeout: Duration,
+    /// Repeat gratuitous ARP / unsolicited NA for every owned address this often (off by default).
+    #[arg(long, value_parser = parse_duration)]
+    gratuitous_refresh: Option<Duration>,
+    /// Interface name prefixes never announced on; replaces the default list.
+    #[arg(long, value_delimiter = ',', default_values_t = interfaces::default_excludes())]
+    exclude_interfaces: Vec<String>,
+    /// How often interfaces are listed again (new, vanished, carrier lost).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interface_rescan: Duration,
+}
 
-    #[command(subcommand)]
-    command: Option<Command>,
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -53,51 +122,140 @@ enum Command {
     },
 }
 
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 150ms or 1s)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Some(Command::Announce {
-        addresses,
-        interfaces,
-        exclude_interfaces,
-        gratuitous_bursts,
-        gratuitous_interval_ms,
-    }) = cli.command
-    else {
-        eprintln!(
-            "ferrolb-speaker: the Kubernetes mode is not implemented yet; `announce` runs the announcer for fixed addresses"
-        );
-        return ExitCode::from(2);
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let schedule = GratuitousSchedule {
-        bursts: gratuitous_bursts,
-        interval: Duration::from_millis(gratuitous_interval_ms),
-    };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")
-        .and_then(|rt| {
-            rt.block_on(announce(
-                addresses.into_iter().collect(),
-                interfaces,
-                exclude_interfaces,
-                schedule,
-            ))
-        });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ferrolb-speaker: {e:#}");
-            ExitCode::FAILURE
+    match cli.command {
+        Some(Command::Announce {
+            addresses,
+            interfaces,
+            exclude_interfaces,
+            gratuitous_bursts,
+            gratuitous_interval_ms,
+        }) => {
+            init_logging(
+                &std::env::var("RUST_LOG").unwrap_or_else(|_| cli.run.log_level.clone()),
+                cli.run.log_format,
+            );
+            let schedule = GratuitousSchedule {
+                bursts: gratuitous_bursts,
+                interval: Duration::from_millis(gratuitous_interval_ms),
+            };
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")
+                .and_then(|rt| {
+                    rt.block_on(announce(
+                        addresses.into_iter().collect(),
+                        interfaces,
+                        exclude_interfaces,
+                        schedule,
+                    ))
+                });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ferrolb-speaker: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => {
+            init_logging(&cli.run.log_level, cli.run.log_format);
+            // Two workers: the responders and the watch processing never
+            // wait for each other. Membership has its own thread.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            match runtime.block_on(speaker(cli.run)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "the speaker stops");
+                    ExitCode::from(1)
+                }
+            }
         }
     }
+}
+
+async fn speaker(args: RunArgs) -> anyhow::Result<()> {
+    let node = args
+        .node_name
+        .clone()
+        .context("--node-name (or NODE_NAME) is required")?;
+    let config_namespace = args
+        .config_namespace
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "ferrolb-system".into());
+    let metrics = metrics::Metrics::new();
+    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let settings = daemon::Settings {
+        membership: args.membership.then(|| membership::Settings {
+            node: node.clone(),
+            bind: args.membership_bind,
+            interval: args.membership_interval,
+            timeout: args.membership_timeout,
+            join_grace: args.membership_join_grace,
+        }),
+        node,
+        namespace: args
+            .speaker_namespace
+            .clone()
+            .unwrap_or_else(|| config_namespace.clone()),
+        config_namespace,
+        config_name: args.config_name,
+        speaker_selector: args.speaker_selector,
+        secret_name: args.membership_secret_name,
+        secret_key: args.membership_secret_key,
+        class: args.load_balancer_class,
+        excludes: args.exclude_interfaces,
+        gratuitous: GratuitousSchedule::default(),
+        gratuitous_refresh: args.gratuitous_refresh,
+        leave_timeout: args.leave_timeout,
+        rescan_interval: args.interface_rescan,
+    };
+    let result = daemon::run(client, settings, metrics).await;
+    server.abort();
+    result
 }
 
 /// Announces `addresses` on the selected interfaces until SIGTERM or

@@ -33,6 +33,65 @@ pub fn packet_socket(ethertype: u16, ifindex: u32) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// A packet socket on interface `ifindex` that the kernel hands only
+/// Ethernet frames carrying IPv6 directly carrying an ICMPv6 Neighbor
+/// Solicitation (a classic BPF filter on EtherType, next header 58 and
+/// ICMPv6 type 135), so that the node's data traffic never reaches the
+/// speaker. Unlike an ICMPv6 socket it also sees unicast solicitations for
+/// addresses not assigned to the node, which the kernel's IPv6 input drops.
+pub fn ndp_socket(ifindex: u32) -> io::Result<Socket> {
+    const ETHERTYPE_IPV6: u16 = 0x86dd;
+    let socket = packet_socket(ETHERTYPE_IPV6, ifindex)?;
+    let filter = [
+        // A: EtherType
+        bpf(BPF_LD | BPF_H | BPF_ABS, 0, 0, 12),
+        bpf(BPF_JMP | BPF_JEQ | BPF_K, 0, 5, u32::from(ETHERTYPE_IPV6)),
+        // A: IPv6 next header
+        bpf(BPF_LD | BPF_B | BPF_ABS, 0, 0, 14 + 6),
+        bpf(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, 58),
+        // A: ICMPv6 type, right after the 40-byte IPv6 header
+        bpf(BPF_LD | BPF_B | BPF_ABS, 0, 0, 14 + 40),
+        bpf(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 135),
+        bpf(BPF_RET | BPF_K, 0, 0, 0xffff),
+        bpf(BPF_RET | BPF_K, 0, 0, 0),
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: sock_fprog points at `filter`, which outlives the call; the
+    // kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&program as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Frames queued before the filter was attached: drop them.
+    let mut scratch = [0u8; 1600];
+    while recv_from(&socket, &mut scratch).is_ok() {}
+    Ok(socket)
+}
+
+const BPF_LD: u16 = 0x00;
+const BPF_JMP: u16 = 0x05;
+const BPF_RET: u16 = 0x06;
+const BPF_H: u16 = 0x08;
+const BPF_B: u16 = 0x10;
+const BPF_ABS: u16 = 0x20;
+const BPF_JEQ: u16 = 0x10;
+const BPF_K: u16 = 0x00;
+
+fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
 /// An ICMPv6 raw socket on interface `name` that the kernel hands only the
 /// ICMPv6 types in `types` (ICMP6_FILTER, RFC 3542 section 3.2), so that no
 /// other traffic reaches the speaker. The kernel verifies the checksum of

@@ -1,0 +1,464 @@
+//! The speaker process: watches and membership in, ownership decided by
+//! `ferrolb_core::election`, the announcer's table and Events out.
+//!
+//! One task owns all state and recomputes the whole ownership table after
+//! every batch of changes (a watch event, a membership change, an interface
+//! rescan). The election is a pure function of its inputs, so recomputing
+//! everything keeps the logic free of incremental bookkeeping; a batch
+//! drains every event already waiting, so a relist costs one recompute.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ferrolb_core::election::{self, ClusterState};
+use ferrolb_core::{Config, config};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::announcer::{Announcer, Desired, GratuitousSchedule};
+use crate::events::{EventSink, Pending};
+use crate::interfaces;
+use crate::membership;
+use crate::metrics::Metrics;
+
+/// Everything the daemon is told by its flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node: String,
+    pub config_namespace: String,
+    pub config_name: String,
+    /// Namespace of the speaker Pods and the membership Secret.
+    pub namespace: String,
+    /// Label selector of the speaker Pods (peer discovery).
+    pub speaker_selector: String,
+    pub secret_name: String,
+    pub secret_key: String,
+    pub class: Option<String>,
+    pub excludes: Vec<String>,
+    pub gratuitous: GratuitousSchedule,
+    pub gratuitous_refresh: Option<Duration>,
+    /// `None`: membership off; every Node is a candidate.
+    pub membership: Option<membership::Settings>,
+    pub leave_timeout: Duration,
+    pub rescan_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Services,
+    Slices,
+    Nodes,
+    Config,
+    Pods,
+    Secret,
+}
+
+type Change = (Source, Result<bool, watcher::Error>);
+
+fn watch<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    source: Source,
+) -> (Store<K>, futures::stream::BoxStream<'static, Change>)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer): (Store<K>, Writer<K>) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, cfg)
+            .default_backoff()
+            .modify(|o| o.meta_mut().managed_fields = None),
+    )
+    .map(move |e| (source, e.map(|e| matches!(e, Event::InitDone))))
+    .boxed();
+    (reader, stream)
+}
+
+struct State {
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    configmaps: Store<ConfigMap>,
+    pods: Store<Pod>,
+    secrets: Option<Store<Secret>>,
+    synced: BTreeSet<Source>,
+    sources: usize,
+    config: Option<Config>,
+    /// The ConfigMap text last looked at, so that a refusal is logged once.
+    config_text: Option<Option<String>>,
+    membership: Option<membership::Handle>,
+    announcer: Announcer,
+    interfaces: Vec<interfaces::Interface>,
+    assigned: Vec<interfaces::Assigned>,
+    /// Address -> interfaces it is announced on now.
+    owned: BTreeMap<IpAddr, Vec<String>>,
+    events: EventSink,
+}
+
+/// Runs until SIGTERM or SIGINT, then leaves gracefully.
+pub async fn run(
+    client: kube::Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let (services, s1) = watch(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        Source::Services,
+    );
+    let (slices, s2) = watch(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+        Source::Slices,
+    );
+    let (nodes, s3) = watch(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        Source::Nodes,
+    );
+    let (configmaps, s4) = watch(
+        Api::<ConfigMap>::namespaced(client.clone(), &settings.config_namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.config_name)),
+        Source::Config,
+    );
+    let (pods, s5) = watch(
+        Api::<Pod>::namespaced(client.clone(), &settings.namespace),
+        watcher::Config::default().labels(&settings.speaker_selector),
+        Source::Pods,
+    );
+    let mut streams = vec![s1, s2, s3, s4, s5];
+    let (secrets, membership) = match &settings.membership {
+        Some(m) => {
+            let (secrets, s6) = watch(
+                Api::<Secret>::namespaced(client.clone(), &settings.namespace),
+                watcher::Config::default().fields(&format!("metadata.name={}", settings.secret_name)),
+                Source::Secret,
+            );
+            streams.push(s6);
+            let handle = membership::start(m.clone(), settings.leave_timeout, metrics.clone())
+                .with_context(|| format!("cannot open the membership socket {}", m.bind))?;
+            (Some(secrets), Some(handle))
+        }
+        None => (None, None),
+    };
+    let sources = streams.len();
+    let mut changes = futures::stream::select_all(streams);
+    let mut view = membership.as_ref().map(|m| m.view.clone());
+    let mut state = State {
+        events: EventSink::start(client.clone(), settings.node.clone(), metrics.clone()),
+        announcer: Announcer::with_stats(settings.gratuitous, metrics.announcer.clone()),
+        settings,
+        metrics,
+        services,
+        slices,
+        nodes,
+        configmaps,
+        pods,
+        secrets,
+        synced: BTreeSet::new(),
+        sources,
+        config: None,
+        config_text: None,
+        membership,
+        interfaces: Vec::new(),
+        assigned: Vec::new(),
+        owned: BTreeMap::new(),
+    };
+    state.rescan();
+    let mut rescan = tokio::time::interval(state.settings.rescan_interval);
+    let refresh_every = state
+        .settings
+        .gratuitous_refresh
+        .unwrap_or(Duration::from_secs(3600));
+    let mut refresh = tokio::time::interval_at(
+        tokio::time::Instant::now() + refresh_every,
+        refresh_every,
+    );
+    info!(node = %state.settings.node, membership = state.membership.is_some(), "speaker started");
+    loop {
+        tokio::select! {
+            change = changes.next() => {
+                let Some(change) = change else { anyhow::bail!("the watches ended") };
+                state.note(change);
+                // Take every change already waiting: one recompute per batch.
+                while let Some(Some(change)) = changes.next().now_or_never() {
+                    state.note(change);
+                }
+            }
+            r = async { view.as_mut().expect("guarded").changed().await }, if view.is_some() => {
+                if r.is_err() { anyhow::bail!("membership stopped") }
+            }
+            _ = rescan.tick() => state.rescan(),
+            _ = refresh.tick(), if state.settings.gratuitous_refresh.is_some() => state.announcer.refresh(),
+            _ = term.recv() => { info!("SIGTERM: leaving"); break }
+            _ = int.recv() => { info!("SIGINT: leaving"); break }
+        }
+        state.recompute();
+    }
+    state.leave().await;
+    Ok(())
+}
+
+impl State {
+    fn note(&mut self, (source, result): Change) {
+        match result {
+            Ok(init_done) => {
+                if init_done && self.synced.insert(source) {
+                    info!(?source, "watch synced");
+                }
+                match source {
+                    Source::Config => self.read_config(),
+                    Source::Pods => {
+                        if let Some(m) = &self.membership {
+                            let peers = crate::cluster::peers(self.pods.state().iter().map(|p| &**p));
+                            m.peers.send_if_modified(|old| {
+                                let changed = *old != peers;
+                                *old = peers;
+                                changed
+                            });
+                        }
+                    }
+                    Source::Secret => self.read_secret(),
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                self.metrics.api_error(&format!("watch_{source:?}").to_lowercase());
+                warn!(?source, error = %e, "a watch failed; it restarts with backoff");
+            }
+        }
+    }
+
+    fn read_config(&mut self) {
+        if !self.synced.contains(&Source::Config) {
+            return;
+        }
+        let cm = self.configmaps.state().into_iter().next();
+        let text = cm
+            .as_ref()
+            .map(|c| c.data.as_ref().and_then(|d| d.get("config")).cloned().unwrap_or_default());
+        if self.config_text.as_ref() == Some(&text) {
+            return;
+        }
+        self.config_text = Some(text.clone());
+        let kept = if self.config.is_some() {
+            "the last good config stays in force"
+        } else {
+            "nothing is announced until a valid config is loaded"
+        };
+        match text.as_deref().map(config::parse) {
+            None => {
+                self.metrics.config_stale.set(1);
+                warn!(config = %format!("{}/{}", self.settings.config_namespace, self.settings.config_name), "the config ConfigMap is missing; {kept}");
+            }
+            Some(Err(errors)) => {
+                self.metrics.config_stale.set(1);
+                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                warn!("config refused, {kept}: {}", list.join("; "));
+            }
+            Some(Ok(c)) => {
+                self.metrics.config_stale.set(0);
+                info!(pools = c.pools.len(), "config accepted");
+                self.config = Some(c);
+            }
+        }
+    }
+
+    fn read_secret(&mut self) {
+        let (Some(m), Some(secrets)) = (&self.membership, &self.secrets) else {
+            return;
+        };
+        let key = secrets.state().into_iter().next().and_then(|s| {
+            s.data
+                .as_ref()?
+                .get(&self.settings.secret_key)
+                .map(|b| b.0.clone())
+                .filter(|k| !k.is_empty())
+        });
+        if key.is_none() && self.synced.contains(&Source::Secret) {
+            warn!(secret = %self.settings.secret_name, key = %self.settings.secret_key, "the membership key is missing: membership cannot authenticate, nothing is announced");
+        }
+        m.key.send_if_modified(|old| {
+            let changed = *old != key;
+            *old = key;
+            changed
+        });
+    }
+
+    fn rescan(&mut self) {
+        match (interfaces::list(), interfaces::assigned()) {
+            (Ok(list), Ok(assigned)) => {
+                self.interfaces = list;
+                self.assigned = assigned;
+            }
+            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot list interfaces"),
+        }
+    }
+
+    /// Decides what this node announces and makes the announcer do it.
+    fn recompute(&mut self) {
+        let synced = self.synced.len() == self.sources;
+        let view = self.membership.as_ref().map(|m| m.view.borrow().clone());
+        let joined = view.as_ref().is_none_or(|v| v.joined);
+        let fenced = view.as_ref().is_some_and(|v| v.fenced);
+        self.metrics.fenced.set(i64::from(fenced));
+        self.metrics
+            .ready
+            .store(synced && joined, Ordering::Relaxed);
+
+        let mut mine: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        if let (true, true, false, Some(config)) = (synced, joined, fenced, &self.config) {
+            let nodes: Vec<Arc<Node>> = self.nodes.state();
+            let slices = self.slices.state();
+            let services = self.services.state();
+            let endpoints = crate::cluster::endpoints_by_service(slices.iter().map(|s| &**s));
+            let state = ClusterState {
+                nodes: nodes.iter().map(|n| crate::cluster::node_info(n)).collect(),
+                members: view.as_ref().map(|v| v.alive.clone()),
+                services: crate::cluster::service_infos(
+                    services.iter().map(|s| &**s),
+                    &endpoints,
+                    self.settings.class.as_deref(),
+                ),
+            };
+            let ownership = election::owners(&state, config);
+            // Never a node's own address, even if a Service's status names
+            // one inside a pool.
+            let mut forbidden = crate::cluster::node_addresses(nodes.iter().map(|n| &**n));
+            forbidden.extend(self.assigned.iter().map(|a| a.address));
+            for address in election::owned_by(&ownership, &self.settings.node) {
+                if forbidden.contains(&address) {
+                    continue;
+                }
+                let pool_interfaces = config
+                    .locate(address)
+                    .map(|(p, _)| config.pools[p].interfaces.as_slice())
+                    .unwrap_or_default();
+                let on = interfaces::for_address(
+                    &self.interfaces,
+                    &self.assigned,
+                    &self.settings.excludes,
+                    pool_interfaces,
+                    address,
+                );
+                mine.insert(address, on.iter().map(|i| i.name.clone()).collect());
+            }
+        }
+
+        let mut per_interface: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (address, names) in &mine {
+            for n in names {
+                per_interface.entry(n.clone()).or_default().insert(*address);
+            }
+        }
+        let desired: Vec<Desired> = per_interface
+            .into_iter()
+            .filter_map(|(name, addresses)| {
+                let interface = self.interfaces.iter().find(|i| i.name == name)?.clone();
+                Some(Desired {
+                    interface,
+                    addresses,
+                })
+            })
+            .collect();
+        for (name, e) in self.announcer.set(&desired) {
+            warn!(interface = %name, error = %e, "skipped interface");
+        }
+        self.report(mine);
+        if let (Some(m), Some(v)) = (&self.membership, &view) {
+            m.applied.send_if_modified(|g| {
+                let changed = *g != v.generation;
+                *g = v.generation;
+                changed
+            });
+        }
+    }
+
+    /// Logs, counts and publishes Events for what changed hands.
+    fn report(&mut self, mine: BTreeMap<IpAddr, Vec<String>>) {
+        let gained: Vec<IpAddr> = mine
+            .iter()
+            .filter(|(a, on)| !on.is_empty() && self.owned.get(a).is_none_or(|o| o.is_empty()))
+            .map(|(a, _)| *a)
+            .collect();
+        let lost: Vec<IpAddr> = self
+            .owned
+            .iter()
+            .filter(|(a, on)| !on.is_empty() && mine.get(a).is_none_or(|o| o.is_empty()))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in &lost {
+            info!(address = %a, "ownership lost: no longer announcing");
+        }
+        if !gained.is_empty() {
+            let services = self.services.state();
+            for a in &gained {
+                let on = mine[a].join(",");
+                info!(address = %a, interfaces = %on, "ownership gained: announcing");
+                for svc in services.iter().filter(|s| {
+                    crate::cluster::is_handled(s, self.settings.class.as_deref())
+                        && s.status
+                            .as_ref()
+                            .and_then(|st| st.load_balancer.as_ref())
+                            .and_then(|lb| lb.ingress.as_ref())
+                            .is_some_and(|i| i.iter().any(|i| i.ip.as_deref() == Some(&a.to_string())))
+                }) {
+                    self.events.publish(Pending {
+                        regarding: svc.object_ref(&()),
+                        warning: false,
+                        reason: "Announcing",
+                        note: format!(
+                            "node {} announces {a} on interface {on}",
+                            self.settings.node
+                        ),
+                        action: "Announce",
+                    });
+                }
+            }
+        }
+        self.metrics.ownership_change("gained", gained.len());
+        self.metrics.ownership_change("lost", lost.len());
+        self.metrics
+            .announced_addresses
+            .set(mine.values().filter(|on| !on.is_empty()).count() as i64);
+        self.owned = mine;
+    }
+
+    /// Graceful stop: peers first take over (their acknowledgement says they
+    /// applied our leave), then this node stops answering.
+    async fn leave(mut self) {
+        let started = Instant::now();
+        if let Some(m) = &self.membership {
+            match m.leave(self.settings.leave_timeout).await {
+                Some(o) if o.missing.is_empty() => {
+                    info!(acknowledged = ?o.acknowledged, took = ?o.took, "peers took over")
+                }
+                Some(o) => {
+                    warn!(acknowledged = ?o.acknowledged, missing = ?o.missing, took = ?o.took, "not every peer acknowledged the leave in time")
+                }
+                None => warn!("membership did not answer the leave"),
+            }
+        }
+        self.announcer.set(&[]);
+        self.metrics.announced_addresses.set(0);
+        info!(took = ?started.elapsed(), "stopped announcing; exiting");
+    }
+}

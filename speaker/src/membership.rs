@@ -1,0 +1,434 @@
+//! The membership runner: the UDP socket, timers and peer list around
+//! `ferrolb_core::membership` (heartbeats, authentication, the detector).
+//!
+//! It runs on its own thread with its own single-threaded runtime, so that
+//! a burst of watch events (a relist of thousands of Services) never delays
+//! a heartbeat or a timeout by more than the scheduler does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferrolb_core::membership::{self, Detector, Kind, MAX_PACKET, Packet, Reject};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+
+/// Membership timing and addresses.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node: String,
+    /// The UDP address to listen on; peers are sent to at their Pod IP and
+    /// this port.
+    pub bind: SocketAddr,
+    /// Time between heartbeats to each peer.
+    pub interval: Duration,
+    /// A peer not heard from for this long is dead.
+    pub timeout: Duration,
+    /// After this long without hearing from every expected peer, the
+    /// speaker counts as joined anyway (the missing ones are dead).
+    pub join_grace: Duration,
+}
+
+/// What the rest of the speaker needs to know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    /// Counts changes of `alive`; the daemon reports back the generation
+    /// it has applied, which is what a `LeaveAck` waits for.
+    pub generation: u64,
+    /// Live members, this node included.
+    pub alive: BTreeSet<String>,
+    /// The key is known and every expected peer was heard from, or the
+    /// join grace has passed.
+    pub joined: bool,
+    /// Peers are expected (at least two) but none is reachable: this node
+    /// is probably cut off and must not announce.
+    pub fenced: bool,
+}
+
+/// Talks to the runner.
+pub struct Handle {
+    pub view: watch::Receiver<View>,
+    /// Peer speakers: node name and Pod IP.
+    pub peers: watch::Sender<BTreeMap<String, IpAddr>>,
+    /// The shared key; `None` until the Secret is read.
+    pub key: watch::Sender<Option<Vec<u8>>>,
+    /// The latest `View::generation` whose ownership the daemon applied.
+    pub applied: watch::Sender<u64>,
+    leave: mpsc::Sender<oneshot::Sender<LeaveOutcome>>,
+}
+
+/// How a graceful leave ended.
+#[derive(Clone, Debug)]
+pub struct LeaveOutcome {
+    pub acknowledged: BTreeSet<String>,
+    pub missing: BTreeSet<String>,
+    pub took: Duration,
+}
+
+impl Handle {
+    /// Tells every peer this node leaves and waits until every live peer
+    /// acknowledged having applied it, or `timeout`.
+    pub async fn leave(&self, timeout: Duration) -> Option<LeaveOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.leave.send(tx).await.ok()?;
+        tokio::time::timeout(timeout + Duration::from_millis(100), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// Starts the runner thread. `leave_timeout` bounds a graceful leave.
+pub fn start(
+    settings: Settings,
+    leave_timeout: Duration,
+    metrics: Arc<Metrics>,
+) -> io::Result<Handle> {
+    let socket = bind(settings.bind)?;
+    let (view_tx, view_rx) = watch::channel(View::default());
+    let (peers_tx, peers_rx) = watch::channel(BTreeMap::new());
+    let (key_tx, key_rx) = watch::channel(None);
+    let (applied_tx, applied_rx) = watch::channel(0);
+    let (leave_tx, leave_rx) = mpsc::channel(1);
+    std::thread::Builder::new()
+        .name("membership".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            rt.block_on(async move {
+                let socket = match UdpSocket::from_std(socket.into()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "membership socket failed; membership stops");
+                        return;
+                    }
+                };
+                Runner {
+                    detector: Detector::new(settings.node.clone(), settings.timeout),
+                    settings,
+                    leave_timeout,
+                    socket,
+                    metrics,
+                    view: view_tx,
+                    peers: peers_rx,
+                    key: key_rx,
+                    applied: applied_rx,
+                    leave_rx,
+                    incarnation: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(1),
+                    seq: 0,
+                    pending_acks: BTreeMap::new(),
+                    leaving: None,
+                    left: false,
+                    heard: BTreeSet::new(),
+                    started: Instant::now(),
+                }
+                .run()
+                .await
+            })
+        })?;
+    Ok(Handle {
+        view: view_rx,
+        peers: peers_tx,
+        key: key_tx,
+        applied: applied_tx,
+        leave: leave_tx,
+    })
+}
+
+/// A dual-stack UDP socket (IPv4 peers arrive as mapped addresses).
+fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let addr = match addr {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, v4.port(), 0, 0))
+        }
+        other => other,
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+struct Leaving {
+    reply: oneshot::Sender<LeaveOutcome>,
+    started: Instant,
+    waiting: BTreeSet<String>,
+    acknowledged: BTreeSet<String>,
+}
+
+struct Runner {
+    settings: Settings,
+    leave_timeout: Duration,
+    socket: UdpSocket,
+    metrics: Arc<Metrics>,
+    detector: Detector,
+    view: watch::Sender<View>,
+    peers: watch::Receiver<BTreeMap<String, IpAddr>>,
+    key: watch::Receiver<Option<Vec<u8>>>,
+    applied: watch::Receiver<u64>,
+    leave_rx: mpsc::Receiver<oneshot::Sender<LeaveOutcome>>,
+    incarnation: u64,
+    seq: u64,
+    /// Leaves to acknowledge once the daemon applied this generation: node
+    /// -> (generation, where to answer, the incarnation that left).
+    pending_acks: BTreeMap<String, (u64, SocketAddr, u64)>,
+    leaving: Option<Leaving>,
+    left: bool,
+    /// Peers heard from at least once (for `joined`).
+    heard: BTreeSet<String>,
+    started: Instant,
+}
+
+impl Runner {
+    async fn run(mut self) {
+        info!(bind = %self.settings.bind, interval = ?self.settings.interval, timeout = ?self.settings.timeout, "membership started");
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resend = tokio::time::interval(Duration::from_millis(5));
+        let mut gc = tokio::time::interval(Duration::from_secs(60));
+        let mut buf = [0u8; 2048];
+        loop {
+            let now = Instant::now();
+            let expiry = self.detector.next_expiry(now);
+            let join_at = (!self.view.borrow().joined).then(|| self.started + self.settings.join_grace);
+            let wake = [expiry, join_at].into_iter().flatten().min();
+            tokio::select! {
+                _ = tick.tick(), if self.leaving.is_none() && !self.left => self.send_all(Kind::Heartbeat),
+                _ = resend.tick(), if self.leaving.is_some() => self.resend_leave(),
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.receive(&buf[..n], from),
+                    Err(e) => {
+                        warn!(error = %e, "membership receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                _ = tokio::time::sleep_until(wake.unwrap_or(now + Duration::from_secs(3600)).into()), if wake.is_some() => {}
+                r = self.applied.changed() => if r.is_err() { return },
+                r = self.peers.changed() => if r.is_err() { return },
+                r = self.key.changed() => if r.is_err() { return },
+                Some(reply) = self.leave_rx.recv() => self.start_leave(reply),
+                _ = gc.tick() => self.detector.forget_older_than(Duration::from_secs(600), Instant::now()),
+            }
+            self.publish();
+            self.send_due_acks();
+        }
+    }
+
+    fn key(&self) -> Option<Vec<u8>> {
+        self.key.borrow().clone()
+    }
+
+    fn peer_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let port = self.settings.bind.port();
+        self.peers
+            .borrow()
+            .iter()
+            .filter(|(n, _)| **n != self.settings.node)
+            .map(|(n, ip)| (n.clone(), SocketAddr::new(*ip, port)))
+            .collect()
+    }
+
+    fn send(&mut self, kind: Kind, to: SocketAddr, key: &[u8]) {
+        self.seq += 1;
+        let packet = Packet {
+            kind,
+            node: self.settings.node.clone(),
+            incarnation: self.incarnation,
+            seq: self.seq,
+        };
+        let mut buf = [0u8; MAX_PACKET];
+        let Some(n) = membership::encode(&packet, key, &mut buf) else {
+            return;
+        };
+        let to = match to {
+            SocketAddr::V4(v4) => {
+                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+            }
+            v6 => v6,
+        };
+        match self.socket.try_send_to(&buf[..n], to) {
+            Ok(_) => {
+                self.metrics.membership_packets_sent.inc();
+            }
+            Err(e) => debug!(%to, error = %e, "membership send failed"),
+        };
+    }
+
+    fn send_all(&mut self, kind: Kind) {
+        let Some(key) = self.key() else { return };
+        for (_, addr) in self.peer_addrs() {
+            self.send(kind, addr, &key);
+        }
+    }
+
+    fn receive(&mut self, bytes: &[u8], from: SocketAddr) {
+        self.metrics.membership_packets_received.inc();
+        let Some(key) = self.key() else {
+            self.reject(Reject::Unauthenticated, from);
+            return;
+        };
+        let packet = match membership::decode(bytes, &key) {
+            Ok(p) => p,
+            Err(r) => return self.reject(r, from),
+        };
+        if let Kind::LeaveAck { incarnation } = packet.kind {
+            // Acks are addressed to one incarnation of this node; a replay
+            // from an earlier stop is not an ack now.
+            if incarnation != self.incarnation {
+                return self.reject(Reject::Replayed, from);
+            }
+        }
+        if let Err(r) = self.detector.accept(&packet, Instant::now()) {
+            return self.reject(r, from);
+        }
+        self.heard.insert(packet.node.clone());
+        match packet.kind {
+            Kind::Heartbeat => {}
+            Kind::Leave => {
+                info!(node = %packet.node, "peer leaves");
+                // Acknowledged once the daemon has applied a generation
+                // that no longer counts the peer (see `publish`).
+                let view = self.view.borrow();
+                let generation = view.generation + u64::from(view.alive.contains(&packet.node));
+                drop(view);
+                self.pending_acks
+                    .insert(packet.node.clone(), (generation, from, packet.incarnation));
+            }
+            Kind::LeaveAck { .. } => {
+                if let Some(l) = &mut self.leaving
+                    && l.waiting.remove(&packet.node)
+                {
+                    l.acknowledged.insert(packet.node.clone());
+                }
+            }
+        }
+    }
+
+    fn reject(&self, reason: Reject, from: SocketAddr) {
+        debug!(%from, %reason, "dropped membership packet");
+        self.metrics.membership_rejected(reason.label());
+    }
+
+    /// Publishes a new view when something in it changed.
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let alive = self.detector.alive(now);
+        let expected: BTreeSet<String> = self
+            .peer_addrs()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let has_key = self.key.borrow().is_some();
+        let joined = has_key
+            && (self.view.borrow().joined
+                || expected.is_subset(&self.heard)
+                || now >= self.started + self.settings.join_grace);
+        // With one expected peer, its silence cannot be told apart from its
+        // death, so the survivor keeps announcing (a cut owner still fences
+        // on its own link state). With two or more, hearing none of them
+        // means this node is the one cut off.
+        let fenced = joined && expected.len() >= 2 && alive.len() == 1;
+        self.metrics.members_alive.set(alive.len() as i64);
+        self.view.send_if_modified(|v| {
+            let mut changed = false;
+            if v.alive != alive {
+                if v.joined {
+                    let gone: Vec<_> = v.alive.difference(&alive).collect();
+                    let new: Vec<_> = alive.difference(&v.alive).collect();
+                    info!(?gone, ?new, "members changed");
+                }
+                v.alive = alive;
+                v.generation += 1;
+                changed = true;
+            }
+            if v.joined != joined || v.fenced != fenced {
+                if fenced {
+                    warn!("no peer reachable while peers are expected: stopping announcements (fenced)");
+                } else if v.fenced {
+                    info!("peers reachable again: no longer fenced");
+                }
+                v.joined = joined;
+                v.fenced = fenced;
+                changed = true;
+            }
+            changed
+        });
+    }
+
+    fn send_due_acks(&mut self) {
+        if self.pending_acks.is_empty() {
+            return;
+        }
+        let applied = *self.applied.borrow();
+        let Some(key) = self.key() else { return };
+        let due: Vec<String> = self
+            .pending_acks
+            .iter()
+            .filter(|(_, (g, _, _))| *g <= applied)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in due {
+            if let Some((_, to, incarnation)) = self.pending_acks.remove(&node) {
+                debug!(%node, "acknowledging leave");
+                self.send(Kind::LeaveAck { incarnation }, to, &key);
+            }
+        }
+    }
+
+    fn start_leave(&mut self, reply: oneshot::Sender<LeaveOutcome>) {
+        let waiting: BTreeSet<String> = self
+            .detector
+            .alive(Instant::now())
+            .into_iter()
+            .filter(|n| *n != self.settings.node)
+            .collect();
+        info!(peers = ?waiting, "leaving: telling peers");
+        self.leaving = Some(Leaving {
+            reply,
+            started: Instant::now(),
+            waiting,
+            acknowledged: BTreeSet::new(),
+        });
+        self.send_all(Kind::Leave);
+    }
+
+    /// Repeats the leave to peers that have not acknowledged it, and
+    /// reports when all have or time is up.
+    fn resend_leave(&mut self) {
+        let Some(l) = &self.leaving else { return };
+        if l.waiting.is_empty() || l.started.elapsed() >= self.leave_timeout {
+            if let Some(l) = self.leaving.take() {
+                let _ = l.reply.send(LeaveOutcome {
+                    took: l.started.elapsed(),
+                    acknowledged: l.acknowledged,
+                    missing: l.waiting,
+                });
+            }
+            // Heartbeats do not resume: this incarnation has left.
+            self.left = true;
+            return;
+        }
+        let waiting = l.waiting.clone();
+        let Some(key) = self.key() else { return };
+        for (name, addr) in self.peer_addrs() {
+            if waiting.contains(&name) {
+                self.send(Kind::Leave, addr, &key);
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Prometheus metrics (DESIGN section 7) and the `/metrics`, `/healthz`,
+//! `/readyz` endpoints, as the controller serves them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::announcer::Stats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabel {
+    /// `gained` or `lost`.
+    pub change: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub announcer: Arc<Stats>,
+    pub ownership_changes: Family<ChangeLabel, Counter>,
+    pub announced_addresses: Gauge,
+    pub members_alive: Gauge,
+    pub fenced: Gauge,
+    pub membership_packets_sent: Counter,
+    pub membership_packets_received: Counter,
+    pub membership_auth_failures: Family<ReasonLabel, Counter>,
+    pub config_stale: Gauge,
+    pub api_errors: Family<ReasonLabel, Counter>,
+    pub ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("ferrolb");
+        let m = Metrics {
+            announcer: Arc::default(),
+            ownership_changes: Family::default(),
+            announced_addresses: Gauge::default(),
+            members_alive: Gauge::default(),
+            fenced: Gauge::default(),
+            membership_packets_sent: Counter::default(),
+            membership_packets_received: Counter::default(),
+            membership_auth_failures: Family::default(),
+            config_stale: Gauge::default(),
+            api_errors: Family::default(),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        let a = &m.announcer;
+        registry.register(
+            "requests_received",
+            "ARP requests and neighbour solicitations received for an address this node announces, by address and protocol",
+            a.requests_received.clone(),
+        );
+        registry.register(
+            "requests_answered",
+            "ARP replies and neighbour advertisements sent in answer, by address and protocol",
+            a.requests_answered.clone(),
+        );
+        registry.register(
+            "requests_seen",
+            "ARP requests and neighbour solicitations seen for any address, by protocol",
+            a.requests_seen.clone(),
+        );
+        registry.register(
+            "gratuitous_sent",
+            "Gratuitous ARP (request and reply form) and unsolicited NA sent",
+            a.gratuitous_sent.clone(),
+        );
+        registry.register(
+            "malformed_packets",
+            "ARP or NDP frames dropped as malformed",
+            a.malformed_packets.clone(),
+        );
+        registry.register(
+            "ownership_changes",
+            "Addresses this node started (gained) or stopped (lost) announcing",
+            m.ownership_changes.clone(),
+        );
+        registry.register(
+            "announced_addresses",
+            "Addresses this node announces now",
+            m.announced_addresses.clone(),
+        );
+        registry.register(
+            "members_alive",
+            "Live speakers as this node sees them, itself included",
+            m.members_alive.clone(),
+        );
+        registry.register(
+            "fenced",
+            "1 while this node announces nothing because it reaches no peer although peers are expected",
+            m.fenced.clone(),
+        );
+        registry.register(
+            "membership_packets_sent",
+            "Membership packets sent (heartbeats, leaves, acknowledgements)",
+            m.membership_packets_sent.clone(),
+        );
+        registry.register(
+            "membership_packets_received",
+            "Membership packets received, accepted or not",
+            m.membership_packets_received.clone(),
+        );
+        registry.register(
+            "membership_auth_failures",
+            "Membership packets dropped, by reason (unauthenticated, malformed, replayed, from_self)",
+            m.membership_auth_failures.clone(),
+        );
+        registry.register(
+            "config_stale",
+            "1 while the ConfigMap's content is not in force (invalid or missing)",
+            m.config_stale.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Failed API calls by kind",
+            m.api_errors.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn membership_rejected(&self, reason: &str) {
+        self.membership_auth_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn api_error(&self, kind: &str) {
+        self.api_errors
+            .get_or_create(&ReasonLabel {
+                reason: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn ownership_change(&self, change: &str, n: usize) {
+        if n > 0 {
+            self.ownership_changes
+                .get_or_create(&ChangeLabel {
+                    change: change.to_owned(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves the endpoints until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}
+
+async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    if m.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: watches not synced or membership not joined\n",
+        )
+    }
+}
