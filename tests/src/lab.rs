@@ -1,0 +1,594 @@
+//! The lab: a simulated cluster in network namespaces on one machine
+//! (DESIGN section 8).
+//!
+//! ```text
+//!             switch namespace: bridge br0 (the layer-2 segment)
+//!   ┌──────────────┬──────────────┬──────────────┬──────────────┐
+//!   cp             node-1 .. node-N                              client
+//!   192.0.2.2      192.0.2.11 ..                                 192.0.2.100
+//!   test API server  speaker, backend :8080, nftables DNAT        prober
+//!   controller       (kube-proxy emulation)
+//! ```
+//!
+//! Every node's interface is `eth0`, as on a real node, so the speaker's default
+//! interface rules apply unchanged. Addresses come only from the documentation
+//! ranges (192.0.2.0/24, 2001:db8::/64), and nothing is added to the machine's
+//! own namespace: everything lives in namespaces the lab creates and deletes.
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// One machine of the lab: a network namespace with `eth0` on the segment.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// The Kubernetes node name (or `cp` / `client`).
+    pub name: String,
+    pub ns: String,
+    pub ip4: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    pub mac: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub nodes: usize,
+    /// Where ferrolb-controller, ferrolb-speaker, ferrolb-test-apiserver and ferrolb-lab are.
+    pub bin_dir: PathBuf,
+    /// An API server reachable from the node namespaces, instead of starting the test one.
+    pub kubeconfig: Option<PathBuf>,
+    /// The ConfigMap manifest to apply (namespace ferrolb-system, name config).
+    pub config: PathBuf,
+}
+
+struct Proc {
+    what: String,
+    child: Child,
+}
+
+/// A running lab. Dropping it stops every process and deletes every namespace.
+pub struct Lab {
+    prefix: String,
+    pub dir: PathBuf,
+    switch: String,
+    pub cp: Host,
+    pub client: Host,
+    pub nodes: Vec<Host>,
+    pub kubeconfig: PathBuf,
+    bin_dir: PathBuf,
+    namespaces: Vec<String>,
+    procs: Vec<Proc>,
+}
+
+/// Runs a command, failing with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    run_with_input(program, args, None)
+}
+
+fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("cannot run {program} (is it installed? scripts/install-deps.sh installs it)")
+        })?;
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every wait of the lab fail at once (Ctrl-C), so that it is torn down.
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Polls `f` until it returns `Some`, for at most `limit`.
+pub fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if interrupted() {
+            bail!("interrupted");
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Lab {
+    /// Deletes namespaces left by labs whose process is gone (a run that was killed).
+    pub fn clean_stale() {
+        let Ok(list) = run("ip", &["netns", "list"]) else {
+            return;
+        };
+        for line in list.lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let Some(rest) = name.strip_prefix("flblab") else {
+                continue;
+            };
+            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = run("ip", &["netns", "del", name]);
+            }
+        }
+    }
+
+    /// Builds the network, starts the control plane and a speaker, a backend
+    /// and kube-proxy emulation on every node, and registers the nodes.
+    pub fn up(opts: &LabOptions) -> anyhow::Result<Lab> {
+        if opts.nodes == 0 || opts.nodes > 50 {
+            bail!("--nodes must be between 1 and 50");
+        }
+        let prefix = format!("flblab{}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        let host = |name: &str, i: u8| Host {
+            name: name.to_owned(),
+            ns: format!("{prefix}-{name}"),
+            ip4: Ipv4Addr::new(192, 0, 2, i),
+            ip6: format!("2001:db8::{i:x}").parse().expect("valid"),
+            mac: format!("02:00:00:00:00:{i:02x}"),
+        };
+        let mut lab = Lab {
+            switch: format!("{prefix}-switch"),
+            cp: host("cp", 2),
+            client: host("client", 100),
+            nodes: (1..=opts.nodes)
+                .map(|i| host(&format!("node-{i}"), 10 + i as u8))
+                .collect(),
+            kubeconfig: opts
+                .kubeconfig
+                .clone()
+                .unwrap_or_else(|| dir.join("kubeconfig")),
+            bin_dir: opts.bin_dir.clone(),
+            prefix,
+            dir,
+            namespaces: vec![],
+            procs: vec![],
+        };
+        lab.network()?;
+        if opts.kubeconfig.is_none() {
+            lab.start_api_server()?;
+        }
+        lab.register_cluster(&opts.config)?;
+        let cp_ns = lab.cp.ns.clone();
+        let metrics = format!("{}:7472", lab.cp.ip4);
+        let kubeconfig = lab.kubeconfig.to_string_lossy().into_owned();
+        let controller = lab.bin("ferrolb-controller");
+        lab.spawn(
+            &cp_ns,
+            "controller",
+            &[("KUBECONFIG", &kubeconfig)],
+            &controller,
+            &[
+                "--config-namespace",
+                "ferrolb-system",
+                "--metrics-addr",
+                &metrics,
+            ],
+        )?;
+        for n in lab.nodes.clone() {
+            lab.start_speaker(&n)?;
+            let listen = format!("{}:8080", n.ip4);
+            let backend = lab.bin("ferrolb-lab");
+            lab.spawn(
+                &n.ns,
+                &format!("backend-{}", n.name),
+                &[],
+                &backend,
+                &["backend", "--listen", &listen, "--name", &n.name],
+            )?;
+        }
+        Ok(lab)
+    }
+
+    fn bin(&self, name: &str) -> String {
+        self.bin_dir.join(name).to_string_lossy().into_owned()
+    }
+
+    fn network(&mut self) -> anyhow::Result<()> {
+        let all: Vec<Host> = [self.cp.clone(), self.client.clone()]
+            .into_iter()
+            .chain(self.nodes.clone())
+            .collect();
+        for ns in std::iter::once(self.switch.clone()).chain(all.iter().map(|h| h.ns.clone())) {
+            run("ip", &["netns", "add", &ns])?;
+            self.namespaces.push(ns.clone());
+            run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        let sw = self.switch.clone();
+        run(
+            "ip",
+            &[
+                "-n",
+                &sw,
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
+        run("ip", &["-n", &sw, "link", "set", "br0", "up"])?;
+        for (i, h) in all.iter().enumerate() {
+            let port = format!("p{i}");
+            run(
+                "ip",
+                &[
+                    "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                    "netns", &h.ns,
+                ],
+            )?;
+            run(
+                "ip",
+                &["-n", &sw, "link", "set", &port, "master", "br0", "up"],
+            )?;
+            // Addresses usable at once: no duplicate address detection.
+            for key in ["all", "default", "eth0"] {
+                run(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &h.ns,
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{key}.accept_dad=0"),
+                    ],
+                )?;
+            }
+            run(
+                "ip",
+                &["-n", &h.ns, "link", "set", "eth0", "address", &h.mac],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &h.ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", h.ip4),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &h.ns,
+                    "addr",
+                    "add",
+                    &format!("{}/64", h.ip6),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            run("ip", &["-n", &h.ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(())
+    }
+
+    fn start_api_server(&mut self) -> anyhow::Result<()> {
+        let listen = format!("{}:6443", self.cp.ip4);
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let cp_ns = self.cp.ns.clone();
+        let program = self.bin("ferrolb-test-apiserver");
+        self.spawn(
+            &cp_ns,
+            "apiserver",
+            &[],
+            &program,
+            &["--listen", &listen, "--kubeconfig-out", &kubeconfig],
+        )?;
+        eventually("the test API server", Duration::from_secs(20), || {
+            (self.kubeconfig.exists() && self.kubectl(&["get", "namespaces"]).is_ok()).then_some(())
+        })
+    }
+
+    /// Nodes, speaker Pods, the membership Secret and the config, as a real
+    /// cluster would have them.
+    fn register_cluster(&self, config: &Path) -> anyhow::Result<()> {
+        self.apply(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ferrolb-system"}}))?;
+        let mut key = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)
+            .context("reading /dev/urandom")?;
+        use base64::Engine as _;
+        self.apply(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "ferrolb-memberlist", "namespace": "ferrolb-system"},
+            "data": {"secretkey": base64::engine::general_purpose::STANDARD.encode(key)}
+        }))?;
+        for n in &self.nodes {
+            self.apply(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": n.name, "labels": {"kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux"}}
+            }))?;
+            self.kubectl(&["patch", "node", &n.name, "--subresource=status", "--type=merge", "-p",
+                &serde_json::json!({"status": {
+                    "addresses": [{"type": "InternalIP", "address": n.ip4.to_string()}, {"type": "InternalIP", "address": n.ip6.to_string()}, {"type": "Hostname", "address": n.name}],
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "lab node"}]
+                }}).to_string()])?;
+            let pod = format!("ferrolb-speaker-{}", n.name);
+            self.apply(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": "ferrolb-system",
+                             "labels": {"app.kubernetes.io/name": "ferrolb", "app.kubernetes.io/component": "speaker"}},
+                "spec": {"nodeName": n.name, "hostNetwork": true, "containers": [{"name": "speaker", "image": "ferrolb"}]}
+            }))?;
+            self.kubectl(&["patch", "pod", &pod, "-n", "ferrolb-system", "--subresource=status", "--type=merge", "-p",
+                &serde_json::json!({"status": {"phase": "Running", "hostIP": n.ip4.to_string(), "podIP": n.ip4.to_string(),
+                    "podIPs": [{"ip": n.ip4.to_string()}, {"ip": n.ip6.to_string()}]}}).to_string()])?;
+        }
+        self.kubectl(&["apply", "-f", &config.to_string_lossy()])?;
+        Ok(())
+    }
+
+    pub fn start_speaker(&mut self, n: &Host) -> anyhow::Result<()> {
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        let program = self.bin("ferrolb-speaker");
+        self.spawn(
+            &n.ns,
+            &format!("speaker-{}", n.name),
+            &[("KUBECONFIG", &kubeconfig), ("NODE_NAME", &n.name)],
+            &program,
+            &[
+                "--config-namespace",
+                "ferrolb-system",
+                "--metrics-addr",
+                &format!("{}:7473", n.ip4),
+            ],
+        )
+    }
+
+    /// Starts a process inside a namespace; its output goes to `<dir>/<what>.log`.
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        what: &str,
+        env: &[(&str, &str)],
+        program: &str,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("{what}.log")))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program])
+            .args(args)
+            .envs(env.iter().copied());
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        self.procs.push(Proc {
+            what: what.to_owned(),
+            child,
+        });
+        Ok(())
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") to the process started as `what`.
+    pub fn signal(&mut self, what: &str, signal: &str) -> anyhow::Result<()> {
+        let p = self
+            .procs
+            .iter()
+            .find(|p| p.what == what)
+            .with_context(|| format!("no process {what}"))?;
+        run("kill", &[&format!("-{signal}"), &p.child.id().to_string()])?;
+        Ok(())
+    }
+
+    /// Waits for the process started as `what` to exit.
+    pub fn wait_exit(&mut self, what: &str, limit: Duration) -> anyhow::Result<()> {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.what == what)
+            .with_context(|| format!("no process {what}"))?;
+        let deadline = Instant::now() + limit;
+        while p.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("{what} did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// `kubectl` against the lab's API server, from the control-plane namespace.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        let mut full = vec![
+            "netns",
+            "exec",
+            &self.cp.ns,
+            "kubectl",
+            "--kubeconfig",
+            &kubeconfig,
+        ];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    pub fn apply(&self, obj: &serde_json::Value) -> anyhow::Result<String> {
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        run_with_input(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.cp.ns,
+                "kubectl",
+                "--kubeconfig",
+                &kubeconfig,
+                "apply",
+                "-f",
+                "-",
+            ],
+            Some(&obj.to_string()),
+        )
+    }
+
+    /// A command inside a lab host's namespace.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["netns", "exec", ns];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// A LoadBalancer Service `name` in `default` with TCP port 80 → 8080, and an
+    /// EndpointSlice with a ready endpoint on every node (each node's backend).
+    pub fn create_service(&self, name: &str, extra_spec: serde_json::Value) -> anyhow::Result<()> {
+        let mut svc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": name},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+        });
+        if let serde_json::Value::Object(extra) = extra_spec {
+            for (k, v) in extra {
+                svc["spec"][k] = v;
+            }
+        }
+        self.apply(&svc)?;
+        let endpoints: Vec<serde_json::Value> = self
+            .nodes
+            .iter()
+            .map(|n| serde_json::json!({"addresses": [n.ip4.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": n.name}))
+            .collect();
+        self.apply(&serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-lab"), "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))?;
+        Ok(())
+    }
+
+    /// The Service's status addresses.
+    pub fn external_ips(&self, name: &str) -> Vec<String> {
+        self.kubectl(&[
+            "get",
+            "svc",
+            name,
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[*].ip}",
+        ])
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+    }
+
+    /// kube-proxy emulation: on every node, DNAT `address:port` to the node's own backend.
+    pub fn forward(&self, address: &str, port: u16) -> anyhow::Result<()> {
+        for n in &self.nodes {
+            let (family, backend) = if address.contains(':') {
+                ("ip6", format!("[{}]:8080", n.ip6))
+            } else {
+                ("ip", format!("{}:8080", n.ip4))
+            };
+            let table = format!("ferrolb_lab_{}", family);
+            let rules = format!(
+                "table {family} {table} {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  {family} daddr {address} tcp dport {port} dnat to {backend}\n }}\n}}\n"
+            );
+            let _ = self.exec(&n.ns, &["nft", "delete", "table", family, &table]);
+            run_with_input(
+                "ip",
+                &["netns", "exec", &n.ns, "nft", "-f", "-"],
+                Some(&rules),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The MAC the client's neighbour table holds for `address`, if any.
+    pub fn client_neighbour(&self, address: &str) -> Option<String> {
+        let out = self
+            .exec(&self.client.ns, &["ip", "neigh", "show", address])
+            .ok()?;
+        let mut words = out.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "lladdr" {
+                return words.next().map(str::to_owned);
+            }
+        }
+        None
+    }
+
+    pub fn node_by_mac(&self, mac: &str) -> Option<&Host> {
+        self.nodes.iter().find(|n| n.mac.eq_ignore_ascii_case(mac))
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Host> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Takes `eth0` of a node down: its link is cut.
+    pub fn cut_link(&self, node: &str) -> anyhow::Result<()> {
+        let n = self.node(node).with_context(|| format!("no node {node}"))?;
+        self.exec(&n.ns, &["ip", "link", "set", "eth0", "down"])?;
+        Ok(())
+    }
+
+    /// Namespace names carry this prefix (for `ip netns list`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+    }
+}
