@@ -56,7 +56,9 @@ pub enum Kind {
     /// The sender stops; it should no longer be a candidate.
     Leave,
     /// The sender has applied the leave of the incarnation given.
-    LeaveAck { incarnation: u64 },
+    LeaveAck {
+        incarnation: u64,
+    },
 }
 
 /// One membership packet.

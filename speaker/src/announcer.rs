@@ -156,7 +156,7 @@ impl Announcer {
         self.interfaces.retain(|name, _| {
             let keep = wanted.contains(name.as_str());
             if !keep {
-                info!(interface = %name, "stopped announcing on interface");
+                info!(interface = %name, "closed the responders on interface");
             }
             keep
         });
@@ -257,7 +257,7 @@ impl InterfaceAnnouncer {
                 stats.clone(),
             )));
         }
-        info!(interface = %interface.name, mac = %interface.mac, "announcing on interface");
+        info!(interface = %interface.name, mac = %interface.mac, "opened the responders on interface");
         Ok(InterfaceAnnouncer {
             interface,
             owned,

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ferrolb_core::election::{Endpoint, NodeInfo, ServiceInfo, TrafficPolicy};
 use ferrolb_core::ServiceKey;
+use ferrolb_core::election::{Endpoint, NodeInfo, ServiceInfo, TrafficPolicy};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -175,7 +175,10 @@ mod tests {
         let eps = endpoints_by_service([&slice]);
         let infos = service_infos([&svc, &classed], &eps, None);
         assert_eq!(infos.len(), 1);
-        assert_eq!(infos[0].addresses, vec!["192.0.2.50".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            infos[0].addresses,
+            vec!["192.0.2.50".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(infos[0].traffic_policy, TrafficPolicy::Local);
         assert_eq!(infos[0].serving_nodes(), BTreeSet::from(["n1"]));
     }

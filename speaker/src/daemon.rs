@@ -149,7 +149,8 @@ pub async fn run(
         Some(m) => {
             let (secrets, s6) = watch(
                 Api::<Secret>::namespaced(client.clone(), &settings.namespace),
-                watcher::Config::default().fields(&format!("metadata.name={}", settings.secret_name)),
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={}", settings.secret_name)),
                 Source::Secret,
             );
             streams.push(s6);
@@ -188,10 +189,8 @@ pub async fn run(
         .settings
         .gratuitous_refresh
         .unwrap_or(Duration::from_secs(3600));
-    let mut refresh = tokio::time::interval_at(
-        tokio::time::Instant::now() + refresh_every,
-        refresh_every,
-    );
+    let mut refresh =
+        tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
     info!(node = %state.settings.node, membership = state.membership.is_some(), "speaker started");
     loop {
         tokio::select! {
@@ -228,10 +227,14 @@ impl State {
                     Source::Config => self.read_config(),
                     Source::Pods => {
                         if let Some(m) = &self.membership {
-                            let peers = crate::cluster::peers(self.pods.state().iter().map(|p| &**p));
+                            let peers =
+                                crate::cluster::peers(self.pods.state().iter().map(|p| &**p));
+                            if !self.synced.contains(&Source::Pods) {
+                                return;
+                            }
                             m.peers.send_if_modified(|old| {
-                                let changed = *old != peers;
-                                *old = peers;
+                                let changed = old.as_ref() != Some(&peers);
+                                *old = Some(peers);
                                 changed
                             });
                         }
@@ -241,7 +244,8 @@ impl State {
                 }
             }
             Err(e) => {
-                self.metrics.api_error(&format!("watch_{source:?}").to_lowercase());
+                self.metrics
+                    .api_error(&format!("watch_{source:?}").to_lowercase());
                 warn!(?source, error = %e, "a watch failed; it restarts with backoff");
             }
         }
@@ -252,9 +256,13 @@ impl State {
             return;
         }
         let cm = self.configmaps.state().into_iter().next();
-        let text = cm
-            .as_ref()
-            .map(|c| c.data.as_ref().and_then(|d| d.get("config")).cloned().unwrap_or_default());
+        let text = cm.as_ref().map(|c| {
+            c.data
+                .as_ref()
+                .and_then(|d| d.get("config"))
+                .cloned()
+                .unwrap_or_default()
+        });
         if self.config_text.as_ref() == Some(&text) {
             return;
         }
@@ -363,7 +371,15 @@ impl State {
             }
         }
 
+        // Every interface that may announce keeps its responders open, with
+        // no addresses when it owns none: a takeover then only adds to the
+        // table and sends, instead of opening sockets first.
         let mut per_interface: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        if synced {
+            for i in interfaces::select(&self.interfaces, &self.settings.excludes, &[]) {
+                per_interface.insert(i.name.clone(), BTreeSet::new());
+            }
+        }
         for (address, names) in &mine {
             for n in names {
                 per_interface.entry(n.clone()).or_default().insert(*address);
@@ -419,7 +435,9 @@ impl State {
                             .as_ref()
                             .and_then(|st| st.load_balancer.as_ref())
                             .and_then(|lb| lb.ingress.as_ref())
-                            .is_some_and(|i| i.iter().any(|i| i.ip.as_deref() == Some(&a.to_string())))
+                            .is_some_and(|i| {
+                                i.iter().any(|i| i.ip.as_deref() == Some(&a.to_string()))
+                            })
                 }) {
                     self.events.publish(Pending {
                         regarding: svc.object_ref(&()),

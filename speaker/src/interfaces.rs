@@ -105,11 +105,15 @@ impl Assigned {
     pub fn subnet_contains(&self, ip: IpAddr) -> bool {
         match (self.address, ip) {
             (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix.min(32))).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix.min(32)))
+                    .unwrap_or(0);
                 u32::from(a) & mask == u32::from(b) & mask
             }
             (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix.min(128))).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix.min(128)))
+                    .unwrap_or(0);
                 u128::from(a) & mask == u128::from(b) & mask
             }
             _ => false,
@@ -124,13 +128,14 @@ pub fn assigned() -> io::Result<Vec<Assigned>> {
         let (Some(address), Some(mask)) = (ifaddr.address.as_ref(), ifaddr.netmask.as_ref()) else {
             continue;
         };
-        let (address, prefix) = if let (Some(a), Some(m)) = (address.as_sockaddr_in(), mask.as_sockaddr_in()) {
-            (IpAddr::V4(a.ip()), m.ip().to_bits().count_ones() as u8)
-        } else if let (Some(a), Some(m)) = (address.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
-            (IpAddr::V6(a.ip()), m.ip().to_bits().count_ones() as u8)
-        } else {
-            continue;
-        };
+        let (address, prefix) =
+            if let (Some(a), Some(m)) = (address.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                (IpAddr::V4(a.ip()), m.ip().to_bits().count_ones() as u8)
+            } else if let (Some(a), Some(m)) = (address.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                (IpAddr::V6(a.ip()), m.ip().to_bits().count_ones() as u8)
+            } else {
+                continue;
+            };
         out.push(Assigned {
             interface: ifaddr.interface_name,
             address,
@@ -164,7 +169,11 @@ pub fn for_address<'a>(
                 .any(|a| a.interface == i.name && a.subnet_contains(vip))
         })
         .collect();
-    if same_subnet.is_empty() { base } else { same_subnet }
+    if same_subnet.is_empty() {
+        base
+    } else {
+        same_subnet
+    }
 }
 
 /// [`DEFAULT_EXCLUDES`] as owned strings, for flags.
@@ -255,7 +264,13 @@ mod tests {
         ];
         let ex = default_excludes();
         let on = |vip: &str, pool: &[String]| {
-            names(for_address(&all, &assigned, &ex, pool, vip.parse().unwrap()))
+            names(for_address(
+                &all,
+                &assigned,
+                &ex,
+                pool,
+                vip.parse().unwrap(),
+            ))
         };
         assert_eq!(on("192.0.2.50", &[]), ["eth0"]);
         assert_eq!(on("2001:db8::50", &[]), ["eth1"]);

@@ -7,7 +7,7 @@ pub mod announcer;
 pub mod cluster;
 pub mod daemon;
 pub mod events;
+pub mod interfaces;
 pub mod membership;
 pub mod metrics;
-pub mod interfaces;
 pub mod sys;

@@ -45,7 +45,10 @@ struct RunArgs {
     #[arg(long, env = "FERROLB_SPEAKER_NAMESPACE")]
     speaker_namespace: Option<String>,
     /// Label selector of the speaker Pods: their Pod IPs are the peers.
-    #[arg(long, default_value = "app.kubernetes.io/name=ferrolb,app.kubernetes.io/component=speaker")]
+    #[arg(
+        long,
+        default_value = "app.kubernetes.io/name=ferrolb,app.kubernetes.io/component=speaker"
+    )]
     speaker_selector: String,
     /// Handle only Services with this spec.loadBalancerClass (default: only Services without one).
     #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS")]

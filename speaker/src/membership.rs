@@ -54,8 +54,9 @@ pub struct View {
 /// Talks to the runner.
 pub struct Handle {
     pub view: watch::Receiver<View>,
-    /// Peer speakers: node name and Pod IP.
-    pub peers: watch::Sender<BTreeMap<String, IpAddr>>,
+    /// Peer speakers: node name and Pod IP; `None` until the Pods are
+    /// listed (no one can be "every expected peer" before that).
+    pub peers: watch::Sender<Option<BTreeMap<String, IpAddr>>>,
     /// The shared key; `None` until the Secret is read.
     pub key: watch::Sender<Option<Vec<u8>>>,
     /// The latest `View::generation` whose ownership the daemon applied.
@@ -92,7 +93,7 @@ pub fn start(
 ) -> io::Result<Handle> {
     let socket = bind(settings.bind)?;
     let (view_tx, view_rx) = watch::channel(View::default());
-    let (peers_tx, peers_rx) = watch::channel(BTreeMap::new());
+    let (peers_tx, peers_rx) = watch::channel(None);
     let (key_tx, key_rx) = watch::channel(None);
     let (applied_tx, applied_rx) = watch::channel(0);
     let (leave_tx, leave_rx) = mpsc::channel(1);
@@ -178,7 +179,7 @@ struct Runner {
     metrics: Arc<Metrics>,
     detector: Detector,
     view: watch::Sender<View>,
-    peers: watch::Receiver<BTreeMap<String, IpAddr>>,
+    peers: watch::Receiver<Option<BTreeMap<String, IpAddr>>>,
     key: watch::Receiver<Option<Vec<u8>>>,
     applied: watch::Receiver<u64>,
     leave_rx: mpsc::Receiver<oneshot::Sender<LeaveOutcome>>,
@@ -205,7 +206,8 @@ impl Runner {
         loop {
             let now = Instant::now();
             let expiry = self.detector.next_expiry(now);
-            let join_at = (!self.view.borrow().joined).then(|| self.started + self.settings.join_grace);
+            let join_at =
+                (!self.view.borrow().joined).then(|| self.started + self.settings.join_grace);
             let wake = [expiry, join_at].into_iter().flatten().min();
             tokio::select! {
                 _ = tick.tick(), if self.leaving.is_none() && !self.left => self.send_all(Kind::Heartbeat),
@@ -238,6 +240,7 @@ impl Runner {
         self.peers
             .borrow()
             .iter()
+            .flatten()
             .filter(|(n, _)| **n != self.settings.node)
             .map(|(n, ip)| (n.clone(), SocketAddr::new(*ip, port)))
             .collect()
@@ -328,13 +331,11 @@ impl Runner {
     fn publish(&mut self) {
         let now = Instant::now();
         let alive = self.detector.alive(now);
-        let expected: BTreeSet<String> = self
-            .peer_addrs()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let expected: BTreeSet<String> = self.peer_addrs().into_iter().map(|(n, _)| n).collect();
         let has_key = self.key.borrow().is_some();
+        let peers_known = self.peers.borrow().is_some();
         let joined = has_key
+            && peers_known
             && (self.view.borrow().joined
                 || expected.is_subset(&self.heard)
                 || now >= self.started + self.settings.join_grace);

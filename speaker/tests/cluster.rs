@@ -1,0 +1,335 @@
+//! Three real `ferrolb-speaker` processes in network namespaces, driven by
+//! the test API server (see `common/mod.rs` for the lab): who answers, what
+//! happens when the owner is killed or stopped, and that membership holds
+//! under packet loss and forged packets.
+//!
+//! Needs root, iproute2, iputils-arping, ndisc6, nftables and curl. The
+//! tests run one at a time (a lock), so that timing depends on one lab.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferrolb_core::membership::{self, Kind, MAX_PACKET, Packet};
+use ferrolb_core::packet::MacAddr;
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+const VIP6: &str = "2001:db8::49";
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lab(tag: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.populate(vec![
+        LabService {
+            name: "web",
+            addresses: vec!["192.0.2.50", VIP6],
+            local_on: None,
+        },
+        // A status naming an address outside every pool: never announced.
+        LabService {
+            name: "rogue",
+            addresses: vec!["203.0.113.9"],
+            local_on: None,
+        },
+        // A status naming node-b's own address (outside the pool, as a
+        // node address must be): no speaker answers for it.
+        LabService {
+            name: "node-address",
+            addresses: vec!["192.0.2.2"],
+            local_on: None,
+        },
+    ]);
+    lab.start_all(&[]);
+    lab
+}
+
+fn mac(i: usize) -> MacAddr {
+    node_mac(i).parse().unwrap()
+}
+
+#[test]
+fn only_the_owner_answers_and_sigkill_moves_the_address_with_gratuitous_updates() {
+    let _l = lock();
+    let lab = lab("k");
+    let owner = lab.wait_owner(VIP);
+    let rank = expected_rank("192.0.2.50");
+    assert_eq!(owner, rank[0], "the owner is the first by SHA-256 rank");
+    let next = rank[1];
+
+    // Only the owner answers, with its MAC, every time.
+    let macs = lab.arp_answers(VIP, Duration::from_millis(500));
+    assert!(
+        !macs.is_empty() && macs.iter().all(|m| *m == mac(owner)),
+        "{macs:?}"
+    );
+    // IPv6 of the same Service: same node (ranked by the first address).
+    eventually(
+        "an NA for the IPv6 address",
+        Duration::from_secs(10),
+        || {
+            let out = lab.exec(
+                "cli",
+                &["ndisc6", "-1", "-r", "2", "-w", "500", VIP6, "eth0"],
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .to_lowercase()
+                .contains(&node_mac(owner))
+                .then_some(())
+        },
+    );
+    let maddr = run_ok(&[
+        "ip",
+        "-n",
+        lab.ns(NODES[owner]),
+        "maddr",
+        "show",
+        "dev",
+        "eth0",
+    ]);
+    assert!(maddr.contains("ff02::1:ff00:49"), "{maddr}");
+    // Unassigned in-pool, outside every pool, a node's own address: silence.
+    for silent in ["192.0.2.51", "203.0.113.9"] {
+        let ip: Ipv4Addr = silent.parse().unwrap();
+        assert!(
+            lab.arp_answers(ip, Duration::from_millis(500)).is_empty(),
+            "{silent} answered"
+        );
+    }
+    // 192.0.2.2 is node-b's own address: only node-b's kernel answers,
+    // never a speaker with another MAC.
+    let macs = lab.arp_answers("192.0.2.2".parse().unwrap(), Duration::from_millis(500));
+    assert!(macs.iter().all(|m| *m == mac(1)), "{macs:?}");
+
+    // The client holds entries pointing at the owner, as after using it.
+    lab.set_client_neighbour("192.0.2.50", &node_mac(owner));
+    lab.set_client_neighbour(VIP6, &node_mac(owner));
+    let killed = Instant::now();
+    lab.speakers[owner]
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    // Without the client asking, gratuitous ARP / unsolicited NA move them.
+    for ip in ["192.0.2.50", VIP6] {
+        eventually(
+            &format!("the client's entry for {ip} moving to the new owner"),
+            Duration::from_secs(10),
+            || {
+                lab.client_neighbour(ip)
+                    .contains(&node_mac(next))
+                    .then_some(())
+            },
+        );
+    }
+    let moved = killed.elapsed();
+    let macs = lab.arp_answers(VIP, Duration::from_millis(500));
+    assert!(
+        !macs.is_empty() && macs.iter().all(|m| *m == mac(next)),
+        "{macs:?}"
+    );
+    eprintln!("SIGKILL: client entry moved after {moved:?}");
+}
+
+#[test]
+fn sigterm_hands_over_before_the_old_speaker_exits() {
+    let _l = lock();
+    let mut lab = lab("t");
+    let owner = lab.wait_owner(VIP);
+    let next = expected_rank("192.0.2.50")[1];
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = probe_in_background(&lab, VIP, Duration::from_millis(5), stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    lab.speakers[owner]
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGTERM);
+    let exited = eventually("the old owner to exit", Duration::from_secs(10), || {
+        let s = lab.speakers[owner].as_mut().unwrap();
+        (!s.is_running()).then(Instant::now)
+    });
+    eventually("a reply from the new owner", Duration::from_secs(5), || {
+        lab.arp_answers(VIP, Duration::from_millis(100))
+            .contains(&mac(next))
+            .then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let replies = prober.join().unwrap();
+    let first_new = replies
+        .iter()
+        .find(|(_, m)| *m == mac(next))
+        .map(|(t, _)| *t)
+        .expect("the prober saw the new owner");
+    assert!(
+        first_new < exited,
+        "the successor answered {:?} after the old owner exited",
+        first_new - exited
+    );
+    assert_eq!(
+        lab.speakers[owner]
+            .as_mut()
+            .unwrap()
+            .child
+            .wait()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+}
+
+/// Sends one UDP datagram from the client to every node's membership port.
+fn send_to_nodes(lab: &Lab, payload: Vec<u8>) {
+    lab.with_netns("cli", move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for i in 0..NODES.len() {
+            let to: SocketAddr = format!("{}:{MEMBERSHIP_PORT}", node_ip(i)).parse().unwrap();
+            s.send_to(&payload, to).unwrap();
+        }
+    });
+}
+
+fn total(lab: &Lab, prefix: &str) -> f64 {
+    (0..NODES.len())
+        .map(|i| metric(&lab.metrics(i).expect("metrics"), prefix))
+        .sum()
+}
+
+#[test]
+fn forged_membership_packets_change_nothing() {
+    let _l = lock();
+    let lab = lab("f");
+    let owner = lab.wait_owner(VIP);
+    let changes = total(&lab, "ferrolb_ownership_changes_total");
+    let failures = total(&lab, "ferrolb_membership_auth_failures_total");
+    let mut buf = [0u8; MAX_PACKET];
+    // A leave "from" the owner under the wrong key.
+    let leave = Packet {
+        kind: Kind::Leave,
+        node: NODES[owner].into(),
+        incarnation: u64::MAX,
+        seq: 1,
+    };
+    let n = membership::encode(&leave, b"not the key", &mut buf).unwrap();
+    send_to_nodes(&lab, buf[..n].to_vec());
+    // The same, valid under the key but replaying an old incarnation.
+    let replay = Packet {
+        incarnation: 1,
+        ..leave.clone()
+    };
+    let n = membership::encode(&replay, SECRET, &mut buf).unwrap();
+    send_to_nodes(&lab, buf[..n].to_vec());
+    // Garbage.
+    send_to_nodes(&lab, vec![0x42; 64]);
+
+    eventually(
+        "the packets counted as failures",
+        Duration::from_secs(10),
+        || (total(&lab, "ferrolb_membership_auth_failures_total") >= failures + 9.0).then_some(()),
+    );
+    let text = lab.metrics((owner + 1) % 3).unwrap();
+    for reason in ["unauthenticated", "replayed", "malformed"] {
+        assert!(
+            metric(
+                &text,
+                &format!("ferrolb_membership_auth_failures_total{{reason=\"{reason}\"}}")
+            ) >= 1.0,
+            "{reason} not counted:\n{text}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let macs = lab.arp_answers(VIP, Duration::from_millis(300));
+    assert!(
+        !macs.is_empty() && macs.iter().all(|m| *m == mac(owner)),
+        "{macs:?}"
+    );
+    assert_eq!(total(&lab, "ferrolb_ownership_changes_total"), changes);
+}
+
+#[test]
+fn five_percent_membership_loss_for_60s_moves_nothing() {
+    let _l = lock();
+    let lab = lab("l");
+    let owner = lab.wait_owner(VIP);
+    let changes = total(&lab, "ferrolb_ownership_changes_total");
+    // Inside each node namespace: drop 5 % of incoming membership packets.
+    let port = MEMBERSHIP_PORT.to_string();
+    for n in NODES {
+        for cmd in [
+            &["nft", "add", "table", "inet", "flbloss"][..],
+            &[
+                "nft",
+                "add",
+                "chain",
+                "inet",
+                "flbloss",
+                "input",
+                "{ type filter hook input priority 0; }",
+            ],
+            &[
+                "nft", "add", "rule", "inet", "flbloss", "input", "udp", "dport", &port, "numgen",
+                "random", "mod", "100", "lt", "5", "counter", "drop",
+            ],
+        ] {
+            let out = lab.exec(n, cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let started = Instant::now();
+    let period = Duration::from_secs(
+        std::env::var("FERROLB_LOSS_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    while started.elapsed() < period {
+        std::thread::sleep(Duration::from_secs(5));
+        for i in 0..NODES.len() {
+            let text = lab.metrics(i).expect("metrics");
+            assert_eq!(
+                metric(&text, "ferrolb_members_alive"),
+                3.0,
+                "node {i}:\n{text}"
+            );
+        }
+    }
+    // The rule did drop packets: the test could have failed.
+    let dropped: u64 = NODES
+        .iter()
+        .map(|n| {
+            let out = lab.exec(n, &["nft", "list", "table", "inet", "flbloss"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.split("packets ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    let received = total(&lab, "ferrolb_membership_packets_received_total");
+    eprintln!("loss test: {dropped} membership packets dropped, {received} received");
+    assert!(
+        dropped as f64 > 0.03 * (received + dropped as f64),
+        "the rule dropped only {dropped}"
+    );
+    assert_eq!(
+        total(&lab, "ferrolb_ownership_changes_total"),
+        changes,
+        "an owner changed"
+    );
+    let macs = lab.arp_answers(VIP, Duration::from_millis(300));
+    assert!(
+        macs.iter().all(|m| *m == mac(owner)) && !macs.is_empty(),
+        "{macs:?}"
+    );
+}

@@ -1,0 +1,660 @@
+//! The lab shared by the speaker's cluster tests and its failover benchmark:
+//! a bridge in namespace `lan`; namespaces `node-a`, `node-b`, `node-c`
+//! each with an `eth0` on it and running a real `ferrolb-speaker`; `ctl`
+//! holding the test API server; `cli` the client.
+//!
+//! The speakers must reach the API server, and a process in a network
+//! namespace cannot reach the root namespace's 127.0.0.1. Rather than add
+//! addresses or routes to the root namespace, the API server listens inside
+//! `ctl` on the segment (192.0.2.200): the test builds a tokio runtime on a
+//! thread that entered `ctl` (its worker threads start there too), and the
+//! server and every API call of the test run on it. The speakers are plain
+//! `ip netns exec <node> ferrolb-speaker ...` processes with a kubeconfig
+//! pointing at 192.0.2.200.
+//!
+//! Only documentation addresses (192.0.2.0/24, 2001:db8::/32) are used,
+//! only inside namespaces the lab creates; they are deleted on drop.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrolb_core::packet::{ArpFrame, ArpOperation, MacAddr};
+use ferrolb_tests::{ServerOptions, TestApiServer};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+pub const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+pub const NS: &str = "ferrolb-system";
+pub const SECRET: &[u8] = b"lab-membership-key-0123456789abc";
+pub const CLIENT_MAC: &str = "02:00:00:00:02:02";
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+pub const MEMBERSHIP_PORT: u16 = 7946;
+pub const METRICS: &str = "127.0.0.1:7473";
+
+pub fn node_mac(i: usize) -> String {
+    format!("02:00:00:00:01:0{}", i + 1)
+}
+
+pub fn node_ip(i: usize) -> String {
+    format!("192.0.2.{}", i + 1)
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e} (see scripts/install-deps.sh)"))
+}
+
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `deadline`.
+pub fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Network namespaces deleted on drop.
+pub struct Namespaces(pub Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+/// A speaker process, killed (by its own PID) on drop.
+pub struct Speaker {
+    pub child: Child,
+    pub exited: Option<Instant>,
+}
+
+impl Speaker {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("signal the speaker");
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The runtime inside `ctl` on which the API server and the test's API
+/// calls run.
+pub struct ControlPlane {
+    runtime: Option<tokio::runtime::Runtime>,
+    pub server: Option<TestApiServer>,
+    pub client: kube::Client,
+    pub kubeconfig: PathBuf,
+}
+
+impl ControlPlane {
+    pub fn block_on<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let rt = self.runtime.as_ref().expect("runtime");
+        rt.block_on(rt.spawn(f))
+            .expect("control-plane task panicked")
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        if let Some(rt) = self.runtime.take() {
+            let server = self.server.take();
+            rt.block_on(async move { drop(server) });
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// One lab: segment, nodes, client, control plane. Field order is drop
+/// order: speakers first, then the control plane, then the namespaces.
+pub struct Lab {
+    pub speakers: Vec<Option<Speaker>>,
+    pub cp: ControlPlane,
+    pub names: BTreeMap<&'static str, String>,
+    _namespaces: Namespaces,
+}
+
+/// A Service as the controller leaves it: LoadBalancer, status addresses.
+pub struct LabService {
+    pub name: &'static str,
+    pub addresses: Vec<&'static str>,
+    pub local_on: Option<&'static str>,
+}
+
+impl Lab {
+    pub fn ns(&self, role: &str) -> &str {
+        &self.names[role]
+    }
+
+    /// Creates the namespaces, the segment and the control plane.
+    pub fn new(tag: &str) -> Lab {
+        let base = format!("flb{}{tag}", std::process::id());
+        let mut names = BTreeMap::new();
+        let mut namespaces = Namespaces(vec![]);
+        for role in ["lan", "ctl", "cli", NODES[0], NODES[1], NODES[2]] {
+            let short = role.trim_start_matches("node-");
+            let name = format!("{base}-{short}");
+            run_ok(&["ip", "netns", "add", &name]);
+            namespaces.0.push(name.clone());
+            names.insert(role, name);
+        }
+        let lan = names["lan"].clone();
+        run_ok(&[
+            "ip",
+            "-n",
+            &lan,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        run_ok(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
+        let mut hosts: Vec<(&str, String, String, String)> = vec![
+            (
+                "ctl",
+                "02:00:00:00:03:03".into(),
+                "192.0.2.200/24".into(),
+                "2001:db8::200/64".into(),
+            ),
+            (
+                "cli",
+                CLIENT_MAC.into(),
+                format!("{CLIENT_IP}/24"),
+                "2001:db8::100/64".into(),
+            ),
+        ];
+        for (i, n) in NODES.iter().enumerate() {
+            hosts.push((
+                n,
+                node_mac(i),
+                format!("{}/24", node_ip(i)),
+                format!("2001:db8::{}/64", i + 1),
+            ));
+        }
+        for (port, (role, mac, v4, v6)) in hosts.iter().enumerate() {
+            let ns = &names[role];
+            for key in ["all", "default"] {
+                run_ok(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{key}.accept_dad=0"),
+                ]);
+            }
+            run_ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            let p = format!("p{port}");
+            run_ok(&[
+                "ip", "-n", &lan, "link", "add", &p, "type", "veth", "peer", "name", "eth0",
+                "netns", ns,
+            ]);
+            run_ok(&["ip", "-n", &lan, "link", "set", &p, "master", "br0", "up"]);
+            run_ok(&["ip", "-n", ns, "link", "set", "eth0", "address", mac]);
+            run_ok(&["ip", "-n", ns, "addr", "add", v4, "dev", "eth0"]);
+            run_ok(&["ip", "-n", ns, "addr", "add", v6, "dev", "eth0", "nodad"]);
+            run_ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        }
+
+        let ctl = names["ctl"].clone();
+        let runtime = std::thread::spawn(move || {
+            let f = std::fs::File::open(format!("/run/netns/{ctl}")).expect("open netns");
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns ctl");
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime")
+        })
+        .join()
+        .expect("control-plane thread");
+        let (server, client) = runtime
+            .block_on(runtime.spawn(async {
+                let server = TestApiServer::start_with(ServerOptions {
+                    listen: SocketAddr::from(([192, 0, 2, 200], 0)),
+                    ..ServerOptions::default()
+                })
+                .await
+                .expect("test API server in ctl");
+                let client = server.client().expect("client");
+                (server, client)
+            }))
+            .expect("join");
+        let kubeconfig = std::env::temp_dir().join(format!("{base}-kubeconfig"));
+        server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        Lab {
+            speakers: vec![],
+            cp: ControlPlane {
+                runtime: Some(runtime),
+                server: Some(server),
+                client,
+                kubeconfig,
+            },
+            names,
+            _namespaces: namespaces,
+        }
+    }
+
+    /// The cluster objects: namespace, config (pool 192.0.2.48/28 and
+    /// 2001:db8::48/125), membership Secret, Nodes, speaker Pods, and the
+    /// given Services with their status and a serving endpoint.
+    pub fn populate(&self, services: Vec<LabService>) {
+        let client = self.cp.client.clone();
+        self.cp.block_on(async move {
+            let pp = PostParams::default();
+            let create = |v: serde_json::Value| v;
+            Api::<Namespace>::all(client.clone())
+                .create(&pp, &serde_json::from_value(create(json!({"metadata": {"name": NS}}))).unwrap())
+                .await
+                .expect("namespace");
+            let config = "address-pools:\n- name: lab\n  protocol: layer2\n  addresses:\n  - 192.0.2.48/28\n  - 2001:db8::48/125\n";
+            Api::<ConfigMap>::namespaced(client.clone(), NS)
+                .create(&pp, &serde_json::from_value(json!({"metadata": {"name": "config"}, "data": {"config": config}})).unwrap())
+                .await
+                .expect("configmap");
+            let key = k8s_openapi::ByteString(SECRET.to_vec());
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("ferrolb-memberlist".into()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([("secretkey".to_owned(), key)])),
+                ..Default::default()
+            };
+            Api::<Secret>::namespaced(client.clone(), NS)
+                .create(&pp, &secret)
+                .await
+                .expect("secret");
+            let nodes = Api::<Node>::all(client.clone());
+            let pods = Api::<Pod>::namespaced(client.clone(), NS);
+            for (i, n) in NODES.iter().enumerate() {
+                nodes
+                    .create(&pp, &serde_json::from_value(json!({"metadata": {"name": n}})).unwrap())
+                    .await
+                    .expect("node");
+                nodes
+                    .patch_status(n, &PatchParams::default(), &Patch::Merge(json!({"status": {"addresses": [{"type": "InternalIP", "address": node_ip(i)}]}})))
+                    .await
+                    .expect("node status");
+                let pod = format!("speaker-{n}");
+                pods.create(&pp, &serde_json::from_value(json!({
+                    "metadata": {"name": pod, "labels": {"app.kubernetes.io/name": "ferrolb", "app.kubernetes.io/component": "speaker"}},
+                    "spec": {"nodeName": n, "containers": [{"name": "speaker", "image": "ferrolb"}]}
+                })).unwrap())
+                    .await
+                    .expect("pod");
+                pods.patch_status(&pod, &PatchParams::default(), &Patch::Merge(json!({"status": {"podIP": node_ip(i), "phase": "Running"}})))
+                    .await
+                    .expect("pod status");
+            }
+            for s in services {
+                add_service(&client, s).await;
+            }
+        });
+    }
+
+    /// Starts the speaker of node `i`.
+    pub fn start_speaker(&mut self, i: usize, extra: &[&str]) {
+        let ns = self.names[NODES[i]].clone();
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &ns,
+            env!("CARGO_BIN_EXE_ferrolb-speaker"),
+            "--node-name",
+            NODES[i],
+            "--config-namespace",
+            NS,
+            "--metrics-addr",
+            METRICS,
+        ])
+        .args(extra)
+        .env("KUBECONFIG", &self.cp.kubeconfig)
+        .env(
+            "FERROLB_LOG_LEVEL",
+            std::env::var("FERROLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("FERROLB_LAB_QUIET").is_some() {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        });
+        let child = cmd.spawn().expect("cannot start ferrolb-speaker");
+        while self.speakers.len() <= i {
+            self.speakers.push(None);
+        }
+        self.speakers[i] = Some(Speaker {
+            child,
+            exited: None,
+        });
+    }
+
+    pub fn start_all(&mut self, extra: &[&str]) {
+        for i in 0..NODES.len() {
+            self.start_speaker(i, extra);
+        }
+    }
+
+    /// `ip netns exec <role> args...`
+    pub fn exec(&self, role: &str, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", self.ns(role)];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// The metrics text of node `i`'s speaker.
+    pub fn metrics(&self, i: usize) -> Option<String> {
+        let out = self.exec(
+            NODES[i],
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://{METRICS}/metrics"),
+            ],
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn ready(&self, i: usize) -> bool {
+        self.exec(
+            NODES[i],
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://{METRICS}/readyz"),
+            ],
+        )
+        .status
+        .success()
+    }
+
+    /// The MACs answering an ARP request for `ip` from the client (all
+    /// replies within `wait`).
+    pub fn arp_answers(&self, ip: Ipv4Addr, wait: Duration) -> Vec<MacAddr> {
+        self.with_netns("cli", move || {
+            let mut p = Prober::open();
+            p.send(ip);
+            let until = Instant::now() + wait;
+            let mut macs = vec![];
+            while Instant::now() < until {
+                if let Some((_, mac)) = p.recv(ip) {
+                    macs.push(mac);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            macs
+        })
+    }
+
+    /// The client's neighbour entry for `ip` (`ip neigh show`).
+    pub fn client_neighbour(&self, ip: &str) -> String {
+        run_ok(&[
+            "ip",
+            "-n",
+            self.ns("cli"),
+            "neigh",
+            "show",
+            ip,
+            "dev",
+            "eth0",
+        ])
+        .to_lowercase()
+    }
+
+    pub fn set_client_neighbour(&self, ip: &str, mac: &str) {
+        run_ok(&[
+            "ip",
+            "-n",
+            self.ns("cli"),
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "stale",
+        ]);
+    }
+
+    /// Runs `f` on a thread inside namespace `role`.
+    pub fn with_netns<T: Send + 'static>(
+        &self,
+        role: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let path = format!("/run/netns/{}", self.ns(role));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    }
+
+    /// Spawns `f` on a thread inside namespace `role`.
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        role: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.ns(role));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+
+    /// Waits until every running speaker is ready and `ip` is answered by
+    /// exactly one MAC; returns the index of the node owning it.
+    pub fn wait_owner(&self, ip: Ipv4Addr) -> usize {
+        eventually("every speaker ready", Duration::from_secs(60), || {
+            (0..NODES.len())
+                .filter(|i| self.speakers.get(*i).is_some_and(|s| s.is_some()))
+                .all(|i| self.ready(i))
+                .then_some(())
+        });
+        eventually(
+            &format!("one owner answering for {ip}"),
+            Duration::from_secs(30),
+            || {
+                let macs = self.arp_answers(ip, Duration::from_millis(300));
+                let first = *macs.first()?;
+                macs.iter().all(|m| *m == first).then(|| {
+                    (0..NODES.len())
+                        .find(|i| node_mac(*i).parse::<MacAddr>().ok() == Some(first))
+                        .expect("a node's MAC")
+                })
+            },
+        )
+    }
+}
+
+async fn add_service(client: &kube::Client, s: LabService) {
+    let pp = PostParams::default();
+    let services = Api::<Service>::namespaced(client.clone(), "default");
+    let mut spec = json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]});
+    if s.local_on.is_some() {
+        spec["externalTrafficPolicy"] = json!("Local");
+    }
+    services
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": s.name}, "spec": spec})).unwrap(),
+        )
+        .await
+        .expect("service");
+    let ingress: Vec<_> = s
+        .addresses
+        .iter()
+        .map(|a| json!({"ip": a, "ipMode": "VIP"}))
+        .collect();
+    services
+        .patch_status(
+            s.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": ingress}}})),
+        )
+        .await
+        .expect("service status");
+    let node = s.local_on.unwrap_or("node-a");
+    Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .create(&pp, &serde_json::from_value(json!({
+            "metadata": {"name": format!("{}-1", s.name), "labels": {"kubernetes.io/service-name": s.name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.5"], "nodeName": node, "conditions": {"ready": true}}],
+            "ports": [{"port": 8080, "protocol": "TCP"}]
+        })).unwrap())
+        .await
+        .expect("endpointslice");
+}
+
+/// An ARP prober on the client's eth0 (construct on a thread inside the
+/// client namespace).
+pub struct Prober {
+    socket: socket2::Socket,
+    mac: MacAddr,
+    buf: [u8; 1600],
+}
+
+impl Prober {
+    pub fn open() -> Prober {
+        let index = nix::net::if_::if_nametoindex("eth0").expect("client eth0");
+        let socket = ferrolb_speaker::sys::packet_socket(0x0806, index).expect("packet socket");
+        Prober {
+            socket,
+            mac: CLIENT_MAC.parse().unwrap(),
+            buf: [0; 1600],
+        }
+    }
+
+    pub fn send(&mut self, target: Ipv4Addr) {
+        let frame = ArpFrame {
+            eth_destination: MacAddr::BROADCAST,
+            eth_source: self.mac,
+            operation: ArpOperation::Request,
+            sender_mac: self.mac,
+            sender_ip: CLIENT_IP,
+            target_mac: MacAddr::ZERO,
+            target_ip: target,
+        }
+        .to_bytes();
+        let _ = self.socket.send(&frame);
+    }
+
+    /// A reply for `target` waiting on the socket, if any (non-blocking).
+    pub fn recv(&mut self, target: Ipv4Addr) -> Option<(Instant, MacAddr)> {
+        loop {
+            let n = (&self.socket).read(&mut self.buf).ok()?;
+            let now = Instant::now();
+            if let Ok(f) = ArpFrame::parse(&self.buf[..n])
+                && f.operation == ArpOperation::Reply
+                && f.sender_ip == target
+                && f.eth_destination == self.mac
+            {
+                return Some((now, f.sender_mac));
+            }
+        }
+    }
+}
+
+/// Probes `target` every `every` from the client until `stop`, recording
+/// every reply (time, MAC).
+pub fn probe_in_background(
+    lab: &Lab,
+    target: Ipv4Addr,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, MacAddr)>> {
+    let replies = Arc::new(Mutex::new(Vec::new()));
+    lab.spawn_in("cli", move || {
+        let mut p = Prober::open();
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                p.send(target);
+                next += every;
+            }
+            while let Some(r) = p.recv(target) {
+                replies.lock().unwrap().push(r);
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        std::mem::take(&mut *replies.lock().unwrap())
+    })
+}
+
+/// The sum of a metric's samples whose line starts with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The election's answer for the lab's nodes, for cross-checking.
+pub fn expected_rank(ip: &str) -> Vec<usize> {
+    let ip: IpAddr = ip.parse().unwrap();
+    ferrolb_core::election::rank_nodes(NODES, ip)
+        .into_iter()
+        .map(|n| NODES.iter().position(|m| *m == n).unwrap())
+        .collect()
+}
