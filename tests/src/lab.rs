@@ -158,7 +158,9 @@ impl Lab {
         if opts.nodes == 0 || opts.nodes > 50 {
             bail!("--nodes must be between 1 and 50");
         }
-        let prefix = format!("flblab{}", std::process::id());
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let prefix = format!("flblab{}x{seq}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir)?;
         let host = |name: &str, i: u8| Host {
@@ -208,15 +210,20 @@ impl Lab {
         )?;
         for n in lab.nodes.clone() {
             lab.start_speaker(&n)?;
-            let listen = format!("{}:8080", n.ip4);
             let backend = lab.bin("ferrolb-lab");
-            lab.spawn(
-                &n.ns,
-                &format!("backend-{}", n.name),
-                &[],
-                &backend,
-                &["backend", "--listen", &listen, "--name", &n.name],
-            )?;
+            for (family, listen) in [
+                ("4", format!("{}:8080", n.ip4)),
+                ("6", format!("[{}]:8080", n.ip6)),
+            ] {
+                let what = format!("backend{family}-{}", n.name);
+                lab.spawn(
+                    &n.ns,
+                    &what,
+                    &[],
+                    &backend,
+                    &["backend", "--listen", &listen, "--name", &n.name],
+                )?;
+            }
         }
         Ok(lab)
     }
@@ -524,7 +531,8 @@ impl Lab {
         .unwrap_or_default()
     }
 
-    /// kube-proxy emulation: on every node, DNAT `address:port` to the node's own backend.
+    /// kube-proxy emulation: on every node, DNAT `address:port` to the node's own
+    /// backend. Each call adds a rule; earlier ones stay.
     pub fn forward(&self, address: &str, port: u16) -> anyhow::Result<()> {
         for n in &self.nodes {
             let (family, backend) = if address.contains(':') {
@@ -532,11 +540,12 @@ impl Lab {
             } else {
                 ("ip", format!("{}:8080", n.ip4))
             };
-            let table = format!("ferrolb_lab_{}", family);
+            // `add` of an existing table or chain is a no-op, so this is idempotent.
             let rules = format!(
-                "table {family} {table} {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  {family} daddr {address} tcp dport {port} dnat to {backend}\n }}\n}}\n"
+                "add table {family} ferrolb_lab\n\
+                 add chain {family} ferrolb_lab prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
+                 add rule {family} ferrolb_lab prerouting {family} daddr {address} tcp dport {port} dnat to {backend}\n"
             );
-            let _ = self.exec(&n.ns, &["nft", "delete", "table", family, &table]);
             run_with_input(
                 "ip",
                 &["netns", "exec", &n.ns, "nft", "-f", "-"],
@@ -544,6 +553,17 @@ impl Lab {
             )?;
         }
         Ok(())
+    }
+
+    /// A command inside a lab host's namespace; its output whatever its exit status.
+    pub fn exec_output(&self, ns: &str, args: &[&str]) -> String {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// The MAC the client's neighbour table holds for `address`, if any.
