@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 mod check_config;
 mod engine;
@@ -172,75 +172,81 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
     let client = run::client().await?;
 
     let mut shutdown = std::pin::pin!(shutdown_signal());
-    let leadership = if args.leader_election {
-        let cfg = lease::LeaseConfig {
-            namespace: args
-                .lease_namespace
-                .clone()
-                .unwrap_or_else(|| namespace.clone()),
-            name: args.lease_name.clone(),
-            identity: identity.clone(),
-            duration: args.lease_duration,
-            renew_every: args.lease_renew_interval,
-        };
-        // A follower is ready: it serves by standing by.
-        metrics
-            .ready
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        tokio::select! {
-            l = lease::acquire(client.clone(), cfg) => Some(l?),
-            _ = &mut shutdown => return Ok(()),
-        }
-    } else {
-        None
-    };
-    metrics.is_leader.set(1);
-    metrics
-        .ready
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-
     let settings = run::Settings {
-        config_namespace: namespace,
+        config_namespace: namespace.clone(),
         config_name: args.config_name.clone(),
         class: args.load_balancer_class.clone(),
-        identity,
+        identity: identity.clone(),
         write_concurrency: args.write_concurrency,
     };
-    let mut lost = leadership.as_ref().map(|l| l.lost.clone());
-    let lost_leadership = async move {
-        match lost.as_mut() {
-            Some(rx) => {
-                let _ = rx.wait_for(|lost| *lost).await;
+    let lease_cfg = args.leader_election.then(|| lease::LeaseConfig {
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| namespace.clone()),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        duration: args.lease_duration,
+        renew_every: args.lease_renew_interval,
+    });
+    // Each term as leader starts from nothing, as after a restart: the engine
+    // learns every address from the Services' status before giving out any.
+    loop {
+        let leadership = match &lease_cfg {
+            Some(cfg) => {
+                // A follower is ready: it serves by standing by.
+                metrics
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                tokio::select! {
+                    l = lease::acquire(client.clone(), cfg.clone()) => Some(l?),
+                    _ = &mut shutdown => break,
+                }
             }
-            None => std::future::pending::<()>().await,
+            None => None,
+        };
+        metrics.is_leader.set(1);
+        metrics
+            .ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut lost = leadership.as_ref().map(|l| l.lost.clone());
+        let lost_leadership = async move {
+            match lost.as_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|lost| *lost).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        let run = run::run(client.clone(), settings.clone(), metrics.clone(), stop);
+        tokio::pin!(run);
+        let why = tokio::select! {
+            r = &mut run => { r.context("the controller loop failed")?; "the watch ended" }
+            _ = &mut shutdown => "signal",
+            _ = lost_leadership => "lost",
+        };
+        let _ = stop_tx.send(());
+        let _ = run.await;
+        metrics.is_leader.set(0);
+        match (why, leadership) {
+            ("lost", _) => {
+                // Stop writing at once; stand by, and start over if elected again.
+                warn!("lost the leader lease: no longer writing; standing by");
+            }
+            (_, Some(l)) => {
+                l.release().await;
+                break;
+            }
+            _ => break,
         }
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
-    let stop = async move {
-        let _ = stop_rx.await;
-    };
-    let run = run::run(client, settings, metrics.clone(), stop);
-    tokio::pin!(run);
-    let why = tokio::select! {
-        r = &mut run => { r.context("the controller loop failed")?; "the watch ended" }
-        _ = &mut shutdown => "signal",
-        _ = lost_leadership => "lost",
-    };
-    let _ = stop_tx.send(why);
-    let _ = run.await;
-    metrics.is_leader.set(0);
-    server.abort();
-    match (why, leadership) {
-        ("lost", _) => anyhow::bail!(
-            "lost the leader lease; exiting so that a restart starts again from the Services' status"
-        ),
-        (_, Some(l)) => {
-            l.release().await;
-            info!("stopped");
-            Ok(())
-        }
-        _ => Ok(()),
     }
+    server.abort();
+    info!("stopped");
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -192,22 +192,7 @@ impl Lab {
             lab.start_api_server()?;
         }
         lab.register_cluster(&opts.config)?;
-        let cp_ns = lab.cp.ns.clone();
-        let metrics = format!("{}:7472", lab.cp.ip4);
-        let kubeconfig = lab.kubeconfig.to_string_lossy().into_owned();
-        let controller = lab.bin("ferrolb-controller");
-        lab.spawn(
-            &cp_ns,
-            "controller",
-            &[("KUBECONFIG", &kubeconfig)],
-            &controller,
-            &[
-                "--config-namespace",
-                "ferrolb-system",
-                "--metrics-addr",
-                &metrics,
-            ],
-        )?;
+        lab.start_controller()?;
         for n in lab.nodes.clone() {
             lab.start_speaker(&n)?;
             let backend = lab.bin("ferrolb-lab");
@@ -375,6 +360,50 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts (or starts again) the controller in the control-plane namespace.
+    pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        let cp_ns = self.cp.ns.clone();
+        let metrics = format!("{}:7472", self.cp.ip4);
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        let program = self.bin("ferrolb-controller");
+        // A short lease: a restarted controller need not wait 15 s for its predecessor's.
+        self.spawn(
+            &cp_ns,
+            "controller",
+            &[("KUBECONFIG", &kubeconfig)],
+            &program,
+            &[
+                "--config-namespace",
+                "ferrolb-system",
+                "--metrics-addr",
+                &metrics,
+                "--lease-duration",
+                "3s",
+                "--lease-renew-interval",
+                "500ms",
+            ],
+        )
+    }
+
+    /// Replaces the Service's lab EndpointSlice: one ready endpoint on each of `nodes`.
+    pub fn set_endpoints(&self, service: &str, nodes: &[&str]) -> anyhow::Result<()> {
+        let endpoints: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|name| {
+                let n = self.node(name).with_context(|| format!("no node {name}"))?;
+                Ok(serde_json::json!({"addresses": [n.ip4.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": n.name}))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        self.apply(&serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{service}-lab"), "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))?;
+        Ok(())
+    }
+
     pub fn start_speaker(&mut self, n: &Host) -> anyhow::Result<()> {
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
         let program = self.bin("ferrolb-speaker");
@@ -409,6 +438,12 @@ impl Lab {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        // A process started again under the same name replaces the old one.
+        if let Some(i) = self.procs.iter().position(|p| p.what == what) {
+            let mut old = self.procs.remove(i);
+            let _ = old.child.kill();
+            let _ = old.child.wait();
+        }
         let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
         self.procs.push(Proc {
             what: what.to_owned(),
@@ -501,18 +536,8 @@ impl Lab {
             }
         }
         self.apply(&svc)?;
-        let endpoints: Vec<serde_json::Value> = self
-            .nodes
-            .iter()
-            .map(|n| serde_json::json!({"addresses": [n.ip4.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": n.name}))
-            .collect();
-        self.apply(&serde_json::json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{name}-lab"), "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
-        }))?;
+        let all: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        self.set_endpoints(name, &all)?;
         Ok(())
     }
 
