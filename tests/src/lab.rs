@@ -43,6 +43,10 @@ pub struct LabOptions {
     pub kubeconfig: Option<PathBuf>,
     /// The ConfigMap manifest to apply (namespace ferrolb-system, name config).
     pub config: PathBuf,
+    /// Run the controller and speakers as their service accounts, under the RBAC
+    /// rules of `<dir>/controller-rbac.yaml` and `<dir>/speaker-rbac.yaml`, which
+    /// the test API server enforces (`GET /admin/rbac` reports).
+    pub rbac_manifests: Option<PathBuf>,
 }
 
 struct Proc {
@@ -60,6 +64,7 @@ pub struct Lab {
     pub nodes: Vec<Host>,
     pub kubeconfig: PathBuf,
     bin_dir: PathBuf,
+    impersonate: bool,
     namespaces: Vec<String>,
     procs: Vec<Proc>,
 }
@@ -182,6 +187,7 @@ impl Lab {
                 .clone()
                 .unwrap_or_else(|| dir.join("kubeconfig")),
             bin_dir: opts.bin_dir.clone(),
+            impersonate: opts.rbac_manifests.is_some(),
             prefix,
             dir,
             namespaces: vec![],
@@ -189,7 +195,9 @@ impl Lab {
         };
         lab.network()?;
         if opts.kubeconfig.is_none() {
-            lab.start_api_server()?;
+            lab.start_api_server(opts.rbac_manifests.as_deref())?;
+        } else if opts.rbac_manifests.is_some() {
+            bail!("RBAC enforcement needs the lab's own test API server (no --kubeconfig)");
         }
         lab.register_cluster(&opts.config)?;
         lab.start_controller()?;
@@ -304,19 +312,26 @@ impl Lab {
         Ok(())
     }
 
-    fn start_api_server(&mut self) -> anyhow::Result<()> {
+    fn start_api_server(&mut self, rbac: Option<&Path>) -> anyhow::Result<()> {
         let listen = format!("{}:6443", self.cp.ip4);
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
         let _ = std::fs::remove_file(&self.kubeconfig);
         let cp_ns = self.cp.ns.clone();
         let program = self.bin("ferrolb-test-apiserver");
-        self.spawn(
-            &cp_ns,
-            "apiserver",
-            &[],
-            &program,
-            &["--listen", &listen, "--kubeconfig-out", &kubeconfig],
-        )?;
+        let mut args = vec![
+            "--listen".to_owned(),
+            listen,
+            "--kubeconfig-out".to_owned(),
+            kubeconfig,
+        ];
+        if let Some(dir) = rbac {
+            for f in ["controller-rbac.yaml", "speaker-rbac.yaml"] {
+                args.push("--enforce-rbac".to_owned());
+                args.push(dir.join(f).to_string_lossy().into_owned());
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(&cp_ns, "apiserver", &[], &program, &args)?;
         eventually("the test API server", Duration::from_secs(20), || {
             (self.kubeconfig.exists() && self.kubectl(&["get", "namespaces"]).is_ok()).then_some(())
         })
@@ -367,10 +382,17 @@ impl Lab {
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
         let program = self.bin("ferrolb-controller");
         // A short lease: a restarted controller need not wait 15 s for its predecessor's.
+        let mut env = vec![("KUBECONFIG", kubeconfig.as_str())];
+        if self.impersonate {
+            env.push((
+                "KUBE_RS_DEBUG_IMPERSONATE_USER",
+                "system:serviceaccount:ferrolb-system:ferrolb-controller",
+            ));
+        }
         self.spawn(
             &cp_ns,
             "controller",
-            &[("KUBECONFIG", &kubeconfig)],
+            &env,
             &program,
             &[
                 "--config-namespace",
@@ -407,10 +429,20 @@ impl Lab {
     pub fn start_speaker(&mut self, n: &Host) -> anyhow::Result<()> {
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
         let program = self.bin("ferrolb-speaker");
+        let mut env = vec![
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("NODE_NAME", n.name.as_str()),
+        ];
+        if self.impersonate {
+            env.push((
+                "KUBE_RS_DEBUG_IMPERSONATE_USER",
+                "system:serviceaccount:ferrolb-system:ferrolb-speaker",
+            ));
+        }
         self.spawn(
             &n.ns,
             &format!("speaker-{}", n.name),
-            &[("KUBECONFIG", &kubeconfig), ("NODE_NAME", &n.name)],
+            &env,
             &program,
             &[
                 "--config-namespace",

@@ -28,6 +28,10 @@ data:
 "#;
 
 fn lab(nodes: usize) -> Lab {
+    lab_with(nodes, None)
+}
+
+fn lab_with(nodes: usize, rbac_manifests: Option<PathBuf>) -> Lab {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_ferrolb-lab"));
     let bin_dir = exe.parent().unwrap().to_path_buf();
     for b in [
@@ -40,10 +44,11 @@ fn lab(nodes: usize) -> Lab {
             "{b} is not built: run `cargo test --workspace` (it builds every binary)"
         );
     }
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let config = std::env::temp_dir().join(format!(
-        "ferrolb-lab-config-{}-{}.yaml",
-        std::process::id(),
-        nodes
+        "ferrolb-lab-config-{}-{n}.yaml",
+        std::process::id()
     ));
     std::fs::write(&config, POOLS).unwrap();
     Lab::up(&LabOptions {
@@ -51,6 +56,7 @@ fn lab(nodes: usize) -> Lab {
         bin_dir,
         kubeconfig: None,
         config,
+        rbac_manifests,
     })
     .expect("the lab comes up")
 }
@@ -464,5 +470,38 @@ fn rolling_restart_of_every_speaker_keeps_services_reachable() {
     assert!(
         lines.lines().last().is_some_and(|l| l.contains(" ok ")),
         "answering at the end"
+    );
+}
+
+#[test]
+fn the_manifests_grant_exactly_what_the_controller_and_speakers_use() {
+    let manifests = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests"));
+    let mut lab = lab_with(2, Some(manifests));
+    lab.create_service("web", serde_json::json!({})).unwrap();
+    let ip = wait_ips(&lab, "web", 1).remove(0);
+    let owner = eventually("an owner", LIMIT, || arp_owner(&lab, &ip)).unwrap();
+    // A graceful stop and a restart: the speaker's leave and join paths.
+    let what = format!("speaker-{owner}");
+    lab.signal(&what, "TERM").unwrap();
+    lab.wait_exit(&what, LIMIT).unwrap();
+    let node = lab.node(&owner).unwrap().clone();
+    lab.start_speaker(&node).unwrap();
+    let report = || -> serde_json::Value {
+        serde_json::from_str(&lab.kubectl(&["get", "--raw", "/admin/rbac"]).unwrap()).unwrap()
+    };
+    // Every granted permission is used within a while (events, lease renewals...).
+    let r = eventually("every permission to be used", LIMIT, || {
+        let r = report();
+        r["unused"]
+            .as_object()?
+            .values()
+            .all(|v| v.as_array().is_some_and(Vec::is_empty))
+            .then_some(r)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", report()));
+    assert_eq!(
+        r["denied"],
+        serde_json::json!([]),
+        "calls the manifests do not allow"
     );
 }

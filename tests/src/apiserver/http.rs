@@ -803,9 +803,17 @@ async fn admin(shared: &Arc<Shared>, method: &Method, action: &str, q: &Query) -
             }),
         );
     }
+    if method == Method::GET && action == "rbac" {
+        return match super::lock(&shared.rbac).clone() {
+            Some(policy) => json_response(StatusCode::OK, &policy.report()),
+            None => error_response(&ApiError::bad_request(
+                "RBAC is not enforced (start the server with --enforce-rbac FILE)",
+            )),
+        };
+    }
     if method != Method::POST {
         return error_response(&ApiError::method_not_allowed(format!(
-            "admin endpoints take POST (GET only for /admin/state), got {method} /admin/{action}"
+            "admin endpoints take POST (GET only for /admin/state and /admin/rbac), got {method} /admin/{action}"
         )));
     }
     let ok = |what: String| json_response(StatusCode::OK, &json!({"ok": true, "did": what}));

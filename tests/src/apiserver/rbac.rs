@@ -233,6 +233,18 @@ impl Rbac {
     }
 }
 
+impl Rbac {
+    /// What was denied, and for each user the permissions no request used.
+    pub fn report(&self) -> Value {
+        let unused: serde_json::Map<String, Value> = self
+            .grants
+            .keys()
+            .map(|u| (u.clone(), Value::from(self.unused(u))))
+            .collect();
+        serde_json::json!({"denied": self.denied(), "unused": unused})
+    }
+}
+
 /// The Kubernetes verb of a request.
 pub fn verb(method: &str, has_name: bool, watch: bool) -> &'static str {
     match (method, has_name) {

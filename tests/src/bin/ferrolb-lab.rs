@@ -45,6 +45,10 @@ struct DemoArgs {
     /// After the demo, keep the lab up until Ctrl-C (try kubectl: the KUBECONFIG is printed).
     #[arg(long)]
     keep: bool,
+    /// Run the controller and speakers as their service accounts under manifests/'s RBAC
+    /// rules, enforced by the test API server (`kubectl get --raw /admin/rbac` reports).
+    #[arg(long)]
+    rbac: bool,
 }
 
 #[derive(Subcommand)]
@@ -186,6 +190,9 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         bin_dir,
         kubeconfig: args.kubeconfig.clone(),
         config: args.config.clone(),
+        rbac_manifests: args
+            .rbac
+            .then(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests"))),
     })?;
     println!("    logs and kubeconfig: {}", lab.dir.display());
     println!(

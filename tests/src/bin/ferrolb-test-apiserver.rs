@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 use ferrolb_tests::apiserver::{ServerOptions, TestApiServer};
 
@@ -27,6 +28,11 @@ struct Args {
     /// Seconds between watch bookmarks (for watches that ask for them).
     #[arg(long, default_value_t = 5)]
     bookmark_interval: u64,
+    /// Enforce the RBAC objects (Role, ClusterRole and bindings) of this YAML file on requests
+    /// that impersonate a service account; may be given several times. `GET /admin/rbac`
+    /// reports what was denied and which permissions went unused.
+    #[arg(long)]
+    enforce_rbac: Vec<PathBuf>,
 }
 
 #[tokio::main]
@@ -42,6 +48,17 @@ async fn main() -> anyhow::Result<()> {
         bookmark_interval: Duration::from_secs(args.bookmark_interval),
     })
     .await?;
+    if !args.enforce_rbac.is_empty() {
+        let mut docs: Vec<serde_json::Value> = Vec::new();
+        for f in &args.enforce_rbac {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let more: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+                .with_context(|| format!("parsing {}", f.display()))?;
+            docs.extend(more);
+        }
+        server.enforce_rbac(ferrolb_tests::apiserver::rbac::Rbac::from_documents(&docs)?);
+    }
     if let Some(path) = &args.kubeconfig_out {
         server.write_kubeconfig(path)?;
     }
