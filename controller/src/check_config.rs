@@ -73,18 +73,7 @@ fn describe(c: &Config) -> String {
         if c.pools.len() == 1 { "" } else { "s" }
     );
     for p in &c.pools {
-        let usable = p
-            .ranges
-            .iter()
-            .map(|r| {
-                r.len()
-                    - if p.avoid_buggy_ips {
-                        r.buggy_count()
-                    } else {
-                        0
-                    }
-            })
-            .fold(0u128, u128::saturating_add);
+        let usable = p.usable_addresses();
         let _ = writeln!(out, "\npool {:?} (layer2)", p.name);
         let _ = writeln!(out, "  auto-assign:     {}", p.auto_assign);
         let _ = writeln!(out, "  avoid-buggy-ips: {}", p.avoid_buggy_ips);

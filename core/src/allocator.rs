@@ -438,18 +438,7 @@ impl Allocator {
             .zip(&self.pools)
             .map(|(p, s)| PoolStats {
                 name: p.name.clone(),
-                total: p
-                    .ranges
-                    .iter()
-                    .map(|r| {
-                        r.len()
-                            - if p.avoid_buggy_ips {
-                                r.buggy_count()
-                            } else {
-                                0
-                            }
-                    })
-                    .fold(0u128, u128::saturating_add),
+                total: p.usable_addresses(),
                 in_use: s.in_use,
             })
             .collect()

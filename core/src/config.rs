@@ -45,6 +45,22 @@ impl AddressPool {
             .is_none_or(|ns| ns.contains(namespace))
     }
 
+    /// How many addresses the pool can hand out: all of its ranges, less the
+    /// .0/.255 ones it avoids (saturating for huge IPv6 pools).
+    pub fn usable_addresses(&self) -> u128 {
+        self.ranges
+            .iter()
+            .map(|r| {
+                r.len()
+                    - if self.avoid_buggy_ips {
+                        r.buggy_count()
+                    } else {
+                        0
+                    }
+            })
+            .fold(0u128, u128::saturating_add)
+    }
+
     /// Whether a node with these labels may announce this pool's addresses.
     pub fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
         self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| s.matches(labels))
