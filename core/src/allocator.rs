@@ -346,42 +346,12 @@ impl Allocator {
     /// The held addresses that `config` would take away. Empty means the config
     /// is safe to apply: every held address stays in a pool its holders may use.
     pub fn check_config(&self, config: &Config) -> Vec<Orphan> {
-        let mut orphans = Vec::new();
-        for (ip, holders) in &self.addresses {
-            let services: Vec<ServiceKey> = holders.keys().cloned().collect();
-            let reason = match config.locate(*ip) {
-                None => Some("no pool contains it any more".to_owned()),
-                Some((pi, _)) => {
-                    let pool = &config.pools[pi];
-                    if pool.avoid_buggy_ips && is_buggy(*ip) {
-                        Some(format!(
-                            "pool {:?} would avoid it (avoid-buggy-ips)",
-                            pool.name
-                        ))
-                    } else {
-                        let refused: Vec<&str> = services
-                            .iter()
-                            .filter(|s| !pool.allows_namespace(&s.namespace))
-                            .map(|s| s.namespace.as_str())
-                            .collect();
-                        (!refused.is_empty()).then(|| {
-                            format!(
-                                "pool {:?} would not allow namespace {:?}",
-                                pool.name, refused[0]
-                            )
-                        })
-                    }
-                }
-            };
-            if let Some(reason) = reason {
-                orphans.push(Orphan {
-                    ip: *ip,
-                    services,
-                    reason,
-                });
-            }
-        }
-        orphans
+        orphaned_addresses(
+            config,
+            self.addresses
+                .iter()
+                .map(|(ip, h)| (*ip, h.keys().cloned().collect())),
+        )
     }
 
     /// Applies `config` unless it would take a held address away; then the
@@ -938,6 +908,50 @@ impl Allocator {
         }
         None
     }
+}
+
+/// The held addresses that `config` would take away, and why: in no pool,
+/// avoided by its pool (`avoid-buggy-ips`), or in a pool a holder's namespace
+/// may not use. `held` gives each address with the Services holding it. Used
+/// by the allocator (what it assigned) and the speaker (what Services' status
+/// says), so that both refuse the same configs.
+pub fn orphaned_addresses(
+    config: &Config,
+    held: impl IntoIterator<Item = (IpAddr, Vec<ServiceKey>)>,
+) -> Vec<Orphan> {
+    let mut orphans = Vec::new();
+    for (ip, services) in held {
+        let reason = match config.locate(ip) {
+            None => Some("no pool contains it any more".to_owned()),
+            Some((pi, _)) => {
+                let pool = &config.pools[pi];
+                if pool.avoid_buggy_ips && is_buggy(ip) {
+                    Some(format!(
+                        "pool {:?} would avoid it (avoid-buggy-ips)",
+                        pool.name
+                    ))
+                } else {
+                    services
+                        .iter()
+                        .find(|s| !pool.allows_namespace(&s.namespace))
+                        .map(|s| {
+                            format!(
+                                "pool {:?} would not allow namespace {:?}",
+                                pool.name, s.namespace
+                            )
+                        })
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            orphans.push(Orphan {
+                ip,
+                services,
+                reason,
+            });
+        }
+    }
+    orphans
 }
 
 /// Which families a Service wants, from `ipFamilies` and `ipFamilyPolicy`.

@@ -105,7 +105,7 @@ pub fn start(
                 .build()
                 .expect("a tokio runtime");
             rt.block_on(async move {
-                let socket = match UdpSocket::from_std(socket.into()) {
+                let socket = match UdpSocket::from_std(socket) {
                     Ok(s) => s,
                     Err(e) => {
                         warn!(error = %e, "membership socket failed; membership stops");
