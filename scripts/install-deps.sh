@@ -9,6 +9,7 @@ packages=(
   iputils-arping  # ARP probes from the test client
   ndisc6          # NDP probes from the test client
   procps          # process checks in tests
+  curl            # speaker tests read metrics inside network namespaces
   python3-venv    # scripts/validate-manifests.sh installs kubernetes-validate in a venv
 )
 

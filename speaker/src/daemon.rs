@@ -102,6 +102,9 @@ struct State {
     config: Option<Config>,
     /// The ConfigMap text last looked at, so that a refusal is logged once.
     config_text: Option<Option<String>>,
+    /// The last config was valid but refused because it would take addresses
+    /// that Services hold; it is tried again whenever Services change.
+    config_refused: Option<String>,
     membership: Option<membership::Handle>,
     announcer: Announcer,
     interfaces: Vec<interfaces::Interface>,
@@ -178,6 +181,7 @@ pub async fn run(
         sources,
         config: None,
         config_text: None,
+        config_refused: None,
         membership,
         interfaces: Vec::new(),
         assigned: Vec::new(),
@@ -225,6 +229,7 @@ impl State {
                 }
                 match source {
                     Source::Config => self.read_config(),
+                    Source::Services if self.config_refused.is_some() => self.read_config(),
                     Source::Pods => {
                         if let Some(m) = &self.membership {
                             let peers =
@@ -263,7 +268,7 @@ impl State {
                 .cloned()
                 .unwrap_or_default()
         });
-        if self.config_text.as_ref() == Some(&text) {
+        if self.config_text.as_ref() == Some(&text) && self.config_refused.is_none() {
             return;
         }
         self.config_text = Some(text.clone());
@@ -274,20 +279,61 @@ impl State {
         };
         match text.as_deref().map(config::parse) {
             None => {
+                self.config_refused = None;
                 self.metrics.config_stale.set(1);
                 warn!(config = %format!("{}/{}", self.settings.config_namespace, self.settings.config_name), "the config ConfigMap is missing; {kept}");
             }
             Some(Err(errors)) => {
+                self.config_refused = None;
                 self.metrics.config_stale.set(1);
                 let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 warn!("config refused, {kept}: {}", list.join("; "));
             }
             Some(Ok(c)) => {
+                // As the controller does: a config that would take an address
+                // from a Service is refused while a good one is in force, so
+                // that nothing stops being announced because of a config edit.
+                let orphans = match &self.config {
+                    Some(_) => {
+                        ferrolb_core::allocator::orphaned_addresses(&c, self.held_addresses())
+                    }
+                    None => vec![],
+                };
+                if !orphans.is_empty() {
+                    self.metrics.config_stale.set(1);
+                    let list: Vec<String> = orphans.iter().map(ToString::to_string).collect();
+                    let message = list.join("; ");
+                    if self.config_refused.as_ref() != Some(&message) {
+                        warn!(
+                            "config refused, {kept}: it would take addresses from Services: {message}"
+                        );
+                    }
+                    self.config_refused = Some(message);
+                    return;
+                }
+                self.config_refused = None;
                 self.metrics.config_stale.set(0);
                 info!(pools = c.pools.len(), "config accepted");
                 self.config = Some(c);
             }
         }
+    }
+
+    /// Every address in the status of a handled Service, with its holders.
+    fn held_addresses(&self) -> Vec<(IpAddr, Vec<ferrolb_core::ServiceKey>)> {
+        let mut held: BTreeMap<IpAddr, Vec<ferrolb_core::ServiceKey>> = BTreeMap::new();
+        let services = self.services.state();
+        let endpoints = BTreeMap::new();
+        for info in crate::cluster::service_infos(
+            services.iter().map(|s| &**s),
+            &endpoints,
+            self.settings.class.as_deref(),
+        ) {
+            for ip in info.addresses {
+                held.entry(ip).or_default().push(info.key.clone());
+            }
+        }
+        held.into_iter().collect()
     }
 
     fn read_secret(&mut self) {

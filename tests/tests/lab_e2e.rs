@@ -354,7 +354,6 @@ fn announced_addresses_keep_answering_while_the_api_server_is_down() {
 }
 
 #[test]
-#[ignore = "the speaker still applies a stale config and stops announcing the held address (issue 6)"]
 fn invalid_then_stale_config_changes_nothing_on_the_wire() {
     let lab = lab(2);
     lab.create_service("web", serde_json::json!({})).unwrap();
@@ -417,6 +416,15 @@ fn invalid_then_stale_config_changes_nothing_on_the_wire() {
             "the owner still answers for {ip}"
         );
     }
+    // Once the Service is gone, the refused config takes effect everywhere:
+    // a new Service gets the one address it allows, and it is announced.
+    lab.kubectl(&["delete", "svc", "web"]).unwrap();
+    lab.create_service("next", serde_json::json!({})).unwrap();
+    assert_eq!(wait_ips(&lab, "next", 1), ["192.0.2.249"]);
+    eventually("192.0.2.249 announced", LIMIT, || {
+        arp_owner(&lab, "192.0.2.249")
+    })
+    .unwrap();
 }
 
 #[test]
