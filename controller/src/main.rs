@@ -6,12 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
 
 mod check_config;
 mod engine;
-mod events;
 mod lease;
 mod metrics;
 mod run;
@@ -65,10 +64,10 @@ struct RunArgs {
     #[arg(long)]
     lease_namespace: Option<String>,
     /// How long a leader's Lease stays valid without renewal (e.g. 15s, 500ms).
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = ferrolb_runtime::parse_duration)]
     lease_duration: Duration,
     /// How often the leader renews, and a follower retries.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = ferrolb_runtime::parse_duration)]
     lease_renew_interval: Duration,
     /// This replica's identity in the Lease (default: POD_NAME, else host name and process id).
     #[arg(long, env = "POD_NAME")]
@@ -80,32 +79,10 @@ struct RunArgs {
     #[arg(long, default_value_t = 32)]
     write_concurrency: usize,
     #[arg(long, value_enum, env = "FERROLB_LOG_FORMAT", default_value = "text")]
-    log_format: LogFormat,
+    log_format: ferrolb_runtime::LogFormat,
     /// Log filter: a level (info, debug) or tracing directives.
     #[arg(long, env = "FERROLB_LOG_LEVEL", default_value = "info")]
     log_level: String,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (try 15s or 500ms)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -127,7 +104,7 @@ fn main() -> ExitCode {
             }
         },
         None => {
-            init_logging(&cli.run);
+            ferrolb_runtime::init_logging(&cli.run.log_level, cli.run.log_format);
             // One thread: the work is waiting on the API server, and a single
             // allocator arena keeps the memory small.
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -145,18 +122,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(args: &RunArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn controller(args: RunArgs) -> anyhow::Result<()> {
     let namespace = args
         .config_namespace
@@ -168,7 +133,17 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let metrics = metrics::Metrics::new();
-    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+    let server = tokio::spawn(ferrolb_runtime::serve::serve(
+        args.metrics_addr,
+        ferrolb_runtime::serve::Endpoints {
+            metrics: {
+                let metrics = metrics.clone();
+                Box::new(move || metrics.encode())
+            },
+            ready: metrics.ready.clone(),
+            not_ready: "the first full sync has not finished",
+        },
+    ));
     let client = run::client().await?;
 
     let mut shutdown = std::pin::pin!(shutdown_signal());
@@ -267,20 +242,5 @@ fn read_input(file: &str) -> anyhow::Result<String> {
         Ok(s)
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("3h").is_err());
-        assert!(parse_duration("fast").is_err());
     }
 }

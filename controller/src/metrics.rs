@@ -1,14 +1,8 @@
-//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! The controller's Prometheus metrics (served by `ferrolb_runtime::serve`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use ferrolb_core::PoolStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,7 +33,7 @@ pub struct Metrics {
     pub is_leader: Gauge,
     pub api_errors: Family<ReasonLabel, Counter>,
     pub pending_services: Gauge,
-    pub ready: AtomicBool,
+    pub ready: Arc<AtomicBool>,
 }
 
 impl Metrics {
@@ -56,7 +50,7 @@ impl Metrics {
             is_leader: Gauge::default(),
             api_errors: Family::default(),
             pending_services: Gauge::default(),
-            ready: AtomicBool::new(false),
+            ready: Arc::new(AtomicBool::new(false)),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,44 +130,10 @@ impl Metrics {
             .inc();
     }
 
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-}
-
-/// Serves the endpoints until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready_handler))
-        .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    axum::serve(listener, app).await?;
-    Ok(())
-}
-
-async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.encode(),
-    )
-}
-
-async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the first full sync has not finished\n",
-        )
     }
 }

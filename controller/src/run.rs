@@ -20,6 +20,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use ferrolb_runtime::events::{self, EventSink};
+
 use crate::engine::{Desired, Engine, Notice, Severity};
 use crate::metrics::{Metrics, ReasonLabel};
 
@@ -57,8 +59,19 @@ pub async fn run(
     )
     .default_backoff()
     .boxed();
-    let events =
-        crate::events::EventSink::start(client.clone(), settings.identity.clone(), metrics.clone());
+    let events = EventSink::start(
+        client.clone(),
+        events::Options {
+            reporter: "ferrolb.io/controller",
+            instance: settings.identity.clone(),
+            queue: 2048,
+            workers: 4,
+        },
+        {
+            let metrics = metrics.clone();
+            Arc::new(move |what| metrics.api_error(what))
+        },
+    );
     let mut engine = Engine::new(settings.class.clone());
     let mut writer = Writer::new(client.clone(), settings.write_concurrency);
     let mut listing: Option<Vec<Service>> = None;
@@ -193,7 +206,7 @@ where
 
 /// Logs a notice and publishes it as an Event (in the background).
 fn publish(
-    events: &crate::events::EventSink,
+    events: &EventSink,
     engine: &Engine,
     configmap: Option<&ConfigMap>,
     settings: &Settings,
@@ -252,7 +265,7 @@ fn publish(
             }
         };
     if let Some(regarding) = regarding {
-        events.publish(crate::events::Pending {
+        events.publish(events::Pending {
             regarding,
             warning: severity == Severity::Warning,
             reason,

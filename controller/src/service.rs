@@ -2,44 +2,11 @@
 //! its status say.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use ferrolb_core::service::{self, ALLOCATED_FROM_POOL};
-use ferrolb_core::{Family, FamilyPolicy, PortKey, Protocol, ServiceKey, ServiceSpec, Sharing};
+use ferrolb_core::{Family, FamilyPolicy, PortKey, Protocol, ServiceSpec, Sharing};
+pub use ferrolb_runtime::service::{is_handled, key_of, status_ips};
 use k8s_openapi::api::core::v1::Service;
-
-pub fn key_of(svc: &Service) -> ServiceKey {
-    ServiceKey::new(
-        svc.metadata.namespace.clone().unwrap_or_default(),
-        svc.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
-/// Whether ferrolb handles this Service: `type: LoadBalancer` with no
-/// `loadBalancerClass`, or with the class the controller was given.
-pub fn is_handled(svc: &Service, class: Option<&str>) -> bool {
-    let Some(spec) = &svc.spec else {
-        return false;
-    };
-    spec.type_.as_deref() == Some("LoadBalancer")
-        && spec.load_balancer_class.as_deref() == class
-        && svc.metadata.deletion_timestamp.is_none()
-}
-
-/// The addresses in `status.loadBalancer.ingress` (entries with only a hostname are ignored).
-pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ing| {
-            ing.iter()
-                .filter_map(|i| i.ip.as_deref())
-                .filter_map(|ip| ip.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// The pool annotation ferrolb wrote, if any.
 pub fn pool_annotation(svc: &Service) -> Option<&str> {

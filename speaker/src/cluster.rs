@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use ferrolb_core::ServiceKey;
 use ferrolb_core::election::{Endpoint, NodeInfo, ServiceInfo, TrafficPolicy};
+pub use ferrolb_runtime::service::{is_handled, key_of, status_ips};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -35,35 +36,6 @@ pub fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> BTreeSet
         .flatten()
         .filter_map(|a| a.address.parse().ok())
         .collect()
-}
-
-/// Whether ferrolb handles the Service: `type: LoadBalancer` with no
-/// `loadBalancerClass`, or with the class the speaker was given (as the
-/// controller decides).
-pub fn is_handled(svc: &Service, class: Option<&str>) -> bool {
-    svc.spec.as_ref().is_some_and(|s| {
-        s.type_.as_deref() == Some("LoadBalancer") && s.load_balancer_class.as_deref() == class
-    })
-}
-
-fn status_ips(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ing| {
-            ing.iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn key_of(svc: &Service) -> ServiceKey {
-    ServiceKey::new(
-        svc.metadata.namespace.clone().unwrap_or_default(),
-        svc.metadata.name.clone().unwrap_or_default(),
-    )
 }
 
 /// The endpoints of every slice, by the Service they belong to.

@@ -28,10 +28,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::announcer::{Announcer, Desired, GratuitousSchedule};
-use crate::events::{EventSink, Pending};
 use crate::interfaces;
 use crate::membership;
 use crate::metrics::Metrics;
+use ferrolb_runtime::events::{self, EventSink, Pending};
 
 /// Everything the daemon is told by its flags.
 #[derive(Clone, Debug)]
@@ -167,7 +167,19 @@ pub async fn run(
     let mut changes = futures::stream::select_all(streams);
     let mut view = membership.as_ref().map(|m| m.view.clone());
     let mut state = State {
-        events: EventSink::start(client.clone(), settings.node.clone(), metrics.clone()),
+        events: EventSink::start(
+            client.clone(),
+            events::Options {
+                reporter: "ferrolb.io/speaker",
+                instance: settings.node.clone(),
+                queue: 1024,
+                workers: 2,
+            },
+            {
+                let metrics = metrics.clone();
+                Arc::new(move |what| metrics.api_error(what))
+            },
+        ),
         announcer: Announcer::with_stats(settings.gratuitous, metrics.announcer.clone()),
         settings,
         metrics,

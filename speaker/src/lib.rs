@@ -6,7 +6,6 @@
 pub mod announcer;
 pub mod cluster;
 pub mod daemon;
-pub mod events;
 pub mod interfaces;
 pub mod membership;
 pub mod metrics;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use ferrolb_speaker::announcer::{Announcer, Desired, GratuitousSchedule};
 use ferrolb_speaker::{daemon, interfaces, membership, metrics};
 use tokio::signal::unix::{SignalKind, signal};
@@ -57,7 +57,7 @@ struct RunArgs {
     #[arg(long, env = "FERROLB_METRICS_ADDR", default_value = "0.0.0.0:7473")]
     metrics_addr: SocketAddr,
     #[arg(long, value_enum, env = "FERROLB_LOG_FORMAT", default_value = "text")]
-    log_format: LogFormat,
+    log_format: ferrolb_runtime::LogFormat,
     /// Log filter: a level (info, debug) or tracing directives.
     #[arg(long, env = "FERROLB_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -68,13 +68,13 @@ struct RunArgs {
     #[arg(long, env = "FERROLB_MEMBERSHIP_BIND", default_value = "0.0.0.0:7946")]
     membership_bind: SocketAddr,
     /// Time between heartbeats to each peer.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "20ms", value_parser = ferrolb_runtime::parse_duration)]
     membership_interval: Duration,
     /// A peer not heard from for this long is dead and loses its addresses.
-    #[arg(long, default_value = "150ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "150ms", value_parser = ferrolb_runtime::parse_duration)]
     membership_timeout: Duration,
     /// At start, announce after hearing every peer or after this long.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = ferrolb_runtime::parse_duration)]
     membership_join_grace: Duration,
     /// Secret holding the membership key (in the speaker namespace).
     #[arg(long, default_value = "ferrolb-memberlist")]
@@ -83,23 +83,17 @@ struct RunArgs {
     #[arg(long, default_value = "secretkey")]
     membership_secret_key: String,
     /// On SIGTERM, wait at most this long for peers to confirm they took over.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = ferrolb_runtime::parse_duration)]
     leave_timeout: Duration,
     /// Repeat gratuitous ARP / unsolicited NA for every owned address this often (off by default).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = ferrolb_runtime::parse_duration)]
     gratuitous_refresh: Option<Duration>,
     /// Interface name prefixes never announced on; replaces the default list.
     #[arg(long, value_delimiter = ',', default_values_t = interfaces::default_excludes())]
     exclude_interfaces: Vec<String>,
     /// How often interfaces are listed again (new, vanished, carrier lost).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = ferrolb_runtime::parse_duration)]
     interface_rescan: Duration,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -125,34 +119,6 @@ enum Command {
     },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (try 150ms or 1s)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
-
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -163,7 +129,7 @@ fn main() -> ExitCode {
             gratuitous_bursts,
             gratuitous_interval_ms,
         }) => {
-            init_logging(
+            ferrolb_runtime::init_logging(
                 &std::env::var("RUST_LOG").unwrap_or_else(|_| cli.run.log_level.clone()),
                 cli.run.log_format,
             );
@@ -192,7 +158,7 @@ fn main() -> ExitCode {
             }
         }
         None => {
-            init_logging(&cli.run.log_level, cli.run.log_format);
+            ferrolb_runtime::init_logging(&cli.run.log_level, cli.run.log_format);
             // Two workers: the responders and the watch processing never
             // wait for each other. Membership has its own thread.
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -227,7 +193,17 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "ferrolb-system".into());
     let metrics = metrics::Metrics::new();
-    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+    let server = tokio::spawn(ferrolb_runtime::serve::serve(
+        args.metrics_addr,
+        ferrolb_runtime::serve::Endpoints {
+            metrics: {
+                let metrics = metrics.clone();
+                Box::new(move || metrics.encode())
+            },
+            ready: metrics.ready.clone(),
+            not_ready: "watches not synced or membership not joined",
+        },
+    ));
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;

@@ -1,15 +1,9 @@
-//! Prometheus metrics (DESIGN section 7) and the `/metrics`, `/healthz`,
-//! `/readyz` endpoints, as the controller serves them.
+//! The speaker's Prometheus metrics (DESIGN section 7), served by
+//! `ferrolb_runtime::serve` as the controller's are.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -41,7 +35,7 @@ pub struct Metrics {
     pub membership_auth_failures: Family<ReasonLabel, Counter>,
     pub config_stale: Gauge,
     pub api_errors: Family<ReasonLabel, Counter>,
-    pub ready: AtomicBool,
+    pub ready: Arc<AtomicBool>,
 }
 
 impl Metrics {
@@ -58,7 +52,7 @@ impl Metrics {
             membership_auth_failures: Family::default(),
             config_stale: Gauge::default(),
             api_errors: Family::default(),
-            ready: AtomicBool::new(false),
+            ready: Arc::new(AtomicBool::new(false)),
             registry: Registry::default(),
         };
         let a = &m.announcer;
@@ -166,39 +160,5 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-}
-
-/// Serves the endpoints until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready_handler))
-        .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    axum::serve(listener, app).await?;
-    Ok(())
-}
-
-async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.encode(),
-    )
-}
-
-async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: watches not synced or membership not joined\n",
-        )
     }
 }

@@ -1,5 +1,5 @@
 //! Publishing Kubernetes Events (events.k8s.io/v1), in the background, a few
-//! at a time.
+//! at a time (controller and speaker alike).
 //!
 //! Not kube-runtime's `Recorder`: it keeps every Event it sent for six minutes
 //! to aggregate repeats, which for 10,000 new Services is tens of megabytes.
@@ -16,8 +16,6 @@ use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::metrics::Metrics;
-
 /// One Event to publish.
 pub struct Pending {
     pub regarding: ObjectReference,
@@ -27,50 +25,68 @@ pub struct Pending {
     pub action: &'static str,
 }
 
+/// Called with a short label (`create_event`, `event_dropped`) for each
+/// failure, so that the binary can count it in its metrics.
+pub type OnError = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct EventSink {
     tx: mpsc::Sender<Pending>,
-    metrics: Arc<Metrics>,
+    on_error: OnError,
 }
 
-/// Events waiting beyond this are dropped (and counted): the log line stays.
-const QUEUE: usize = 2048;
-const WORKERS: usize = 4;
+/// How the sink publishes.
+pub struct Options {
+    /// `reportingController` of every Event, e.g. `ferrolb.io/controller`.
+    pub reporter: &'static str,
+    /// `reportingInstance`: the pod or node.
+    pub instance: String,
+    /// Events waiting beyond this many are dropped (and counted): the log line stays.
+    pub queue: usize,
+    /// Events created at once.
+    pub workers: usize,
+}
 
 impl EventSink {
-    pub fn start(client: kube::Client, instance: String, metrics: Arc<Metrics>) -> EventSink {
-        let (tx, rx) = mpsc::channel::<Pending>(QUEUE);
+    pub fn start(client: kube::Client, opts: Options, on_error: OnError) -> EventSink {
+        let (tx, rx) = mpsc::channel::<Pending>(opts.queue.max(1));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..WORKERS {
-            let (client, instance, rx, metrics) = (
+        let reporter = opts.reporter;
+        for _ in 0..opts.workers.max(1) {
+            let (client, instance, rx, on_error) = (
                 client.clone(),
-                instance.clone(),
+                opts.instance.clone(),
                 rx.clone(),
-                metrics.clone(),
+                on_error.clone(),
             );
             tokio::spawn(async move {
                 loop {
                     let Some(p) = rx.lock().await.recv().await else {
                         return;
                     };
-                    if let Err(e) = create(&client, &instance, p).await {
-                        metrics.api_error("create_event");
+                    if let Err(e) = create(&client, reporter, &instance, p).await {
+                        on_error("create_event");
                         warn!(error = %e, "could not publish an Event");
                     }
                 }
             });
         }
-        EventSink { tx, metrics }
+        EventSink { tx, on_error }
     }
 
     pub fn publish(&self, p: Pending) {
         if self.tx.try_send(p).is_err() {
-            self.metrics.api_error("event_dropped");
+            (self.on_error)("event_dropped");
         }
     }
 }
 
-async fn create(client: &kube::Client, instance: &str, p: Pending) -> Result<(), kube::Error> {
+async fn create(
+    client: &kube::Client,
+    reporter: &str,
+    instance: &str,
+    p: Pending,
+) -> Result<(), kube::Error> {
     let ns = p
         .regarding
         .namespace
@@ -94,7 +110,7 @@ async fn create(client: &kube::Client, instance: &str, p: Pending) -> Result<(),
         note: Some(p.note),
         type_: Some(if p.warning { "Warning" } else { "Normal" }.into()),
         regarding: Some(p.regarding),
-        reporting_controller: Some("ferrolb.io/controller".into()),
+        reporting_controller: Some(reporter.into()),
         reporting_instance: Some(instance.into()),
         ..Default::default()
     };
