@@ -133,17 +133,7 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let metrics = metrics::Metrics::new();
-    let server = tokio::spawn(ferrolb_runtime::serve::serve(
-        args.metrics_addr,
-        ferrolb_runtime::serve::Endpoints {
-            metrics: {
-                let metrics = metrics.clone();
-                Box::new(move || metrics.encode())
-            },
-            ready: metrics.ready.clone(),
-            not_ready: "the first full sync has not finished",
-        },
-    ));
+    let server = ferrolb_runtime::serve::spawn(args.metrics_addr, metrics.clone());
     let client = run::client().await?;
 
     let mut shutdown = std::pin::pin!(shutdown_signal());

@@ -33,7 +33,7 @@ pub struct Metrics {
     pub is_leader: Gauge,
     pub api_errors: Family<ReasonLabel, Counter>,
     pub pending_services: Gauge,
-    pub ready: Arc<AtomicBool>,
+    pub ready: AtomicBool,
 }
 
 impl Metrics {
@@ -50,7 +50,7 @@ impl Metrics {
             is_leader: Gauge::default(),
             api_errors: Family::default(),
             pending_services: Gauge::default(),
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,5 +135,17 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+impl ferrolb_runtime::serve::Exposed for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+    fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn not_ready(&self) -> &'static str {
+        "the first full sync has not finished"
     }
 }

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -10,45 +9,50 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-/// What the endpoints answer from.
-pub struct Endpoints {
+/// What a binary exposes: its metrics, and whether it is ready.
+pub trait Exposed: Send + Sync + 'static {
     /// The metrics in the OpenMetrics text format.
-    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
-    pub ready: Arc<AtomicBool>,
+    fn encode(&self) -> String;
+    fn is_ready(&self) -> bool;
     /// What `/readyz` says while not ready.
-    pub not_ready: &'static str,
+    fn not_ready(&self) -> &'static str;
 }
 
-/// Serves the endpoints until the process ends.
-pub async fn serve(addr: SocketAddr, endpoints: Endpoints) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state(Arc::new(endpoints));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    axum::serve(listener, app).await?;
-    Ok(())
+/// Serves the endpoints in the background until the process ends.
+pub fn spawn(
+    addr: SocketAddr,
+    exposed: Arc<dyn Exposed>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(ready))
+            .with_state(exposed);
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
 }
 
-async fn metrics(State(e): State<Arc<Endpoints>>) -> impl IntoResponse {
+async fn metrics(State(e): State<Arc<dyn Exposed>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        (e.metrics)(),
+        e.encode(),
     )
 }
 
-async fn ready(State(e): State<Arc<Endpoints>>) -> impl IntoResponse {
-    if e.ready.load(Ordering::Relaxed) {
+async fn ready(State(e): State<Arc<dyn Exposed>>) -> impl IntoResponse {
+    if e.is_ready() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", e.not_ready),
+            format!("not ready: {}\n", e.not_ready()),
         )
     }
 }

@@ -193,17 +193,7 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "ferrolb-system".into());
     let metrics = metrics::Metrics::new();
-    let server = tokio::spawn(ferrolb_runtime::serve::serve(
-        args.metrics_addr,
-        ferrolb_runtime::serve::Endpoints {
-            metrics: {
-                let metrics = metrics.clone();
-                Box::new(move || metrics.encode())
-            },
-            ready: metrics.ready.clone(),
-            not_ready: "watches not synced or membership not joined",
-        },
-    ));
+    let server = ferrolb_runtime::serve::spawn(args.metrics_addr, metrics.clone());
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;

@@ -35,7 +35,7 @@ pub struct Metrics {
     pub membership_auth_failures: Family<ReasonLabel, Counter>,
     pub config_stale: Gauge,
     pub api_errors: Family<ReasonLabel, Counter>,
-    pub ready: Arc<AtomicBool>,
+    pub ready: AtomicBool,
 }
 
 impl Metrics {
@@ -52,7 +52,7 @@ impl Metrics {
             membership_auth_failures: Family::default(),
             config_stale: Gauge::default(),
             api_errors: Family::default(),
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
         let a = &m.announcer;
@@ -160,5 +160,17 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+impl ferrolb_runtime::serve::Exposed for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+    fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn not_ready(&self) -> &'static str {
+        "watches not synced or membership not joined"
     }
 }
