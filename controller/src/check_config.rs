@@ -72,6 +72,11 @@ fn describe(c: &Config) -> String {
         c.pools.len(),
         if c.pools.len() == 1 { "" } else { "s" }
     );
+    if c.pools.is_empty() {
+        out.push_str(
+            "note: with no address pool, nothing will be assigned (is this the right file?)\n",
+        );
+    }
     for p in &c.pools {
         let usable = p.usable_addresses();
         let _ = writeln!(out, "\npool {:?} (layer2)", p.name);

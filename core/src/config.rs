@@ -205,10 +205,20 @@ fn decode_error(text: &str, err: &serde_saphyr::Error) -> ConfigError {
         .split(", set DuplicateKeyPolicy")
         .next()
         .unwrap_or(first);
+    // The parser's words for a value of the wrong shape, in the config's terms.
+    let hint = if first.contains("expected sequence start") {
+        " (a list is expected here: `[a, b]`, or one `- item` per line)"
+    } else if first.contains("expected mapping start") {
+        " (a mapping of keys is expected here, e.g. `name: x`)"
+    } else {
+        ""
+    };
     ConfigError {
         pool,
         entry: None,
-        message: format!("could not parse config: {first}"),
+        message: format!(
+            "could not parse config: {first}{hint}; a YAML error stops the check, so other problems show once it is fixed"
+        ),
     }
 }
 

@@ -125,7 +125,7 @@ fn wrong_types_are_errors() {
     one_error(
         "address-pools:\n- name: a\n  protocol: layer2\n  addresses: 192.0.2.0/24\n",
         Some("a"),
-        "could not parse config",
+        "a list is expected here",
     );
     one_error(
         "address-pools:\n- name: a\n  protocol: layer2\n  auto-assign: maybe\n  addresses: [192.0.2.0/24]\n",

@@ -199,6 +199,7 @@ impl Lab {
         } else if opts.rbac_manifests.is_some() {
             bail!("RBAC enforcement needs the lab's own test API server (no --kubeconfig)");
         }
+        lab.check_pools(&opts.config)?;
         lab.register_cluster(&opts.config)?;
         lab.start_controller()?;
         for n in lab.nodes.clone() {
@@ -339,6 +340,42 @@ impl Lab {
 
     /// Nodes, speaker Pods, the membership Secret and the config, as a real
     /// cluster would have them.
+    /// Refuses a config whose pools contain the segment's own addresses (the
+    /// network address, the control plane, the nodes, the client): the lab
+    /// would hand them out and break itself.
+    fn check_pools(&self, config: &Path) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(config)
+            .with_context(|| format!("reading {}", config.display()))?;
+        let doc = ferrolb_core::config::extract_config_document(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+        let parsed = ferrolb_core::config::parse(&doc).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!(
+                "{} is not a valid config: {}",
+                config.display(),
+                list.join("; ")
+            )
+        })?;
+        let taken = [self.cp.clone(), self.client.clone()]
+            .into_iter()
+            .chain(self.nodes.clone())
+            .flat_map(|h| [std::net::IpAddr::V4(h.ip4), std::net::IpAddr::V6(h.ip6)])
+            .chain([
+                std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 0)),
+                "2001:db8::".parse().expect("valid"),
+            ]);
+        for ip in taken {
+            if let Some((pi, _)) = parsed.locate(ip) {
+                bail!(
+                    "pool {:?} of {} contains {ip}, which the lab itself uses (192.0.2.0-127 and 2001:db8::-7f are the lab's hosts); use addresses from 192.0.2.200-254 or 2001:db8::200-2ff",
+                    parsed.pools[pi].name,
+                    config.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn register_cluster(&self, config: &Path) -> anyhow::Result<()> {
         self.apply(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ferrolb-system"}}))?;
         let mut key = [0u8; 32];

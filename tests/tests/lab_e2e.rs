@@ -513,3 +513,30 @@ fn the_manifests_grant_exactly_what_the_controller_and_speakers_use() {
         "calls the manifests do not allow"
     );
 }
+
+#[test]
+fn a_pool_overlapping_the_labs_own_addresses_is_refused() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_ferrolb-lab"));
+    let config = std::env::temp_dir().join(format!(
+        "ferrolb-lab-bad-config-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &config,
+        POOLS.replace("192.0.2.240-192.0.2.250", "192.0.2.0/28"),
+    )
+    .unwrap();
+    let err = Lab::up(&LabOptions {
+        nodes: 1,
+        bin_dir: exe.parent().unwrap().to_path_buf(),
+        kubeconfig: None,
+        config,
+        rbac_manifests: None,
+    })
+    .err()
+    .expect("a pool containing the lab's own addresses is refused");
+    assert!(
+        err.to_string().contains("which the lab itself uses"),
+        "{err}"
+    );
+}

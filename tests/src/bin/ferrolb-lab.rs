@@ -248,6 +248,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
             "probe",
             "--target",
             &target.to_string(),
+            "--timeout-ms",
+            "30",
             "--interval-ms",
             "10",
             "--duration-ms",
@@ -276,10 +278,15 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     if args.keep {
         step("the lab stays up; Ctrl-C tears it down", &[]);
-        println!(
-            "    sudo ip netns exec {} kubectl --kubeconfig {} get svc -A",
+        let kubectl = format!(
+            "ip netns exec {} kubectl --kubeconfig {}",
             lab.cp.ns,
             lab.kubeconfig.display()
+        );
+        println!("    {kubectl} describe svc web");
+        println!("    {kubectl} get svc web -o jsonpath='{{.status.loadBalancer.ingress}}'");
+        println!(
+            "    (the test API server prints no table columns: `get svc` shows only NAME and AGE; use describe or -o jsonpath)"
         );
         let _ = eventually(
             "Ctrl-C",
