@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validates every manifest and config example against the Kubernetes schemas,
 # renders the kustomization, and checks every config example with check-config.
-# Needs python3 with pip, kubectl, and a built ferrolb-controller (cargo build).
+# Needs python3 (venv), kubectl and cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,9 +21,9 @@ echo "validate-manifests: kustomize rendered $(grep -c '^kind:' "$rendered") obj
 
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$KV_K8S" "$rendered" config-examples/*.yaml manifests/config.yaml
 
-controller=target/debug/ferrolb-controller
-[ -x "$controller" ] || cargo build --locked -p ferrolb-controller
+# Through cargo, so that CARGO_TARGET_DIR and an out-of-date build do not matter.
+check_config() { cargo run --quiet --locked -p ferrolb-controller -- check-config "$@"; }
 for f in config-examples/*.yaml manifests/config.yaml; do
-  "$controller" check-config "$f" > /dev/null || { echo "check-config failed for $f" >&2; "$controller" check-config "$f"; exit 1; }
+  check_config "$f" > /dev/null || { echo "check-config failed for $f" >&2; check_config "$f"; exit 1; }
 done
 echo "validate-manifests: ok"
