@@ -56,7 +56,6 @@ struct Proc {
 
 /// A running lab. Dropping it stops every process and deletes every namespace.
 pub struct Lab {
-    prefix: String,
     pub dir: PathBuf,
     switch: String,
     pub cp: Host,
@@ -188,7 +187,6 @@ impl Lab {
                 .unwrap_or_else(|| dir.join("kubeconfig")),
             bin_dir: opts.bin_dir.clone(),
             impersonate: opts.rbac_manifests.is_some(),
-            prefix,
             dir,
             namespaces: vec![],
             procs: vec![],
@@ -687,11 +685,6 @@ impl Lab {
         let n = self.node(node).with_context(|| format!("no node {node}"))?;
         self.exec(&n.ns, &["ip", "link", "set", "eth0", "down"])?;
         Ok(())
-    }
-
-    /// Namespace names carry this prefix (for `ip netns list`).
-    pub fn prefix(&self) -> &str {
-        &self.prefix
     }
 }
 
