@@ -17,7 +17,7 @@ struct Kubectl {
     kubeconfig: PathBuf,
     /// kubectl keeps its discovery cache under $HOME; each test gets its own.
     home: tempfile::TempDir,
-    _server: TestApiServer,
+    server: TestApiServer,
 }
 
 impl Kubectl {
@@ -41,7 +41,7 @@ impl Kubectl {
             bin,
             kubeconfig,
             home,
-            _server: server,
+            server,
         }
     }
 
@@ -223,6 +223,24 @@ async fn kubectl_status_patch_is_seen_by_get_watch_and_delete_removes() {
             let _ = tx.send(line);
         }
     });
+
+    // `kubectl get -w NAME` prints a GET, then watches from resourceVersion 0 and skips that
+    // watch's first (synthetic ADDED) event. A patch landing between the two would be folded into
+    // the skipped event and never printed, on a real API server too; so patch only once the
+    // watch is open.
+    let first = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("kubectl get -w prints the current object")
+        .expect("kubectl get -w keeps running");
+    assert_eq!(first.trim(), "", "no status yet");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while k.server.open_watches() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "kubectl get -w never opened a watch"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let patch = r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10","ipMode":"VIP"}]}}}"#;
     let out = k

@@ -721,8 +721,21 @@ fn watch_response(
         .then_some(shared.opts.bookmark_interval);
     let send_initial = query.get("sendInitialEvents").map(|v| v == "true");
     let rv = query.get("resourceVersion").unwrap_or("");
+    let (initial, pos) = match (rv, send_initial) {
+        (_, Some(true)) => (true, 0),
+        ("" | "0", None) => (true, 0),
+        ("", Some(false)) => (false, 0),
+        (v, _) => (
+            false,
+            v.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion: {v}")))?,
+        ),
+    };
     let changed = shared.changed.subscribe();
     let close = shared.close_watches.subscribe();
+    // The starting point is fixed before the watch counts as open, so a client (or a test) that
+    // sees `open_watches` rise knows every later change reaches this watch as an event.
+    let snapshot = (initial || pos == 0).then(|| shared.store().snapshot(r, ns.as_deref()));
     shared.open_watches.fetch_add(1, Ordering::SeqCst);
     let mut state = WatchState {
         shared: shared.clone(),
@@ -730,7 +743,7 @@ fn watch_response(
         ns: ns.clone(),
         labels: opts.labels.clone(),
         fields: opts.fields.clone(),
-        pos: 0,
+        pos,
         queue: VecDeque::new(),
         deadline: Instant::now() + timeout,
         bookmarks,
@@ -740,19 +753,7 @@ fn watch_response(
         done: false,
         _guard: WatchGuard(shared.clone()),
     };
-    let initial = match (rv, send_initial) {
-        (_, Some(true)) => true,
-        ("" | "0", None) => true,
-        ("", Some(false)) => false,
-        (v, _) => {
-            state.pos = v
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion: {v}")))?;
-            false
-        }
-    };
-    if initial || state.pos == 0 {
-        let (objects, now) = shared.store().snapshot(r, ns.as_deref());
+    if let Some((objects, now)) = snapshot {
         state.pos = now;
         if initial {
             let lines: Vec<Bytes> = objects
