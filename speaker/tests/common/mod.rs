@@ -616,6 +616,31 @@ impl Prober {
     }
 }
 
+impl Prober {
+    /// Sends one request for `target` and waits (in poll(2), not spinning) for
+    /// its reply: the time from send to the reply's arrival in user space, and
+    /// who answered. `None` if nothing answered within `limit`.
+    pub fn round_trip(&mut self, target: Ipv4Addr, limit: Duration) -> Option<(Duration, MacAddr)> {
+        use std::os::fd::AsRawFd as _;
+        while self.recv(target).is_some() {}
+        let start = Instant::now();
+        self.send(target);
+        loop {
+            if let Some((at, mac)) = self.recv(target) {
+                return Some((at - start, mac));
+            }
+            let left = limit.checked_sub(start.elapsed())?;
+            let mut pfd = libc::pollfd {
+                fd: self.socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 1000) as i32) };
+        }
+    }
+}
+
 /// Probes `target` every `every` from the client until `stop`, recording
 /// every reply (time, MAC).
 pub fn probe_in_background(
