@@ -11,6 +11,8 @@ packages=(
   procps          # process checks in tests
   curl            # speaker tests read metrics inside network namespaces
   python3-venv    # scripts/validate-manifests.sh installs kubernetes-validate in a venv
+  keepalived      # scripts/bench.sh: the VRRP failover it is compared with
+  iperf3          # scripts/bench.sh: bulk traffic through a node
 )
 
 if [ "$(id -u)" -ne 0 ]; then

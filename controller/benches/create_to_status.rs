@@ -26,6 +26,17 @@ fn main() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
+    println!("## Controller: create-to-status\n");
+    println!(
+        "Command: `cargo bench -p ferrolb-controller --bench create_to_status`. The test API \
+         server runs in the bench process on 127.0.0.1; the controller is the release binary in \
+         its own process (single-threaded runtime, 32 status writes in flight); 32 creates are in \
+         flight at once, as fast as the API accepts them. Services are IPv6 single-stack from a \
+         `2001:db8::/112` pool, without node ports (a cluster has only 2,768). Latency is from the \
+         start of a Service's create request to the watch event showing its status; peak RSS is \
+         the controller's `VmHWM`. Targets: 10,000 Services assigned in under 10 s with under 64 \
+         MiB.\n"
+    );
     println!(
         "| Services | all have status after | create-to-status p50 | p99 | max | controller peak RSS |"
     );
@@ -33,6 +44,11 @@ fn main() {
     for n in [1_000usize, 10_000] {
         rt.block_on(run(n));
     }
+    println!(
+        "\nThe latency under a burst is queueing behind it (each Service takes two writes, status \
+         and pool annotation), not per-Service work: the engine spends microseconds per event \
+         (`ferrolb_reconcile_duration_seconds`).\n"
+    );
 }
 
 async fn run(n: usize) {

@@ -530,6 +530,14 @@ impl Lab {
         Ok(())
     }
 
+    /// The process ID of the process started as `what`, if it was started.
+    pub fn pid(&self, what: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.what == what)
+            .map(|p| p.child.id())
+    }
+
     /// Waits for the process started as `what` to exit.
     pub fn wait_exit(&mut self, what: &str, limit: Duration) -> anyhow::Result<()> {
         let p = self
@@ -626,11 +634,17 @@ impl Lab {
     /// kube-proxy emulation: on every node, DNAT `address:port` to the node's own
     /// backend. Each call adds a rule; earlier ones stay.
     pub fn forward(&self, address: &str, port: u16) -> anyhow::Result<()> {
+        self.forward_to(address, port, 8080)
+    }
+
+    /// kube-proxy emulation: on every node, DNAT `address:port` to `target_port`
+    /// on the node's own address. Each call adds a rule; earlier ones stay.
+    pub fn forward_to(&self, address: &str, port: u16, target_port: u16) -> anyhow::Result<()> {
         for n in &self.nodes {
             let (family, backend) = if address.contains(':') {
-                ("ip6", format!("[{}]:8080", n.ip6))
+                ("ip6", format!("[{}]:{target_port}", n.ip6))
             } else {
-                ("ip", format!("{}:8080", n.ip4))
+                ("ip", format!("{}:{target_port}", n.ip4))
             };
             // `add` of an existing table or chain is a no-op, so this is idempotent.
             let rules = format!(

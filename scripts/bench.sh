@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every benchmark and rewrites BENCHMARKS.md from their output, headed by
+# a description of this machine. Needs root (network namespaces) and about
+# 45 minutes; the allocator's largest case needs about 15 GB of memory.
+#
+# FERROLB_TRIALS=N changes the 20 failover trials per case (a quick look:
+# FERROLB_TRIALS=3). Each section is also kept in target/bench-sections/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo build --release --locked --bins
+
+sections=target/bench-sections
+rm -rf "$sections"
+mkdir -p "$sections"
+run() {
+  local name=$1
+  shift
+  echo "bench.sh: $name: $*" >&2
+  "$@" >"$sections/$name.md"
+}
+run 1-allocator cargo bench --locked -p ferrolb-core --bench allocator
+run 2-apiserver cargo bench --locked -p ferrolb-tests --bench apiserver_roundtrip
+run 3-controller cargo bench --locked -p ferrolb-controller --bench create_to_status
+run 4-layer2 cargo bench --locked -p ferrolb-speaker --bench layer2
+run 5-lab cargo bench --locked -p ferrolb-tests --bench lab
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+mem=$(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
+os=$(. /etc/os-release && echo "$PRETTY_NAME")
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD -- . ':!BENCHMARKS.md' || commit="$commit with uncommitted changes"
+{
+  echo "# Benchmarks"
+  echo
+  echo "Every figure here comes from one run of \`bash scripts/bench.sh\` (root), which"
+  echo "ran every benchmark below and wrote this file; each section also names the"
+  echo "command that reproduces it alone. Timings are wall-clock and vary by a few"
+  echo "percent between runs."
+  echo
+  echo "Machine: $(nproc) cores ($cpu), $mem of memory, $os, kernel $(uname -r);"
+  echo "$(rustc --version | cut -d' ' -f1-2), release builds. Commit $commit, $(date -u +%Y-%m-%d)."
+  for f in "$sections"/*.md; do
+    echo
+    cat "$f"
+  done
+} | cat -s >BENCHMARKS.md
+echo "bench.sh: wrote BENCHMARKS.md" >&2
