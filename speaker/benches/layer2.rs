@@ -193,7 +193,7 @@ impl Announcer for Ferrolb {
     }
 
     fn cpu_ticks(&self, lab: &Lab, i: usize) -> u64 {
-        cpu_ticks_of(lab.speakers[i].as_ref().unwrap().child.id())
+        ferrolb_tests::procfs::cpu_ticks(lab.speakers[i].as_ref().unwrap().child.id())
     }
 }
 
@@ -369,7 +369,10 @@ impl Announcer for Keepalived {
 
     fn cpu_ticks(&self, _lab: &Lab, i: usize) -> u64 {
         let parent = self.children[i].as_ref().unwrap().id();
-        cpu_ticks_of(parent) + self.vrrp_child(i).map_or(0, cpu_ticks_of)
+        ferrolb_tests::procfs::cpu_ticks(parent)
+            + self
+                .vrrp_child(i)
+                .map_or(0, ferrolb_tests::procfs::cpu_ticks)
     }
 }
 
@@ -536,8 +539,7 @@ fn steady(lab: &Lab, sys: &dyn Announcer, owner: usize) -> Steady {
     let secs = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let replies = prober.join().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let tick = ferrolb_tests::procfs::clock_tick();
     Steady {
         per_node: before
             .iter()
@@ -573,16 +575,6 @@ fn arp_latency(
         }
         (s, k)
     })
-}
-
-fn cpu_ticks_of(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command: utime and stime are the 14th
-    // and 15th fields overall.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn keepalived_version() -> String {

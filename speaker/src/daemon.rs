@@ -109,6 +109,9 @@ struct State {
     announcer: Announcer,
     interfaces: Vec<interfaces::Interface>,
     assigned: Vec<interfaces::Assigned>,
+    /// The announcer could not open some interface's sockets last time; the
+    /// next rescan tries again even if the interfaces did not change.
+    interfaces_failed: bool,
     /// Address -> interfaces it is announced on now.
     owned: BTreeMap<IpAddr, Vec<String>>,
     events: EventSink,
@@ -197,6 +200,7 @@ pub async fn run(
         membership,
         interfaces: Vec::new(),
         assigned: Vec::new(),
+        interfaces_failed: false,
         owned: BTreeMap::new(),
     };
     state.rescan();
@@ -209,7 +213,10 @@ pub async fn run(
         tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
     info!(node = %state.settings.node, membership = state.membership.is_some(), "speaker started");
     loop {
-        tokio::select! {
+        // Whether the inputs of the decision may have changed. A rescan that
+        // found the same interfaces does not recompute: with 1,000 Services
+        // that would cost a full election every second for nothing.
+        let dirty = tokio::select! {
             change = changes.next() => {
                 let Some(change) = change else { anyhow::bail!("the watches ended") };
                 state.note(change);
@@ -217,16 +224,23 @@ pub async fn run(
                 while let Some(Some(change)) = changes.next().now_or_never() {
                     state.note(change);
                 }
+                true
             }
             r = async { view.as_mut().expect("guarded").changed().await }, if view.is_some() => {
                 if r.is_err() { anyhow::bail!("membership stopped") }
+                true
             }
-            _ = rescan.tick() => state.rescan(),
-            _ = refresh.tick(), if state.settings.gratuitous_refresh.is_some() => state.announcer.refresh(),
+            _ = rescan.tick() => state.rescan() || state.interfaces_failed,
+            _ = refresh.tick(), if state.settings.gratuitous_refresh.is_some() => {
+                state.announcer.refresh();
+                false
+            }
             _ = term.recv() => { info!("SIGTERM: leaving"); break }
             _ = int.recv() => { info!("SIGINT: leaving"); break }
+        };
+        if dirty {
+            state.recompute();
         }
-        state.recompute();
     }
     state.leave().await;
     Ok(())
@@ -369,13 +383,19 @@ impl State {
         });
     }
 
-    fn rescan(&mut self) {
+    /// Lists the interfaces and their addresses again; true if anything changed.
+    fn rescan(&mut self) -> bool {
         match (interfaces::list(), interfaces::assigned()) {
             (Ok(list), Ok(assigned)) => {
+                let changed = list != self.interfaces || assigned != self.assigned;
                 self.interfaces = list;
                 self.assigned = assigned;
+                changed
             }
-            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot list interfaces"),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "cannot list interfaces");
+                false
+            }
         }
     }
 
@@ -453,8 +473,10 @@ impl State {
                 })
             })
             .collect();
-        for (name, e) in self.announcer.set(&desired) {
-            warn!(interface = %name, error = %e, "skipped interface");
+        let failed = self.announcer.set(&desired);
+        self.interfaces_failed = !failed.is_empty();
+        for (name, e) in failed {
+            warn!(interface = %name, error = %e, "skipped interface, tried again at the next rescan");
         }
         self.report(mine);
         if let (Some(m), Some(v)) = (&self.membership, &view) {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use ferrolb_tests::lab::{Host, Lab, LabOptions, eventually};
+use ferrolb_tests::procfs::{clock_tick, cpu_ticks, memory};
 use serde_json::{Value, json};
 
 const BULK: Duration = Duration::from_secs(30);
@@ -52,18 +53,7 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .expect("a directory")
         .to_path_buf();
-    for b in [
-        "ferrolb-controller",
-        "ferrolb-speaker",
-        "ferrolb-test-apiserver",
-    ] {
-        if !bin_dir.join(b).exists() {
-            bail!(
-                "{} is missing: build the release binaries first (`cargo build --release --bins`; scripts/bench.sh does)",
-                bin_dir.join(b).display()
-            );
-        }
-    }
+    Lab::check_binaries(&bin_dir)?;
     Lab::clean_stale();
     let config =
         std::env::temp_dir().join(format!("ferrolb-bench-lab-{}.yaml", std::process::id()));
@@ -392,31 +382,4 @@ fn metric(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the parenthesised command, utime and stime are fields 12 and 13.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-}
-
-/// (`VmRSS`, `VmHWM`) in KiB.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn clock_tick() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
 }

@@ -139,6 +139,24 @@ pub fn eventually<T>(
 }
 
 impl Lab {
+    /// Fails, saying how to build them, unless the binaries the lab runs are in `bin_dir`.
+    pub fn check_binaries(bin_dir: &Path) -> anyhow::Result<()> {
+        for b in [
+            "ferrolb-controller",
+            "ferrolb-speaker",
+            "ferrolb-test-apiserver",
+            "ferrolb-lab",
+        ] {
+            if !bin_dir.join(b).exists() {
+                bail!(
+                    "{} is missing: build the binaries (`cargo build --release --bins`) or pass --bin-dir",
+                    bin_dir.join(b).display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes namespaces left by labs whose process is gone (a run that was killed).
     pub fn clean_stale() {
         let Ok(list) = run("ip", &["netns", "list"]) else {

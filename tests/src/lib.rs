@@ -4,6 +4,7 @@
 pub mod apiserver;
 pub mod e2e;
 pub mod lab;
+pub mod procfs;
 
 pub use apiserver::{Contents, ServerOptions, TestApiServer};
 pub use e2e::{E2E_KUBECONFIG_ENV, TestCluster};

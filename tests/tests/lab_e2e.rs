@@ -34,15 +34,8 @@ fn lab(nodes: usize) -> Lab {
 fn lab_with(nodes: usize, rbac_manifests: Option<PathBuf>) -> Lab {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_ferrolb-lab"));
     let bin_dir = exe.parent().unwrap().to_path_buf();
-    for b in [
-        "ferrolb-controller",
-        "ferrolb-speaker",
-        "ferrolb-test-apiserver",
-    ] {
-        assert!(
-            bin_dir.join(b).exists(),
-            "{b} is not built: run `cargo test --workspace` (it builds every binary)"
-        );
+    if let Err(e) = Lab::check_binaries(&bin_dir) {
+        panic!("{e:#} (`cargo test --workspace` builds every binary)");
     }
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -168,18 +168,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .context("the binary's directory")?
             .to_path_buf(),
     };
-    for b in [
-        "ferrolb-controller",
-        "ferrolb-speaker",
-        "ferrolb-test-apiserver",
-    ] {
-        if !bin_dir.join(b).exists() {
-            bail!(
-                "{} is missing: build with `cargo build --release` (or pass --bin-dir)",
-                bin_dir.join(b).display()
-            );
-        }
-    }
+    Lab::check_binaries(&bin_dir)?;
     Lab::clean_stale();
     step(
         "bringing up the lab: a bridge, a control plane, {} nodes and a client, in network namespaces",
