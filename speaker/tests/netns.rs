@@ -8,12 +8,15 @@
 //! addresses only; the namespaces are deleted on drop, also when an assertion
 //! fails.
 
+mod common;
+
 use std::io::Read;
 use std::net::Ipv6Addr;
 use std::os::fd::AsFd;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Namespaces, run, run_ok};
 use ferrolb_core::packet::{
     MacAddr, NdpFrame, NdpMessage, NeighborAdvertisement, NeighborSolicitation, multicast_mac,
     solicited_node_multicast,
@@ -24,44 +27,9 @@ const CLIENT_MAC: &str = "02:00:00:00:02:02";
 const WRONG_MAC: &str = "02:00:00:00:99:99";
 const DEADLINE: Duration = Duration::from_secs(15);
 
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e} (see scripts/install-deps.sh)"))
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Polls `f` until it returns `Some`, or panics with `what` after DEADLINE.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Network namespaces deleted on drop.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = run(&["ip", "netns", "del", ns]);
-        }
-    }
+fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    common::eventually(what, DEADLINE, f)
 }
 
 /// A child process stopped on drop.
