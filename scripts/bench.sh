@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Runs every benchmark and rewrites BENCHMARKS.md from their output, headed by
 # a description of this machine. Needs root (network namespaces) and about
-# 45 minutes; the allocator's largest case needs about 15 GB of memory.
+# 30 minutes; the allocator's largest case needs about 15 GB of memory.
 #
 # FERROLB_TRIALS=N changes the 20 failover trials per case (a quick look:
 # FERROLB_TRIALS=3). Each section is also kept in target/bench-sections/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench.sh: run as root (the failover and lab benchmarks create network namespaces)" >&2
+  exit 1
+fi
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ "$commit" != unknown ] && ! git diff --quiet HEAD -- . ':!BENCHMARKS.md' 2>/dev/null; then
+  commit="$commit with uncommitted changes"
+fi
 scripts/install-deps.sh
 cargo build --release --locked --bins
 
@@ -25,11 +33,10 @@ run 3-controller cargo bench --locked -p ferrolb-controller --bench create_to_st
 run 4-layer2 cargo bench --locked -p ferrolb-speaker --bench layer2
 run 5-lab cargo bench --locked -p ferrolb-tests --bench lab
 
-cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+cpu=${cpu:-$(uname -m)}
 mem=$(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
 os=$(. /etc/os-release && echo "$PRETTY_NAME")
-commit=$(git rev-parse --short HEAD)
-git diff --quiet HEAD -- . ':!BENCHMARKS.md' || commit="$commit with uncommitted changes"
 {
   echo "# Benchmarks"
   echo

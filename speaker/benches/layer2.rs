@@ -462,7 +462,10 @@ struct Trial {
 fn trial(lab: &Lab, vip: Ipv4Addr, old: MacAddr, new: MacAddr, event: impl FnOnce()) -> Trial {
     let stop = Arc::new(AtomicBool::new(false));
     let prober = probe_in_background(lab, vip, PROBE_EVERY, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    // A random moment of the heartbeat or advertisement cycle (keepalived's
+    // longest is 1 s): a fixed delay after the previous takeover would always
+    // hit the same phase of it.
+    std::thread::sleep(Duration::from_millis(300) + jitter(Duration::from_secs(1)));
     let at = Instant::now();
     event();
     eventually("the new owner answering", Duration::from_secs(30), || {
@@ -500,6 +503,14 @@ fn trial(lab: &Lab, vip: Ipv4Addr, old: MacAddr, new: MacAddr, event: impl FnOnc
             .iter()
             .any(|(t, m)| *m == old && *t > first_new + PROBE_EVERY * 2),
     }
+}
+
+/// A random duration in `[0, max)`, from the standard library's random hasher keys.
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    max.mul_f64((h.finish() % 1_000_000) as f64 / 1_000_000.0)
 }
 
 /// Waits until only node `owner` answers for `vip`, then lets the takeover's
@@ -616,7 +627,12 @@ fn us(d: Duration) -> String {
 }
 
 fn ratio(a: Duration, b: Duration) -> String {
-    format!("{:.1}×", a.as_secs_f64() / b.as_secs_f64().max(1e-9))
+    let r = a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    if r < 1.0 {
+        format!("{r:.2}×")
+    } else {
+        format!("{r:.1}×")
+    }
 }
 
 fn report(
@@ -656,8 +672,10 @@ fn report(
          with 10 ms advertisements (`vrrp_version 3`, `advert_int 0.01`); priorities make its owner \
          and runner-up the same nodes as ferrolb's. The outage is the longest silence between two \
          consecutive replies (from any node) from just before the event to the first reply of the \
-         new owner, so about 10 ms means no probe went unanswered. {trials} trials per case and \
-         system.\n"
+         new owner, so about 10 ms means no probe went unanswered. Each event falls at a random \
+         moment (0.3-1.3 s after the probing starts), so at a random phase of the heartbeat or \
+         advertisement cycle. {trials} trials per case and system; percentiles are nearest-rank, \
+         so with 20 trials the p99 is the worst trial.\n"
     );
     println!("| case | system | p50 | p99 | max |\n|---|---|---|---|---|");
     for (name, get) in cases {
@@ -677,28 +695,21 @@ fn report(
         ("keepalived 10 ms ÷ ferrolb defaults", ka_fast, ferrolb),
         ("keepalived 10 ms ÷ ferrolb 10 ms/40 ms", ka_fast, tuned),
     ];
-    println!("\nRatios (above 1× means ferrolb is faster):\n");
-    print!("| case |");
-    for (label, _, _) in &pairs {
-        print!(" {label}: p50 | p99 |");
-    }
-    println!();
-    print!("|---|");
-    for _ in &pairs {
-        print!("---|---|");
-    }
-    println!();
+    println!(
+        "\nRatios, the other's figure divided by ferrolb's (above 1× means ferrolb is faster). The \
+         SIGKILL client-seen outage is short for keepalived because its old node keeps answering \
+         (see below), not because it takes over sooner.\n"
+    );
+    println!("| case | comparison | p50 | p99 |\n|---|---|---|---|");
     for (name, get) in cases {
-        print!("| {name} |");
-        for (_, theirs, ours) in &pairs {
+        for (label, theirs, ours) in &pairs {
             let (t, o) = (sorted(get(&theirs.failover)), sorted(get(&ours.failover)));
-            print!(
-                " {} | {} |",
+            println!(
+                "| {name} | {label} | {} | {} |",
                 ratio(quantile(&t, 0.5), quantile(&o, 0.5)),
                 ratio(quantile(&t, 0.99), quantile(&o, 0.99))
             );
         }
-        println!();
     }
 
     let f = &ferrolb.failover;
@@ -747,14 +758,15 @@ fn report(
         "10 s with nothing happening, the client probing every 10 ms. Packets are ferrolb's \
          membership heartbeats (its own counter) or keepalived's VRRP advertisements (an nftables \
          counter on each node's output); CPU is the agent's user and system time (keepalived: \
-         parent and VRRP child) as a share of one core.\n"
+         parent and VRRP child) as a share of one core, counted in 10 ms ticks (so to about \
+         0.1 %).\n"
     );
     println!("| system | node | packets sent/s | CPU |\n|---|---|---|---|");
     for sys in systems {
         for (i, node) in NODES.iter().enumerate() {
             let role = if i == owner { " (owner)" } else { "" };
             let (pps, cpu) = sys.steady.per_node[i];
-            println!("| {} | {node}{role} | {pps:.0} | {cpu:.2} % |", sys.label);
+            println!("| {} | {node}{role} | {pps:.0} | {cpu:.1} % |", sys.label);
         }
     }
     println!("\n| system | replies from a non-owner / all replies |\n|---|---|");
@@ -768,8 +780,10 @@ fn report(
         "\nferrolb sends one heartbeat per peer per interval, from every node: (N-1) x 50 packets/s \
          of 90 bytes at the default 20 ms, linear in the number of nodes (100 nodes: 4,950 \
          packets/s, about 450 kB/s per node each way). VRRP has only the owner send, one multicast \
-         advertisement per interval, whatever the number of nodes; it declares the owner dead \
-         after three missed advertisements plus a skew, which is what the failover table shows."
+         advertisement per interval, whatever the number of nodes; a backup declares the owner \
+         dead 3 intervals plus a skew ((256 - priority) / 256 of an interval) after the last \
+         advertisement it heard, so a cut at a random moment costs between 2 and 3 intervals plus \
+         the skew."
     );
 
     let s = sorted(speaker_rtt);

@@ -162,8 +162,10 @@ fn bulk_traffic(lab: &mut Lab, out: &mut String) -> anyhow::Result<()> {
         "Command: `cargo bench -p ferrolb-tests --bench lab` (root; after `cargo build --release \
          --bins`). The whole lab: test API server, controller, three speakers, nftables DNAT as \
          kube-proxy's rules, a client; one LoadBalancer Service. `iperf3 -c <address> -t {}` runs \
-         from the client at full speed (one TCP stream) through the owner node, whose DNAT rule \
-         delivers it to an iperf3 server on that node: {:.1} Gbit/s, {retransmits} retransmits. \
+         from the client at full speed (one TCP stream, virtual links on one machine) to the \
+         owner node, whose DNAT rule hands it to an iperf3 server on that node (the lab's \
+         backends run in the node's namespace; kube-proxy would hand it on to a Pod): {:.1} \
+         Gbit/s, {retransmits} retransmits. \
          Speaker CPU is user plus system time from /proc, over the same length of time idle and \
          then under the traffic.\n",
         BULK.as_secs(),
@@ -192,8 +194,8 @@ fn bulk_traffic(lab: &mut Lab, out: &mut String) -> anyhow::Result<()> {
     writeln!(
         out,
         "\nThe speaker's sockets see only ARP frames and, through a BPF filter, neighbour \
-         solicitations; forwarded traffic never reaches it, so its CPU stays at its idle level \
-         (membership heartbeats) however much traffic the node carries.\n"
+         solicitations; the node's data traffic never reaches it, so its CPU stays at its idle \
+         level (membership heartbeats) however much traffic the node receives.\n"
     )?;
     Ok(())
 }
