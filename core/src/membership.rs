@@ -44,8 +44,12 @@ const MAGIC: &[u8; 4] = b"FLBM";
 const VERSION: u8 = 1;
 const HEADER: usize = 23;
 const TAG: usize = 32;
+/// The longest node name a packet carries, in bytes: Kubernetes node names
+/// are at most 253. [`encode`] and [`decode`] both hold to it, so whatever
+/// one accepts the other does too.
+pub const MAX_NAME: usize = 253;
 /// The largest packet [`encode`] writes.
-pub const MAX_PACKET: usize = HEADER + 255 + 8 + TAG;
+pub const MAX_PACKET: usize = HEADER + MAX_NAME + 8 + TAG;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -101,11 +105,11 @@ fn mac(key: &[u8]) -> HmacSha256 {
 }
 
 /// Writes `packet`, authenticated with `key`, into `buf`; returns its length.
-/// Names longer than 253 bytes are refused (`None`): Kubernetes node names
-/// are at most 253.
+/// Names longer than [`MAX_NAME`] (253) bytes are refused (`None`):
+/// Kubernetes node names are at most 253.
 pub fn encode(packet: &Packet, key: &[u8], buf: &mut [u8; MAX_PACKET]) -> Option<usize> {
     let name = packet.node.as_bytes();
-    if name.is_empty() || name.len() > 253 {
+    if name.is_empty() || name.len() > MAX_NAME {
         return None;
     }
     buf[..4].copy_from_slice(MAGIC);
@@ -142,7 +146,8 @@ pub fn decode(bytes: &[u8], key: &[u8]) -> Result<Packet, Reject> {
     m.verify_slice(tag).map_err(|_| Reject::Unauthenticated)?;
     let n = usize::from(body[22]);
     let rest = body.get(HEADER..).ok_or(Reject::Malformed)?;
-    if n == 0 || rest.len() < n {
+    // The same bound as `encode`: a name it would refuse is malformed here.
+    if n == 0 || n > MAX_NAME || rest.len() < n {
         return Err(Reject::Malformed);
     }
     let (name, tail) = rest.split_at(n);
@@ -334,6 +339,39 @@ mod tests {
         m.update(&body);
         body.extend_from_slice(&m.finalize().into_bytes());
         assert_eq!(decode(&body, KEY), Err(Reject::Malformed));
+    }
+
+    /// A validly tagged packet whose name is `n` bytes of `a`.
+    fn tagged_with_name_len(n: usize) -> Vec<u8> {
+        let mut body = b"FLBM\x01\x01".to_vec();
+        body.extend_from_slice(&5u64.to_be_bytes());
+        body.extend_from_slice(&9u64.to_be_bytes());
+        body.push(n as u8);
+        body.extend(std::iter::repeat_n(b'a', n));
+        let mut m = mac(KEY);
+        m.update(&body);
+        body.extend_from_slice(&m.finalize().into_bytes());
+        body
+    }
+
+    #[test]
+    fn decode_refuses_the_names_encode_refuses() {
+        // Found by the fuzz target (issue #17): 254- and 255-byte names were
+        // decoded although `encode` refuses them, so a decoded packet could
+        // not be re-encoded.
+        let ok = decode(&tagged_with_name_len(MAX_NAME), KEY).expect("253 bytes is a valid name");
+        let mut buf = [0u8; MAX_PACKET];
+        let n = encode(&ok, KEY, &mut buf).expect("what decode accepts, encode writes");
+        assert_eq!(decode(&buf[..n], KEY), Ok(ok));
+        for len in [254, 255] {
+            assert_eq!(
+                decode(&tagged_with_name_len(len), KEY),
+                Err(Reject::Malformed),
+                "{len}-byte name"
+            );
+            let p = packet(Kind::Heartbeat, &"a".repeat(len), 5, 9);
+            assert_eq!(encode(&p, KEY, &mut buf), None, "{len}-byte name");
+        }
     }
 
     #[test]
