@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 
-use ferrolb_core::{Allocator, Change, Config, ServiceKey, config};
+use ferrolb_core::{Allocator, Change, Config, ServiceKey, config, config_change};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 
 use crate::service::{is_handled, key_of, pool_annotation, spec_of, status_ips};
@@ -77,7 +77,9 @@ pub struct Engine {
     /// A valid config refused because it would orphan held addresses; tried
     /// again whenever addresses are freed.
     refused: Option<Config>,
-    last_config_notice: Option<String>,
+    /// The last StaleConfig message for `refused`: retrying the same refused
+    /// config after addresses were freed repeats it only if it changed.
+    last_refusal: Option<String>,
     /// Handled Services without an address.
     pending: BTreeSet<ServiceKey>,
     /// The last failure reported per Service, so that a resync does not repeat it.
@@ -100,7 +102,7 @@ impl Engine {
             config: ConfigStatus::default(),
             last_text: None,
             refused: None,
-            last_config_notice: None,
+            last_refusal: None,
             pending: BTreeSet::new(),
             last_failure: BTreeMap::new(),
             to_clear: BTreeSet::new(),
@@ -184,11 +186,16 @@ impl Engine {
                 .cloned()
                 .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned()),
         };
-        if self.last_text.as_ref() == Some(&text) && self.refused.is_none() {
+        let fresh = self.last_text.as_ref() != Some(&text);
+        if !fresh && self.refused.is_none() {
             return;
         }
         self.last_text = Some(text.clone());
         self.refused = None;
+        if fresh {
+            // Every new content is a transition the user hears about.
+            self.last_refusal = None;
+        }
         let on_object = cm.is_some();
         let parsed = match text {
             Err(why) => {
@@ -242,11 +249,33 @@ impl Engine {
                 },
                 None => Desired::cleared(),
             })
-        } else if self.to_clear.contains(key) || pool_annotation(svc).is_some() {
+        } else if self.to_clear.contains(key)
+            || pool_annotation(svc).is_some()
+            || self.shows_our_address_without_being_a_load_balancer(svc)
+        {
             Some(Desired::cleared())
         } else {
             None
         }
+    }
+
+    /// A Service that is no longer of type LoadBalancer but still shows an
+    /// address of one of ferrolb's pools: a status write that landed after
+    /// the type changed, or a type change made while no controller ran. Only
+    /// a LoadBalancer Service may carry an ingress address, so it is cleared
+    /// even when nothing else says that ferrolb wrote it.
+    fn shows_our_address_without_being_a_load_balancer(&self, svc: &Service) -> bool {
+        let not_lb = svc
+            .spec
+            .as_ref()
+            .is_none_or(|s| s.type_.as_deref() != Some("LoadBalancer"));
+        let Some(config) = self.allocator.config() else {
+            return false;
+        };
+        not_lb
+            && status_ips(svc)
+                .iter()
+                .any(|ip| config.locate(*ip).is_some())
     }
 
     /// What the Service shows now, as far as the last watch event says.
@@ -274,10 +303,6 @@ impl Engine {
         message: String,
         on_object: bool,
     ) {
-        if self.last_config_notice.as_ref() == Some(&message) {
-            return;
-        }
-        self.last_config_notice = Some(message.clone());
         self.notices.push(Notice::Config {
             severity,
             reason,
@@ -288,38 +313,45 @@ impl Engine {
 
     fn offer_config(&mut self, new: Config) {
         if self.allocator.config() == Some(&new) {
-            self.config.stale = false;
+            // A new text with the config already in force: silent, unless it
+            // ends a stale spell (bad to good must be heard).
+            if self.config.stale {
+                self.config.stale = false;
+                self.config_notice(
+                    Severity::Normal,
+                    "ConfigLoaded",
+                    config_change::describe(Some(&new), &new),
+                    true,
+                );
+            }
             return;
         }
+        let previous = self.allocator.config().cloned();
         match self.allocator.set_config(new.clone()) {
             Err(orphans) => {
                 self.config.stale = true;
                 self.refused = Some(new);
                 let list: Vec<String> = orphans.iter().map(ToString::to_string).collect();
-                self.config_notice(
-                    Severity::Warning,
-                    "StaleConfig",
-                    format!(
-                        "config refused: it would take addresses from Services, so the last good config stays in force; delete those Services or keep their addresses in a pool: {}",
-                        list.join("; ")
-                    ),
-                    true,
+                let message = format!(
+                    "config refused: it would take addresses from Services, so the last good config stays in force; delete those Services or keep their addresses in a pool: {}",
+                    list.join("; ")
                 );
+                if self.last_refusal.as_ref() != Some(&message) {
+                    self.last_refusal = Some(message.clone());
+                    self.config_notice(Severity::Warning, "StaleConfig", message, true);
+                }
             }
             Ok(()) => {
                 self.refused = None;
+                self.last_refusal = None;
                 self.config = ConfigStatus {
                     loaded: true,
                     stale: false,
                 };
-                let n = new.pools.len();
                 self.config_notice(
                     Severity::Normal,
                     "ConfigLoaded",
-                    format!(
-                        "config loaded: {n} address pool{}",
-                        if n == 1 { "" } else { "s" }
-                    ),
+                    config_change::describe(previous.as_ref(), &new),
                     true,
                 );
                 if self.synced {
@@ -509,6 +541,11 @@ impl Engine {
             message,
             cause: None,
         });
+    }
+
+    /// The `metadata.uid` of the Service object now known under `key`.
+    pub fn uid(&self, key: &ServiceKey) -> Option<String> {
+        self.services.get(key)?.metadata.uid.clone()
     }
 
     /// The Service as last seen, for Event references.

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub is_leader: Gauge,
     pub api_errors: Family<ReasonLabel, Counter>,
+    pub stale_writes: Counter,
     pub pending_services: Gauge,
     pub ready: AtomicBool,
 }
@@ -49,6 +50,7 @@ impl Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
             is_leader: Gauge::default(),
             api_errors: Family::default(),
+            stale_writes: Counter::default(),
             pending_services: Gauge::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
@@ -97,6 +99,11 @@ impl Metrics {
             "api_errors",
             "Failed API calls by kind",
             m.api_errors.clone(),
+        );
+        registry.register(
+            "stale_status_writes",
+            "Status writes dropped because their Service object was deleted (and perhaps created again under the same name) while the write was in flight",
+            m.stale_writes.clone(),
         );
         registry.register(
             "pending_services",

@@ -37,6 +37,8 @@ pub struct Settings {
 /// Result of one status write.
 struct Written {
     key: ServiceKey,
+    /// The object the write was computed for (`metadata.uid`).
+    uid: String,
     desired: Desired,
     result: Result<(), kube::Error>,
 }
@@ -139,7 +141,7 @@ pub async fn run(
                     None => anyhow::bail!("the ConfigMap watch ended"),
                 }
             }
-            Some(done) = writer.done.recv() => writer.completed(done, &metrics),
+            Some(done) = writer.done.recv() => writer.completed(done, &engine, &metrics),
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(far_future).into()), if retry_at.is_some() => {}
         }
 
@@ -166,6 +168,9 @@ pub async fn run(
             writer.consider(&key, &engine);
         }
         for key in writer.take_waiting() {
+            writer.consider(&key, &engine);
+        }
+        for key in writer.take_recheck() {
             writer.consider(&key, &engine);
         }
 
@@ -289,10 +294,22 @@ fn truncate(mut s: String, max: usize) -> String {
 
 /// Writes desired statuses, one write in flight per Service, retrying
 /// failures with exponential backoff.
+///
+/// Every write is bound to the Service object it was computed for: both
+/// patches carry its `metadata.uid`, which the API server refuses to change,
+/// so a write for a Service that was deleted never lands on a new Service
+/// created under the same name. A write whose object is gone is dropped and
+/// the Service is considered again with what the engine now wants for it.
 struct Writer {
     client: kube::Client,
     limit: usize,
-    inflight: HashMap<ServiceKey, Desired>,
+    /// The uid each write in flight was computed for.
+    inflight: HashMap<ServiceKey, String>,
+    /// Services whose write finished for an object that is gone, or that
+    /// waited on such a write: considered again at once.
+    recheck: BTreeSet<ServiceKey>,
+    /// Services that wanted a write while one for an older object was in flight.
+    recheck_after: BTreeSet<ServiceKey>,
     /// Services to check again once a write slot frees up. Writes are not
     /// spawned to wait for a slot: 10,000 parked tasks cost memory.
     waiting: BTreeSet<ServiceKey>,
@@ -310,6 +327,8 @@ impl Writer {
             client,
             limit: concurrency.max(1),
             inflight: HashMap::new(),
+            recheck: BTreeSet::new(),
+            recheck_after: BTreeSet::new(),
             waiting: BTreeSet::new(),
             written: HashMap::new(),
             retries: BTreeMap::new(),
@@ -344,13 +363,24 @@ impl Writer {
         let Some(observed) = engine.observed(key) else {
             return;
         };
+        let Some(uid) = engine.uid(key) else {
+            // Only a Service the API server has stored can be written.
+            return;
+        };
         if observed == desired {
             self.written.remove(key);
             self.retries.remove(key);
             return;
         }
-        if self.inflight.contains_key(key) || self.written.get(key) == Some(&desired) {
-            // Re-checked when the write completes or the watch shows it.
+        if let Some(busy) = self.inflight.get(key) {
+            if *busy != uid {
+                // A write for an older object of this name: decide again once it is done.
+                self.recheck_after.insert(key.clone());
+            }
+            // Otherwise re-checked when the write completes or the watch shows it.
+            return;
+        }
+        if self.written.get(key) == Some(&desired) {
             return;
         }
         if self
@@ -364,12 +394,13 @@ impl Writer {
             self.waiting.insert(key.clone());
             return;
         }
-        self.inflight.insert(key.clone(), desired.clone());
+        self.inflight.insert(key.clone(), uid.clone());
         let (client, tx, key) = (self.client.clone(), self.done_tx.clone(), key.clone());
         tokio::spawn(async move {
-            let result = write_status(client, &key, &observed, &desired).await;
+            let result = write_status(client, &key, &uid, &observed, &desired).await;
             let _ = tx.send(Written {
                 key,
+                uid,
                 desired,
                 result,
             });
@@ -386,8 +417,26 @@ impl Writer {
         keys
     }
 
-    fn completed(&mut self, done: Written, metrics: &Metrics) {
+    fn take_recheck(&mut self) -> Vec<ServiceKey> {
+        std::mem::take(&mut self.recheck).into_iter().collect()
+    }
+
+    fn completed(&mut self, done: Written, engine: &Engine, metrics: &Metrics) {
         self.inflight.remove(&done.key);
+        if self.recheck_after.remove(&done.key) {
+            self.recheck.insert(done.key.clone());
+        }
+        if engine.uid(&done.key).as_deref() != Some(done.uid.as_str()) {
+            // The object this write was for is gone (deleted, perhaps created
+            // again): whatever the answer, it says nothing about the Service
+            // now under this name, and the API server refused to let it land
+            // there. Drop it and decide afresh.
+            debug!(service = %done.key, uid = %done.uid, ok = done.result.is_ok(), "dropped a status write for a Service object that no longer exists");
+            metrics.stale_writes.inc();
+            self.retries.remove(&done.key);
+            self.recheck.insert(done.key);
+            return;
+        }
         match done.result {
             Ok(()) => {
                 debug!(service = %done.key, ips = ?done.desired.ips, "status written");
@@ -423,9 +472,12 @@ impl Writer {
     }
 }
 
+/// Both patches name the object's uid: the API server refuses a patch that
+/// would change it (422), so neither lands on another object of the same name.
 async fn write_status(
     client: kube::Client,
     key: &ServiceKey,
+    uid: &str,
     observed: &Desired,
     desired: &Desired,
 ) -> Result<(), kube::Error> {
@@ -441,12 +493,17 @@ async fn write_status(
                 .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
                 .collect()
         };
-        let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+        let patch = json!({
+            "metadata": {"uid": uid},
+            "status": {"loadBalancer": {"ingress": ingress}}
+        });
         api.patch_status(&key.name, &params, &Patch::Merge(&patch))
             .await?;
     }
     if observed.pool != desired.pool {
-        let patch = json!({"metadata": {"annotations": {ALLOCATED_FROM_POOL: desired.pool}}});
+        let patch = json!({
+            "metadata": {"uid": uid, "annotations": {ALLOCATED_FROM_POOL: desired.pool}}
+        });
         api.patch(&key.name, &params, &Patch::Merge(&patch)).await?;
     }
     Ok(())

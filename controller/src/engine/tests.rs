@@ -309,3 +309,130 @@ fn relist_after_a_lost_watch_releases_deleted_services() {
     assert_eq!(ips(&e, "ns", "c"), ["192.0.2.1"]);
     assert_eq!(ips(&e, "ns", "b"), ["192.0.2.2"]);
 }
+
+fn config_notices(e: &mut Engine) -> Vec<(&'static str, String)> {
+    e.take_notices()
+        .into_iter()
+        .filter_map(|n| match n {
+            Notice::Config {
+                reason, message, ..
+            } => Some((reason, message)),
+            Notice::Service { .. } => None,
+        })
+        .collect()
+}
+
+const BAD: &str = "address-pools:\n- name: x\n  protocol: bgp\n";
+
+/// Every transition is heard: good to bad, bad to good (even back to the
+/// config in force), the same bad config again after a fix, and a good
+/// change that keeps the number of pools.
+#[test]
+fn every_config_transition_has_its_notice() {
+    let mut e = started(POOLS, vec![]);
+    let first = config_notices(&mut e);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, "ConfigLoaded");
+    assert!(first[0].1.contains("added pool \"default\""), "{first:?}");
+
+    for round in 0..5 {
+        e.config_changed(Some(&cm(BAD)));
+        let n = config_notices(&mut e);
+        assert_eq!(n.len(), 1, "round {round}: good to bad: {n:?}");
+        assert_eq!(n[0].0, "InvalidConfig");
+        assert!(e.config_status().stale);
+
+        e.config_changed(Some(&cm(POOLS)));
+        let n = config_notices(&mut e);
+        assert_eq!(n.len(), 1, "round {round}: bad to the same good: {n:?}");
+        assert_eq!(n[0].0, "ConfigLoaded");
+        assert!(n[0].1.contains("unchanged"), "{n:?}");
+        assert!(!e.config_status().stale);
+    }
+
+    // A good change with the same number of pools says what changed.
+    let bigger =
+        "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.1-192.0.2.4]\n";
+    e.config_changed(Some(&cm(bigger)));
+    let n = config_notices(&mut e);
+    assert_eq!(
+        n,
+        vec![(
+            "ConfigLoaded",
+            "config loaded: 1 address pool: pool \"default\" resized from 2 to 4 addresses"
+                .to_owned()
+        )]
+    );
+
+    // The same content again (a resync) and the same config in another text
+    // (a comment added) stay silent.
+    e.config_changed(Some(&cm(bigger)));
+    e.config_changed(Some(&cm(&format!("# a comment\n{bigger}"))));
+    assert_eq!(config_notices(&mut e), vec![]);
+
+    // Missing, then back: both heard.
+    e.config_changed(None);
+    assert_eq!(config_notices(&mut e)[0].0, "ConfigMissing");
+    e.config_changed(None);
+    assert_eq!(config_notices(&mut e), vec![], "still missing: no news");
+    e.config_changed(Some(&cm(bigger)));
+    assert_eq!(config_notices(&mut e)[0].0, "ConfigLoaded");
+}
+
+/// A refused config is retried whenever addresses are freed; the retry
+/// repeats its Event only when the refusal changed, but applying the same
+/// refused config again after a fix is heard again.
+#[test]
+fn a_refused_config_is_heard_on_each_apply_but_not_on_each_retry() {
+    let mut e = started(POOLS, vec![lb("ns", "a"), lb("ns", "b"), lb("ns", "c")]);
+    config_notices(&mut e);
+    let shrunk =
+        "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.1/32]\n";
+    e.config_changed(Some(&cm(shrunk)));
+    assert_eq!(config_notices(&mut e)[0].0, "StaleConfig");
+    // c was pending: deleting it frees nothing, and a retry with the same
+    // orphans is not repeated.
+    e.service_deleted(&key("ns", "c"));
+    e.service_applied(lb("ns", "d"));
+    assert_eq!(config_notices(&mut e), vec![]);
+    // Back to the good config, then the same refused one: heard both times.
+    e.config_changed(Some(&cm(POOLS)));
+    assert_eq!(config_notices(&mut e)[0].0, "ConfigLoaded");
+    e.config_changed(Some(&cm(shrunk)));
+    assert_eq!(config_notices(&mut e)[0].0, "StaleConfig");
+}
+
+/// A status write that lands after the Service stopped being a LoadBalancer
+/// (it was in flight), or a type change made while no controller ran: the
+/// address is cleared although no pool annotation or memory says it is ours.
+#[test]
+fn a_former_load_balancer_showing_our_address_is_cleared() {
+    let mut e = started(POOLS, vec![lb("ns", "a")]);
+    assert_eq!(ips(&e, "ns", "a"), ["192.0.2.1"]);
+    // The type changes before the status write lands: nothing to clear yet.
+    e.service_applied(lb("ns", "a").of_type("ClusterIP"));
+    e.observed_clean(&key("ns", "a"));
+    // Then the in-flight write lands.
+    e.service_applied(
+        lb("ns", "a")
+            .of_type("ClusterIP")
+            .with_status(&["192.0.2.1"]),
+    );
+    assert_eq!(e.desired(&key("ns", "a")), Some(Desired::cleared()));
+
+    // A controller that starts with such a Service clears it too; one showing
+    // an address outside every pool is someone else's and left alone.
+    let e = started(
+        POOLS,
+        vec![
+            lb("ns", "b")
+                .of_type("NodePort")
+                .with_status(&["192.0.2.2"]),
+            lb("ns", "c")
+                .of_type("NodePort")
+                .with_status(&["203.0.113.9"]),
+        ],
+    );
+    assert_eq!(e.desired(&key("ns", "b")), Some(Desired::cleared()));
+    assert_eq!(e.desired(&key("ns", "c")), None);
+}
