@@ -13,6 +13,7 @@ packages=(
   python3-venv    # scripts/validate-manifests.sh installs kubernetes-validate in a venv
   keepalived      # scripts/bench.sh: the VRRP failover it is compared with
   iperf3          # scripts/bench.sh: bulk traffic through a node
+  openssl         # the test control plane's ServiceAccount signing key
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -36,5 +37,11 @@ apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 # (kubernetes-client) is old but enough; a newer kubectl already on PATH wins.
 if ! command -v kubectl >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
+# Go builds the real Kubernetes components (scripts/build-kube.sh); Debian's
+# own golang is too old, so the machine's Go 1.26 or later is required.
+if ! command -v go >/dev/null 2>&1; then
+  echo "install-deps: Go 1.26 or later is needed on PATH to build the Kubernetes components (scripts/build-kube.sh)" >&2
+  exit 1
 fi
 echo "install-deps: ok ($(kubectl version --client 2>/dev/null | head -n1))"

@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod e2e;
+pub mod kube;
 pub mod lab;
 pub mod procfs;
 
