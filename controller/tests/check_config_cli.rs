@@ -85,3 +85,43 @@ fn unreadable_file_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/ferrolb.yaml"));
 }
+
+#[test]
+fn reports_the_size_pool_name_and_yaml_limits_as_the_controller_does() {
+    let pool = "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n";
+    // A config over 256 KiB, bare and inside a ConfigMap manifest.
+    let big = format!("{pool}#{}\n", "x".repeat(300 * 1024));
+    let indented: String = big.lines().map(|l| format!("    {l}\n")).collect();
+    let manifest = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config\ndata:\n  config: |\n{indented}"
+    );
+    for input in [&big, &manifest] {
+        let out = run(&["check-config", "-"], Some(input));
+        assert_eq!(out.status.code(), Some(1));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(
+                "more than the 262144 bytes (256 KiB) ferrolb accepts; it was not parsed"
+            ),
+            "{stdout}"
+        );
+    }
+    let long_name = pool.replace("name: a", &format!("name: {}", "a".repeat(64)));
+    let out = run(&["check-config", "-"], Some(&long_name));
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("is 64 characters long; at most 63 are allowed"),
+        "{stdout}"
+    );
+    let mut bomb =
+        String::from("bgp-communities:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (prev, cur) in ('a'..='h').zip('b'..='i') {
+        let refs = vec![format!("*{prev}"); 9].join(", ");
+        bomb.push_str(&format!("  {cur}: &{cur} [{refs}]\n"));
+    }
+    let out = run(&["check-config", "-"], Some(&bomb));
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("config refused unread"), "{stdout}");
+}

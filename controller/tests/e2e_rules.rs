@@ -266,6 +266,30 @@ async fn invalid_config_keeps_the_old_one_and_says_why() {
 }
 
 #[tokio::test]
+async fn oversized_config_and_long_pool_name_are_refused_with_an_event() {
+    let h = started(ONE_POOL).await;
+    h.create_service("a", json!({})).await;
+    h.expect_ips("a", &["192.0.2.10"]).await;
+    // Refused unread, whatever it holds (issue #17: a config of megabytes
+    // could run the controller and every speaker out of memory).
+    h.set_config(&format!("{ONE_POOL}#{}\n", "x".repeat(300 * 1024)))
+        .await;
+    h.expect_event(
+        "config",
+        "InvalidConfig",
+        "more than the 262144 bytes (256 KiB) ferrolb accepts",
+    )
+    .await;
+    // A pool name is written as an annotation on each of its Services.
+    h.set_config(&ONE_POOL.replace("name: default", &format!("name: {}", "d".repeat(64))))
+        .await;
+    h.expect_event("config", "InvalidConfig", "at most 63 are allowed")
+        .await;
+    h.create_service("b", json!({})).await;
+    h.expect_ips("b", &["192.0.2.11"]).await;
+}
+
+#[tokio::test]
 async fn deleted_configmap_releases_nothing() {
     let h = started(ONE_POOL).await;
     h.create_service("a", json!({})).await;

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::rc::Rc;
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -162,14 +163,153 @@ struct RawRequirement {
 #[derive(Deserialize)]
 struct PoolLocator {
     #[serde(rename = "address-pools")]
-    address_pools: Option<Vec<serde_saphyr::Spanned<serde_json::Value>>>,
+    address_pools: Option<Vec<serde_saphyr::Spanned<PoolName>>>,
+}
+
+/// A pool item as [`PoolLocator`] reads it: its `name` when that is a string.
+/// Any value is accepted, and everything but the name is skipped unbuilt, so
+/// that naming the pool of an error costs next to no memory.
+struct PoolName(Option<String>);
+
+impl<'de> Deserialize<'de> for PoolName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PoolName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<PoolName, A::Error> {
+                let mut name = None;
+                while let Some(key) = m.next_key::<serde_json::Value>()? {
+                    if key.as_str() == Some("name") {
+                        name = m
+                            .next_value::<serde_json::Value>()?
+                            .as_str()
+                            .map(str::to_owned);
+                    } else {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(PoolName(name))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<PoolName, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(PoolName(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<PoolName, E> {
+                Ok(PoolName(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<PoolName, E> {
+                Ok(PoolName(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<PoolName, E> {
+                Ok(PoolName(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<PoolName, E> {
+                Ok(PoolName(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<PoolName, E> {
+                Ok(PoolName(None))
+            }
+            fn visit_unit<E>(self) -> Result<PoolName, E> {
+                Ok(PoolName(None))
+            }
+            fn visit_none<E>(self) -> Result<PoolName, E> {
+                Ok(PoolName(None))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The largest `config` document accepted, in bytes (256 KiB). A longer one
+/// is refused before any YAML work, so that a bad edit to the ConfigMap cannot
+/// run the controller or the speakers out of memory: each parses the same
+/// document, and their memory limit is 128 MiB. Real configs are a few KiB; a
+/// config at this limit holds about 17,000 address entries.
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+
+/// The longest pool name accepted, in characters: a Kubernetes label value's
+/// length. The pool's name is written as an annotation on every Service that
+/// takes an address from it.
+pub const MAX_POOL_NAME: usize = 63;
+
+/// The most YAML nodes (mappings, sequences, scalars) a config may hold,
+/// counting an alias each time it is used. About twice what a config of
+/// [`MAX_CONFIG_BYTES`] of address entries needs.
+pub const MAX_YAML_NODES: usize = 64 * 1024;
+
+/// The YAML budget for a config: with it, parsing any document of at most
+/// [`MAX_CONFIG_BYTES`] raises memory use by a few MiB at most (measured by
+/// `core/tests/config_rss.rs`; BENCHMARKS.md has the figures). The defaults
+/// of serde-saphyr allow 250,000 nodes and a million recorded alias events,
+/// which an alias bomb turns into well over 100 MiB.
+fn budget() -> serde_saphyr::Budget {
+    let mut b = serde_saphyr::Budget::default();
+    b.max_reader_input_bytes = Some(MAX_CONFIG_BYTES);
+    b.max_events = 3 * MAX_YAML_NODES;
+    b.max_nodes = MAX_YAML_NODES;
+    b.max_aliases = 1024;
+    b.max_anchors = 1024;
+    b.max_recorded_anchor_events = 4096;
+    b.max_recorded_anchor_bytes = MAX_CONFIG_BYTES;
+    // A config nests 8 levels at most (pools, a pool, node-selectors, a
+    // selector, matchExpressions, a requirement, values, a value).
+    b.max_depth = 16;
+    b.flow_nesting_limit = 16;
+    b.max_documents = 2;
+    b.max_total_scalar_bytes = 2 * MAX_CONFIG_BYTES;
+    b.max_merge_keys = 256;
+    b
+}
+
+fn options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.budget = Some(budget());
+    o.alias_limits.max_total_replayed_events = 2 * MAX_YAML_NODES;
+    o.alias_limits.max_replay_stack_depth = 16;
+    o
+}
+
+/// Refuses a `config` longer than [`MAX_CONFIG_BYTES`], before any YAML work.
+fn check_size(text: &str) -> Result<(), ConfigError> {
+    if text.len() <= MAX_CONFIG_BYTES {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        None,
+        None,
+        format!(
+            "the config is {} bytes ({}), more than the {MAX_CONFIG_BYTES} bytes (256 KiB) ferrolb accepts; it was not parsed",
+            text.len(),
+            human_size(text.len())
+        ),
+    ))
+}
+
+fn human_size(n: usize) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
 }
 
 /// Parses and validates the YAML document stored under the ConfigMap key
-/// `config`. An empty document is a valid, empty config.
+/// `config`. An empty document is a valid, empty config. A document longer
+/// than [`MAX_CONFIG_BYTES`] is refused unread, and the YAML is parsed within
+/// a budget (nodes, depth, aliases) that bounds the memory it can take.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let raw: Option<RawConfig> =
-        serde_saphyr::from_str(text).map_err(|e| vec![decode_error(text, &e)])?;
+    check_size(text).map_err(|e| vec![e])?;
+    let raw: Option<RawConfig> = serde_saphyr::from_str_with_options(text, options())
+        .map_err(|e| vec![decode_error(text, &e)])?;
     let raw = raw.unwrap_or(RawConfig {
         address_pools: None,
         peers: None,
@@ -179,11 +319,63 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     validate(raw)
 }
 
+/// What tripped the YAML budget, in the config's terms.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let what = match breach {
+        B::Nodes { .. } | B::Events { .. } => {
+            format!(
+                "it has more than {MAX_YAML_NODES} YAML nodes (an alias counts each time it is used)"
+            )
+        }
+        B::Depth { .. } => "it nests deeper than 16 levels".to_owned(),
+        B::Aliases { .. }
+        | B::Anchors { .. }
+        | B::AliasAnchorRatio { .. }
+        | B::RecordedAnchorEvents { .. }
+        | B::RecordedAnchorBytes { .. } => {
+            "it uses more aliases or anchors than a config needs".to_owned()
+        }
+        B::ScalarBytes { .. } => format!(
+            "its values add up to more than {} bytes (an alias counts each time it is used)",
+            2 * MAX_CONFIG_BYTES
+        ),
+        other => format!("{other:?}"),
+    };
+    format!(
+        "config refused unread: {what}; ferrolb bounds the YAML it parses so that a config cannot exhaust memory"
+    )
+}
+
 fn decode_error(text: &str, err: &serde_saphyr::Error) -> ConfigError {
+    // A breached budget or alias limit: say which, without parsing the
+    // document again (that would only breach it again).
+    let mut inner = err;
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = inner
+    {
+        inner = error;
+    }
+    match inner {
+        serde_saphyr::Error::Budget { breach, .. } => {
+            return ConfigError::new(None, None, budget_message(breach));
+        }
+        serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+        | serde_saphyr::Error::AliasReplayStackDepthExceeded { .. }
+        | serde_saphyr::Error::AliasExpansionLimitExceeded { .. }
+        | serde_saphyr::Error::AliasReplayCounterOverflow { .. } => {
+            return ConfigError::new(
+                None,
+                None,
+                "config refused unread: its aliases expand to more than a config needs; ferrolb bounds the YAML it parses so that a config cannot exhaust memory",
+            );
+        }
+        _ => {}
+    }
     // Name the pool whose item starts last before the error, if any.
     let line = err.location().map(|l| l.line());
     let pool = line.and_then(|line| {
-        let mut lenient = serde_saphyr::Options::default();
+        let mut lenient = options();
         lenient.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::LastWins;
         let loc: PoolLocator = serde_saphyr::from_str_with_options(text, lenient).ok()?;
         let pools = loc.address_pools?;
@@ -191,8 +383,8 @@ fn decode_error(text: &str, err: &serde_saphyr::Error) -> ConfigError {
             .iter()
             .enumerate()
             .rfind(|(_, p)| p.referenced.line() <= line)?;
-        Some(match item.value.get("name").and_then(|n| n.as_str()) {
-            Some(name) if !name.is_empty() => name.to_owned(),
+        Some(match &item.value.0 {
+            Some(name) if !name.is_empty() && !name_too_long(name) => name.clone(),
             _ => format!("address-pools[{i}]"),
         })
     });
@@ -210,6 +402,8 @@ fn decode_error(text: &str, err: &serde_saphyr::Error) -> ConfigError {
         " (a list is expected here: `[a, b]`, or one `- item` per line)"
     } else if first.contains("expected mapping start") {
         " (a mapping of keys is expected here, e.g. `name: x`)"
+    } else if first.contains("recursion limit exceeded") {
+        " (lists or mappings nested more than 16 deep; a config needs 8 at most)"
     } else {
         ""
     };
@@ -244,7 +438,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             let label = p
                 .name
                 .clone()
-                .filter(|n| !n.is_empty())
+                .filter(|n| !n.is_empty() && !name_too_long(n))
                 .unwrap_or(format!("address-pools[{i}]"));
             bgp.push(format!("pool {label:?} (protocol: bgp)"));
         }
@@ -262,34 +456,51 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
 
     let mut pools = Vec::new();
     let mut names = BTreeSet::new();
-    // Every range accepted so far, with its pool and entry, for the overlap check.
-    let mut seen: Vec<(AddrRange, String, String)> = Vec::new();
     let empty = RawPool::default();
+    // Every range accepted so far, with its pool and entry, for the overlap check.
+    // (Borrowed, not copied: a config at the size limit has thousands of entries.)
+    let mut seen: Vec<(AddrRange, Rc<str>, &str)> = Vec::new();
 
     for (i, raw_pool) in raw_pools.iter().enumerate() {
         let p = raw_pool.as_ref().unwrap_or(&empty);
         let name = p.name.clone().filter(|n| !n.is_empty());
-        let label = name.clone().unwrap_or(format!("address-pools[{i}]"));
-        let label = label.as_str();
+        // An overlong name is not repeated in every message about the pool.
+        let label_rc: Rc<str> = name
+            .clone()
+            .filter(|n| !name_too_long(n))
+            .unwrap_or(format!("address-pools[{i}]"))
+            .into();
+        let label = &*label_rc;
         let before = errors.len();
         let mut err = |entry: Option<&str>, msg: String| {
             errors.push(ConfigError::new(Some(label), entry, msg))
         };
 
         // 1. name
-        if name.is_none() {
-            err(None, "missing pool name".to_owned());
+        match &name {
+            None => err(None, "missing pool name".to_owned()),
+            Some(n) if name_too_long(n) => {
+                let start: String = n.chars().take(20).collect();
+                err(
+                    Some("name"),
+                    format!(
+                        "the pool name ({start:?}...) is {} characters long; at most {MAX_POOL_NAME} are allowed, as it is written in an annotation on each Service of the pool",
+                        n.chars().count()
+                    ),
+                )
+            }
+            Some(_) => {}
         }
         // 2. addresses
-        let addresses = p.addresses.clone().unwrap_or_default();
+        let addresses = p.addresses.as_deref().unwrap_or_default();
         if addresses.is_empty() {
             err(Some("addresses"), "pool has no prefixes defined".to_owned());
         }
         // 3. each address
         let mut ranges = Vec::new();
-        for a in &addresses {
+        for a in addresses {
             match parse_entry(a) {
-                Ok(r) => ranges.push((r, a.clone())),
+                Ok(r) => ranges.push((r, a.as_str())),
                 Err(e) => err(Some(a), e),
             }
         }
@@ -320,14 +531,14 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         for (r, entry) in &ranges {
             if let Some((_, other_pool, other_entry)) = seen.iter().find(|(o, _, _)| o.overlaps(r))
             {
-                let whose = if other_pool == label {
+                let whose = if &**other_pool == label {
                     format!("entry {other_entry:?} of the same pool")
                 } else {
                     format!("entry {other_entry:?} of pool {other_pool:?}")
                 };
                 err(Some(entry), format!("overlaps with {whose}"));
             }
-            seen.push((*r, label.to_owned(), entry.clone()));
+            seen.push((*r, label_rc.clone(), entry));
         }
 
         // ferrolb extensions
@@ -405,6 +616,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     }
 }
 
+fn name_too_long(n: &str) -> bool {
+    n.chars().count() > MAX_POOL_NAME
+}
+
 fn valid_interface_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 15
@@ -418,7 +633,16 @@ fn valid_interface_name(n: &str) -> bool {
 /// What `check-config` was given: a ConfigMap manifest (the config is its
 /// `data.config`), or the bare config document itself.
 pub fn extract_config_document(text: &str) -> Result<String, ConfigError> {
-    let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+    // The same bounds as the config itself, except that the document may hold
+    // a ConfigMap (up to 1 MiB of data, as the API server allows): a larger
+    // `data.config` is then refused by `parse` with its own message.
+    let mut opts = options();
+    if let Some(b) = opts.budget.as_mut() {
+        b.max_reader_input_bytes = None;
+        b.max_total_scalar_bytes = 2 << 20;
+        b.max_documents = 64;
+    }
+    let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple_with_options(text, opts) {
         Ok(d) => d,
         // Not even generic YAML: let the config parser report it.
         Err(_) => return Ok(text.to_owned()),

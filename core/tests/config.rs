@@ -461,3 +461,115 @@ data:
         ["default", "production", "v6"]
     );
 }
+
+// === bounds on what a config may cost (issue #17, item 3) ===
+
+#[test]
+fn a_config_over_the_size_limit_is_refused_before_parsing() {
+    // Exactly at the limit (padded with a comment) is accepted.
+    let head = "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n#";
+    let mut at_limit = head.to_owned();
+    at_limit.push_str(&"x".repeat(config::MAX_CONFIG_BYTES - head.len()));
+    assert_eq!(at_limit.len(), config::MAX_CONFIG_BYTES);
+    assert_eq!(ok(&at_limit).pools.len(), 1);
+    // One byte more is refused, whatever it holds, and not parsed: this one is
+    // not even YAML, and the message is about its size only.
+    let over = "[".repeat(config::MAX_CONFIG_BYTES + 1);
+    let e = one_error(&over, None, "more than the 262144 bytes (256 KiB)");
+    assert!(e.message.contains("262145 bytes"), "{e}");
+    assert!(e.message.contains("not parsed"), "{e}");
+    let five_mib = format!("{at_limit}{}", "y".repeat(5 << 20));
+    one_error(&five_mib, None, "the config is 5505024 bytes (5.2 MiB)");
+}
+
+#[test]
+fn an_alias_bomb_is_refused_with_a_clear_message() {
+    let mut bomb =
+        String::from("bgp-communities:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (prev, cur) in ('a'..='h').zip('b'..='i') {
+        let refs = vec![format!("*{prev}"); 9].join(", ");
+        bomb.push_str(&format!("  {cur}: &{cur} [{refs}]\n"));
+    }
+    let e = one_error(&bomb, None, "config refused unread");
+    assert!(e.message.contains("cannot exhaust memory"), "{e}");
+    // A long string used by many aliases.
+    let fan_out = format!(
+        "address-pools:\n- name: &n {}\n  protocol: layer2\n  addresses: [{}]\n",
+        "x".repeat(60_000),
+        vec!["*n"; 100].join(", ")
+    );
+    one_error(&fan_out, None, "config refused unread");
+    // A few aliases, as a real config might use them, are fine.
+    let c = ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n  namespaces: &ns [team-a, team-b]\n- name: b\n  protocol: layer2\n  addresses: [192.0.2.16/28]\n  namespaces: *ns\n",
+    );
+    assert_eq!(c.pools[0].namespaces, c.pools[1].namespaces);
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let deep = format!("peers: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    one_error(
+        &deep,
+        None,
+        "recursion limit exceeded (lists or mappings nested more than 16 deep",
+    );
+    let mut block = String::from("peers:\n");
+    for d in 0..100 {
+        block.push_str(&" ".repeat(2 * d + 2));
+        block.push_str("- k:\n");
+    }
+    one_error(&block, None, "nests deeper than 16 levels");
+}
+
+#[test]
+fn pool_names_longer_than_63_characters_are_refused() {
+    let pool = |name: &str| {
+        format!("address-pools:\n- name: {name}\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n")
+    };
+    assert_eq!(ok(&pool(&"p".repeat(63))).pools[0].name.len(), 63);
+    // Characters, not bytes: 63 two-byte characters are fine.
+    assert_eq!(ok(&pool(&"é".repeat(63))).pools[0].name.chars().count(), 63);
+    let e = one_error(
+        &pool(&"p".repeat(64)),
+        Some("address-pools[0]"),
+        "is 64 characters long; at most 63 are allowed",
+    );
+    assert_eq!(e.entry.as_deref(), Some("name"));
+    // A long name is quoted by its start only, in every message.
+    let long = "q".repeat(200 * 1024);
+    let errs = errors(&format!(
+        "address-pools:\n- name: {long}\n  protocol: layer2\n  addresses: [192.0.2.0/33]\n"
+    ));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    for e in &errs {
+        assert_eq!(e.pool.as_deref(), Some("address-pools[0]"));
+        assert!(e.to_string().len() < 300, "{e}");
+    }
+}
+
+#[test]
+fn check_config_extraction_is_bounded_too() {
+    // An alias bomb in a manifest: extraction gives up, and the config parser
+    // refuses the document within its budget.
+    let mut bomb =
+        String::from("bgp-communities:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (prev, cur) in ('a'..='h').zip('b'..='i') {
+        let refs = vec![format!("*{prev}"); 9].join(", ");
+        bomb.push_str(&format!("  {cur}: &{cur} [{refs}]\n"));
+    }
+    let doc = config::extract_config_document(&bomb).unwrap();
+    one_error(&doc, None, "config refused unread");
+    // A ConfigMap whose config is over the limit: the same error as the
+    // controller's.
+    let big = format!(
+        "kind: ConfigMap\nmetadata: {{name: config}}\ndata:\n  config: |\n    #{}\n",
+        "x".repeat(300 * 1024)
+    );
+    let doc = config::extract_config_document(&big).unwrap();
+    one_error(
+        &doc,
+        None,
+        "more than the 262144 bytes (256 KiB) ferrolb accepts",
+    );
+}
