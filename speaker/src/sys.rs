@@ -1,6 +1,7 @@
 //! The few socket operations no safe crate offers: binding a packet socket
 //! to one interface and EtherType, ignoring outgoing frames on it, the
-//! ICMPv6 type filter, and receiving into an initialised buffer. Everything
+//! ICMPv6 type filter, receiving into an initialised buffer, receiving with
+//! the kernel's timestamp, and the boot-based monotonic clock. Everything
 //! else goes through socket2.
 
 use std::io;
@@ -29,8 +30,71 @@ pub fn packet_socket(ethertype: u16, ifindex: u32) -> io::Result<Socket> {
     socket.bind(&address)?;
     // Our own gratuitous ARP and replies would otherwise come back to us.
     set_int_option(&socket, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
+    // The kernel stamps every frame when it arrives (CLOCK_REALTIME, in a
+    // control message): a request that waited in the queue, e.g. while the
+    // process was stopped, can be told from a fresh one (see
+    // [`recv_stamped`]).
+    set_int_option(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
     socket.set_nonblocking(true)?;
     Ok(socket)
+}
+
+/// Receives one frame into `buf`, with the time the kernel received it
+/// (`SO_TIMESTAMPNS`, which [`packet_socket`] turns on; `None` if the
+/// kernel attached no timestamp).
+pub fn recv_stamped(
+    socket: &Socket,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<std::time::SystemTime>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for a few control messages; u64 keeps it aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is a plain C struct for which all zeroes is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at `iov` (which points at `buf`) and `control`,
+    // all alive and writable for the duration of the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* functions walk the control buffer the kernel just
+    // filled, within msg_controllen; the timespec is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                if ts.tv_sec > 0 {
+                    stamp = Some(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                    );
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
+/// CLOCK_BOOTTIME: monotonic, and unlike `Instant` it keeps counting while
+/// the machine is suspended, so a suspended node also sees its stall.
+pub fn boottime() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A packet socket on interface `ifindex` that the kernel hands only
