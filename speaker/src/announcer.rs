@@ -6,12 +6,17 @@
 //! table of owned addresses per interface. Setting the same table again
 //! changes nothing and sends nothing; an address that leaves the table is
 //! no longer answered from that moment on.
+//!
+//! A request for an owned address is answered only if it is fresh (its
+//! kernel receive timestamp younger than the freshness limit) and while
+//! the membership's liveness epoch is current; see [`crate::liveness`].
+//! Gratuitous announcements obey the same epoch.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ferrolb_core::packet::arp::ETHERTYPE_ARP;
 use ferrolb_core::packet::ndp::ALL_NODES;
@@ -28,7 +33,56 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::interfaces::Interface;
+use crate::liveness::{self, Liveness, Refusal};
 use crate::sys;
+
+/// The freshness limit when none is configured: the default membership
+/// timeout.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(150);
+
+/// What the responders check before answering (see [`crate::liveness`]).
+#[derive(Clone, Debug)]
+pub struct Guard {
+    /// Requests older than this (kernel receive timestamp) are dropped.
+    pub max_age: Duration,
+    /// The membership's liveness epoch; `None` without membership.
+    pub liveness: Option<Arc<Liveness>>,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            max_age: DEFAULT_MAX_AGE,
+            liveness: None,
+        }
+    }
+}
+
+impl Guard {
+    /// May a request the kernel received at `received` be answered now?
+    pub fn check(&self, received: Option<SystemTime>) -> Result<(), Refusal> {
+        // A clock stepped back between receive and now reads as age zero.
+        let age = received.map(|r| SystemTime::now().duration_since(r).unwrap_or_default());
+        match &self.liveness {
+            Some(l) => liveness::may_answer(
+                age,
+                self.max_age,
+                Some(l.epoch()),
+                l.stall_after(),
+                sys::boottime(),
+            ),
+            None => liveness::may_answer(age, self.max_age, None, Duration::ZERO, Duration::ZERO),
+        }
+    }
+
+    /// May gratuitous announcements go out now?
+    pub fn may_announce(&self) -> bool {
+        match &self.liveness {
+            Some(l) => liveness::may_announce(Some(l.epoch()), l.stall_after(), sys::boottime()),
+            None => true,
+        }
+    }
+}
 
 /// How the segment is told about a takeover.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +112,12 @@ pub struct RequestLabel {
     pub protocol: String,
 }
 
+/// Why a request was dropped (`stale`, `not_current`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    pub reason: String,
+}
+
 /// The protocol alone, for counts over every address.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabel {
@@ -74,6 +134,8 @@ pub struct Stats {
     pub requests_seen: Family<ProtocolLabel, Counter>,
     pub gratuitous_sent: Counter,
     pub malformed_packets: Counter,
+    /// Requests for an owned address not answered, by [`Refusal`].
+    pub requests_dropped: Family<DropLabel, Counter>,
 }
 
 impl Stats {
@@ -81,6 +143,14 @@ impl Stats {
         self.requests_seen
             .get_or_create(&ProtocolLabel {
                 protocol: protocol.to_owned(),
+            })
+            .inc();
+    }
+
+    fn dropped(&self, refusal: Refusal) {
+        self.requests_dropped
+            .get_or_create(&DropLabel {
+                reason: refusal.label().to_owned(),
             })
             .inc();
     }
@@ -106,6 +176,7 @@ pub struct Desired {
 pub struct Announcer {
     schedule: GratuitousSchedule,
     stats: Arc<Stats>,
+    guard: Guard,
     interfaces: BTreeMap<String, InterfaceAnnouncer>,
 }
 
@@ -119,8 +190,15 @@ impl Announcer {
         Announcer {
             schedule,
             stats,
+            guard: Guard::default(),
             interfaces: BTreeMap::new(),
         }
+    }
+
+    /// Answers only what `guard` allows. Set before the first [`set`](Self::set).
+    pub fn with_guard(mut self, guard: Guard) -> Announcer {
+        self.guard = guard;
+        self
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -173,7 +251,11 @@ impl Announcer {
                 self.interfaces.remove(name);
             }
             if !self.interfaces.contains_key(name) {
-                match InterfaceAnnouncer::open(d.interface.clone(), self.stats.clone()) {
+                match InterfaceAnnouncer::open(
+                    d.interface.clone(),
+                    self.stats.clone(),
+                    self.guard.clone(),
+                ) {
                     Ok(ia) => {
                         self.interfaces.insert(name.clone(), ia);
                     }
@@ -204,6 +286,7 @@ struct InterfaceAnnouncer {
     /// second join of the same group on one socket.
     groups: BTreeMap<Ipv6Addr, usize>,
     stats: Arc<Stats>,
+    guard: Guard,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -216,7 +299,11 @@ impl Drop for InterfaceAnnouncer {
 }
 
 impl InterfaceAnnouncer {
-    fn open(interface: Interface, stats: Arc<Stats>) -> io::Result<InterfaceAnnouncer> {
+    fn open(
+        interface: Interface,
+        stats: Arc<Stats>,
+        guard: Guard,
+    ) -> io::Result<InterfaceAnnouncer> {
         let arp = Arc::new(sys::async_socket(sys::packet_socket(
             ETHERTYPE_ARP,
             interface.index,
@@ -247,6 +334,7 @@ impl InterfaceAnnouncer {
             interface.clone(),
             owned.clone(),
             stats.clone(),
+            guard.clone(),
         ))];
         if let (Some(ndp), Some(rx)) = (&ndp, ndp_rx) {
             tasks.push(tokio::spawn(answer_ndp(
@@ -255,6 +343,7 @@ impl InterfaceAnnouncer {
                 interface.clone(),
                 owned.clone(),
                 stats.clone(),
+                guard.clone(),
             )));
         }
         info!(interface = %interface.name, mac = %interface.mac, "opened the responders on interface");
@@ -265,6 +354,7 @@ impl InterfaceAnnouncer {
             ndp,
             groups: BTreeMap::new(),
             stats,
+            guard,
             tasks,
         })
     }
@@ -313,11 +403,14 @@ impl InterfaceAnnouncer {
         self.tasks.retain(|t| !t.is_finished());
         self.tasks.push(tokio::spawn(gratuitous_bursts(
             address,
-            self.interface.clone(),
-            self.arp.clone(),
-            self.ndp.clone(),
-            self.owned.clone(),
-            self.stats.clone(),
+            Claim {
+                interface: self.interface.clone(),
+                arp: self.arp.clone(),
+                ndp: self.ndp.clone(),
+                owned: self.owned.clone(),
+                stats: self.stats.clone(),
+                guard: self.guard.clone(),
+            },
             schedule,
         )));
     }
@@ -367,15 +460,16 @@ async fn answer_arp(
     interface: Interface,
     owned: Arc<RwLock<BTreeSet<IpAddr>>>,
     stats: Arc<Stats>,
+    guard: Guard,
 ) {
     let mut buf = [0u8; 1514];
     loop {
-        let n = match socket
+        let (n, received) = match socket
             .readable()
             .await
-            .map(|mut guard| guard.try_io(|s| s.get_ref().read(&mut buf)))
+            .map(|mut ready| ready.try_io(|s| sys::recv_stamped(s.get_ref(), &mut buf)))
         {
-            Ok(Ok(Ok(n))) => n,
+            Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(e))) => {
                 warn!(interface = %interface.name, error = %e, "ARP receive failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -401,6 +495,11 @@ async fn answer_arp(
             continue;
         }
         stats.request(&stats.requests_received, target, "arp");
+        if let Err(refusal) = guard.check(received) {
+            stats.dropped(refusal);
+            debug!(interface = %interface.name, address = %target, reason = refusal.label(), "dropped ARP request");
+            continue;
+        }
         let reply = request.reply(interface.mac).to_bytes();
         match socket.get_ref().send(&reply) {
             Ok(_) => {
@@ -425,16 +524,17 @@ async fn answer_ndp(
     interface: Interface,
     owned: Arc<RwLock<BTreeSet<IpAddr>>>,
     stats: Arc<Stats>,
+    guard: Guard,
 ) {
     let mut buf = [0u8; 1514];
     let mut out = [0u8; 64];
     loop {
-        let n = match rx
+        let (n, received) = match rx
             .readable()
             .await
-            .map(|mut guard| guard.try_io(|s| s.get_ref().read(&mut buf)))
+            .map(|mut ready| ready.try_io(|s| sys::recv_stamped(s.get_ref(), &mut buf)))
         {
-            Ok(Ok(Ok(n))) => n,
+            Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(e))) => {
                 warn!(interface = %interface.name, error = %e, "NDP receive failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -467,6 +567,11 @@ async fn answer_ndp(
             continue;
         }
         stats.request(&stats.requests_received, target, "ndp");
+        if let Err(refusal) = guard.check(received) {
+            stats.dropped(refusal);
+            debug!(interface = %interface.name, address = %target, reason = refusal.label(), "dropped neighbour solicitation");
+            continue;
+        }
         let (destination, na) = match ns.answer(frame.source, interface.mac) {
             Ok(a) => a,
             Err(e) => {
@@ -509,15 +614,25 @@ fn send_na(
     }
 }
 
-async fn gratuitous_bursts(
-    address: IpAddr,
+/// What a gratuitous burst task needs from its interface's announcer.
+struct Claim {
     interface: Interface,
     arp: Arc<AsyncFd<Socket>>,
     ndp: Option<Arc<AsyncFd<Socket>>>,
     owned: Arc<RwLock<BTreeSet<IpAddr>>>,
     stats: Arc<Stats>,
-    schedule: GratuitousSchedule,
-) {
+    guard: Guard,
+}
+
+async fn gratuitous_bursts(address: IpAddr, claim: Claim, schedule: GratuitousSchedule) {
+    let Claim {
+        interface,
+        arp,
+        ndp,
+        owned,
+        stats,
+        guard,
+    } = claim;
     let mut out = [0u8; 64];
     for burst in 0..schedule.bursts {
         if burst > 0 {
@@ -526,6 +641,13 @@ async fn gratuitous_bursts(
         // Lost the address meanwhile: say nothing more about it.
         if !owns(&owned, address) {
             return;
+        }
+        // The ownership view is not current (a stall, a re-join): claiming
+        // the address now could take it from its real owner. This burst is
+        // skipped; a re-join that keeps the address announces it anew.
+        if !guard.may_announce() {
+            debug!(interface = %interface.name, %address, "gratuitous burst skipped: ownership view not current");
+            continue;
         }
         match address {
             IpAddr::V4(v4) => {

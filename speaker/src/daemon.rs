@@ -27,7 +27,7 @@ use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::announcer::{Announcer, Desired, GratuitousSchedule};
+use crate::announcer::{Announcer, Desired, GratuitousSchedule, Guard};
 use crate::interfaces;
 use crate::membership;
 use crate::metrics::Metrics;
@@ -53,6 +53,9 @@ pub struct Settings {
     pub membership: Option<membership::Settings>,
     pub leave_timeout: Duration,
     pub rescan_interval: Duration,
+    /// Requests that waited longer than this in the socket (kernel
+    /// timestamp) are not answered: the membership timeout.
+    pub max_request_age: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -183,7 +186,11 @@ pub async fn run(
                 Arc::new(move |what| metrics.api_error(what))
             },
         ),
-        announcer: Announcer::with_stats(settings.gratuitous, metrics.announcer.clone()),
+        announcer: Announcer::with_stats(settings.gratuitous, metrics.announcer.clone())
+            .with_guard(Guard {
+                max_age: settings.max_request_age,
+                liveness: membership.as_ref().map(|m| m.liveness.clone()),
+            }),
         settings,
         metrics,
         services,
@@ -405,13 +412,19 @@ impl State {
         let view = self.membership.as_ref().map(|m| m.view.borrow().clone());
         let joined = view.as_ref().is_none_or(|v| v.joined);
         let fenced = view.as_ref().is_some_and(|v| v.fenced);
+        // After a stall the membership re-joins: peers may have given this
+        // node's addresses to others meanwhile, so it announces nothing
+        // until its view is current again.
+        let rejoining = view.as_ref().is_some_and(|v| v.rejoining);
         self.metrics.fenced.set(i64::from(fenced));
         self.metrics
             .ready
             .store(synced && joined, Ordering::Relaxed);
 
         let mut mine: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-        if let (true, true, false, Some(config)) = (synced, joined, fenced, &self.config) {
+        if let (true, true, false, false, Some(config)) =
+            (synced, joined, fenced, rejoining, &self.config)
+        {
             let nodes: Vec<Arc<Node>> = self.nodes.state();
             let slices = self.slices.state();
             let services = self.services.state();

@@ -70,7 +70,8 @@ struct RunArgs {
     /// Time between heartbeats to each peer.
     #[arg(long, default_value = "20ms", value_parser = ferrolb_runtime::parse_duration)]
     membership_interval: Duration,
-    /// A peer not heard from for this long is dead and loses its addresses.
+    /// A peer not heard from for this long is dead and loses its addresses; also the age past
+    /// which a queued ARP request or neighbour solicitation is no longer answered.
     #[arg(long, default_value = "150ms", value_parser = ferrolb_runtime::parse_duration)]
     membership_timeout: Duration,
     /// At start, announce after hearing every peer or after this long.
@@ -221,6 +222,7 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
         gratuitous_refresh: args.gratuitous_refresh,
         leave_timeout: args.leave_timeout,
         rescan_interval: args.interface_rescan,
+        max_request_age: args.membership_timeout,
     };
     let result = daemon::run(client, settings, metrics).await;
     server.abort();

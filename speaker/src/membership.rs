@@ -4,12 +4,23 @@
 //! It runs on its own thread with its own single-threaded runtime, so that
 //! a burst of watch events (a relist of thousands of Services) never delays
 //! a heartbeat or a timeout by more than the scheduler does.
+//!
+//! It also keeps the liveness epoch ([`crate::liveness`]): it stamps it at
+//! every run, and when it finds a gap in its own clock long enough for
+//! peers to have declared this node dead (the process was stopped, the
+//! machine suspended, the thread starved) it re-joins: the view says
+//! `rejoining`, nothing is announced or answered, membership packets that
+//! queued up during the gap are discarded, and it waits at least one
+//! membership timeout and until it has heard every expected peer again (or
+//! the join grace has passed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::liveness::{self, Liveness};
 
 use ferrolb_core::membership::{self, Detector, Kind, MAX_PACKET, Packet, Reject};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -49,6 +60,10 @@ pub struct View {
     /// Peers are expected (at least two) but none is reachable: this node
     /// is probably cut off and must not announce.
     pub fenced: bool,
+    /// The loop found a gap in its own clock (a stall) and has not re-joined
+    /// since: its peers may have given this node's addresses to others, so
+    /// it must not announce.
+    pub rejoining: bool,
 }
 
 /// Talks to the runner.
@@ -61,6 +76,8 @@ pub struct Handle {
     pub key: watch::Sender<Option<Vec<u8>>>,
     /// The latest `View::generation` whose ownership the daemon applied.
     pub applied: watch::Sender<u64>,
+    /// The liveness epoch the responders check before answering.
+    pub liveness: Arc<Liveness>,
     leave: mpsc::Sender<oneshot::Sender<LeaveOutcome>>,
 }
 
@@ -97,6 +114,11 @@ pub fn start(
     let (key_tx, key_rx) = watch::channel(None);
     let (applied_tx, applied_rx) = watch::channel(0);
     let (leave_tx, leave_rx) = mpsc::channel(1);
+    let live = Arc::new(Liveness::new(liveness::stall_threshold(
+        settings.timeout,
+        settings.interval,
+    )));
+    let runner_live = live.clone();
     std::thread::Builder::new()
         .name("membership".into())
         .spawn(move || {
@@ -133,6 +155,9 @@ pub fn start(
                     left: false,
                     heard: BTreeSet::new(),
                     started: Instant::now(),
+                    last_run: crate::sys::boottime(),
+                    stall: None,
+                    liveness: runner_live,
                 }
                 .run()
                 .await
@@ -143,6 +168,7 @@ pub fn start(
         peers: peers_tx,
         key: key_tx,
         applied: applied_tx,
+        liveness: live,
         leave: leave_tx,
     })
 }
@@ -193,6 +219,33 @@ struct Runner {
     /// Peers heard from at least once (for `joined`).
     heard: BTreeSet<String>,
     started: Instant,
+    /// The loop's own clock (boot-based monotonic) at its previous run.
+    last_run: Duration,
+    /// Set from a stall until re-joined.
+    stall: Option<Stall>,
+    liveness: Arc<Liveness>,
+}
+
+/// A stall being recovered from.
+struct Stall {
+    /// When it was detected (boot-based monotonic).
+    since: Duration,
+    /// Peers heard from since then.
+    heard: BTreeSet<String>,
+}
+
+/// What woke the loop.
+enum Wake {
+    Tick,
+    Resend,
+    Received(usize, SocketAddr),
+    ReceiveFailed(io::Error),
+    Timer,
+    Applied(bool),
+    Peers(bool),
+    Key(bool),
+    Leave(oneshot::Sender<LeaveOutcome>),
+    Gc,
 }
 
 impl Runner {
@@ -203,32 +256,97 @@ impl Runner {
         let mut resend = tokio::time::interval(Duration::from_millis(5));
         let mut gc = tokio::time::interval(Duration::from_secs(60));
         let mut buf = [0u8; 2048];
+        self.liveness.renew(self.last_run, false);
         loop {
             let now = Instant::now();
             let expiry = self.detector.next_expiry(now);
             let join_at =
                 (!self.view.borrow().joined).then(|| self.started + self.settings.join_grace);
             let wake = [expiry, join_at].into_iter().flatten().min();
-            tokio::select! {
-                _ = tick.tick(), if self.leaving.is_none() && !self.left => self.send_all(Kind::Heartbeat),
-                _ = resend.tick(), if self.leaving.is_some() => self.resend_leave(),
+            // The tick always runs, also while leaving and after: it is
+            // what keeps the liveness stamp young.
+            let woke = tokio::select! {
+                _ = tick.tick() => Wake::Tick,
+                _ = resend.tick(), if self.leaving.is_some() => Wake::Resend,
                 r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.receive(&buf[..n], from),
-                    Err(e) => {
-                        warn!(error = %e, "membership receive failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                    Ok((n, from)) => Wake::Received(n, from),
+                    Err(e) => Wake::ReceiveFailed(e),
                 },
-                _ = tokio::time::sleep_until(wake.unwrap_or(now + Duration::from_secs(3600)).into()), if wake.is_some() => {}
-                r = self.applied.changed() => if r.is_err() { return },
-                r = self.peers.changed() => if r.is_err() { return },
-                r = self.key.changed() => if r.is_err() { return },
-                Some(reply) = self.leave_rx.recv() => self.start_leave(reply),
-                _ = gc.tick() => self.detector.forget_older_than(Duration::from_secs(600), Instant::now()),
+                _ = tokio::time::sleep_until(wake.unwrap_or(now + Duration::from_secs(3600)).into()), if wake.is_some() => Wake::Timer,
+                r = self.applied.changed() => Wake::Applied(r.is_ok()),
+                r = self.peers.changed() => Wake::Peers(r.is_ok()),
+                r = self.key.changed() => Wake::Key(r.is_ok()),
+                Some(reply) = self.leave_rx.recv() => Wake::Leave(reply),
+                _ = gc.tick() => Wake::Gc,
+            };
+            // Before anything else: did this loop just come back from a
+            // stall? Then a packet it was woken for waited out the stall
+            // in the socket, and is dropped with the others.
+            let stalled = self.check_stall();
+            match woke {
+                Wake::Tick => {
+                    if self.leaving.is_none() && !self.left {
+                        self.send_all(Kind::Heartbeat)
+                    }
+                }
+                Wake::Resend => self.resend_leave(),
+                Wake::Received(n, from) => {
+                    if !stalled {
+                        self.receive(&buf[..n], from)
+                    }
+                }
+                Wake::ReceiveFailed(e) => {
+                    warn!(error = %e, "membership receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Wake::Timer => {}
+                Wake::Applied(ok) | Wake::Peers(ok) | Wake::Key(ok) => {
+                    if !ok {
+                        return;
+                    }
+                }
+                Wake::Leave(reply) => self.start_leave(reply),
+                Wake::Gc => self
+                    .detector
+                    .forget_older_than(Duration::from_secs(600), Instant::now()),
             }
             self.publish();
             self.send_due_acks();
         }
+    }
+
+    /// Compares the loop's clock with its previous run. A gap longer than
+    /// the stall threshold starts a re-join: the liveness epoch says "not
+    /// current" at once (before its stamp moves), and what queued up in the
+    /// socket meanwhile is discarded. True if a stall was just detected.
+    fn check_stall(&mut self) -> bool {
+        let now = crate::sys::boottime();
+        let (last, gap) = (self.last_run, now.saturating_sub(self.last_run));
+        self.last_run = now;
+        if !liveness::is_stall(last, now, self.liveness.stall_after()) {
+            return false;
+        }
+        self.liveness.renew(now, false);
+        self.metrics.membership_stalls.inc();
+        // Straight from the descriptor: tokio's readiness may not have
+        // seen the queue yet after a stop, and its try_recv would say
+        // "empty".
+        let mut scratch = [0u8; 2048];
+        let mut discarded = 0usize;
+        let raw = socket2::SockRef::from(&self.socket);
+        while crate::sys::recv_from(&raw, &mut scratch).is_ok() {
+            discarded += 1;
+        }
+        warn!(
+            gap = ?gap,
+            discarded,
+            "the membership loop did not run for longer than peers wait: not announcing or answering until re-joined"
+        );
+        self.stall = Some(Stall {
+            since: now,
+            heard: BTreeSet::new(),
+        });
+        true
     }
 
     fn key(&self) -> Option<Vec<u8>> {
@@ -300,6 +418,9 @@ impl Runner {
             return self.reject(r, from);
         }
         self.heard.insert(packet.node.clone());
+        if let Some(stall) = &mut self.stall {
+            stall.heard.insert(packet.node.clone());
+        }
         match packet.kind {
             Kind::Heartbeat => {}
             Kind::Leave => {
@@ -339,11 +460,27 @@ impl Runner {
             && (self.view.borrow().joined
                 || expected.is_subset(&self.heard)
                 || now >= self.started + self.settings.join_grace);
+        if let Some(stall) = &self.stall
+            && liveness::rejoined(
+                stall.since,
+                crate::sys::boottime(),
+                self.settings.timeout,
+                self.settings.join_grace,
+                &expected,
+                &stall.heard,
+            )
+        {
+            let missing: Vec<_> = expected.difference(&stall.heard).collect();
+            info!(?missing, "re-joined after the stall");
+            self.stall = None;
+        }
+        let rejoining = self.stall.is_some();
         // With one expected peer, its silence cannot be told apart from its
         // death, so the survivor keeps announcing (a cut owner still fences
         // on its own link state). With two or more, hearing none of them
-        // means this node is the one cut off.
-        let fenced = joined && expected.len() >= 2 && alive.len() == 1;
+        // means this node is the one cut off. While re-joining, peers are
+        // silent only because their packets from the stall were discarded.
+        let fenced = joined && !rejoining && expected.len() >= 2 && alive.len() == 1;
         self.metrics.members_alive.set(alive.len() as i64);
         self.view.send_if_modified(|v| {
             let mut changed = false;
@@ -355,6 +492,10 @@ impl Runner {
                 }
                 v.alive = alive;
                 v.generation += 1;
+                changed = true;
+            }
+            if v.rejoining != rejoining {
+                v.rejoining = rejoining;
                 changed = true;
             }
             if v.joined != joined || v.fenced != fenced {
@@ -369,6 +510,10 @@ impl Runner {
             }
             changed
         });
+        // Renewed after every run: the responders answer while this stamp
+        // is young and the view current.
+        self.liveness
+            .renew(crate::sys::boottime(), joined && !rejoining);
     }
 
     fn send_due_acks(&mut self) {

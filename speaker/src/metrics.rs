@@ -30,6 +30,7 @@ pub struct Metrics {
     pub announced_addresses: Gauge,
     pub members_alive: Gauge,
     pub fenced: Gauge,
+    pub membership_stalls: Counter,
     pub membership_packets_sent: Counter,
     pub membership_packets_received: Counter,
     pub membership_auth_failures: Family<ReasonLabel, Counter>,
@@ -47,6 +48,7 @@ impl Metrics {
             announced_addresses: Gauge::default(),
             members_alive: Gauge::default(),
             fenced: Gauge::default(),
+            membership_stalls: Counter::default(),
             membership_packets_sent: Counter::default(),
             membership_packets_received: Counter::default(),
             membership_auth_failures: Family::default(),
@@ -82,6 +84,11 @@ impl Metrics {
             a.malformed_packets.clone(),
         );
         registry.register(
+            "requests_dropped",
+            "Requests for an address this node announces that were not answered, by reason: stale (waited in the socket longer than the membership timeout) or not_current (the membership loop has not run recently or is re-joining after a stall)",
+            a.requests_dropped.clone(),
+        );
+        registry.register(
             "ownership_changes",
             "Addresses this node started (gained) or stopped (lost) announcing",
             m.ownership_changes.clone(),
@@ -100,6 +107,11 @@ impl Metrics {
             "fenced",
             "1 while this node announces nothing because it reaches no peer although peers are expected",
             m.fenced.clone(),
+        );
+        registry.register(
+            "membership_stalls",
+            "Times the membership loop found a gap in its own clock long enough for peers to have declared this node dead; each is followed by a re-join, during which nothing is announced",
+            m.membership_stalls.clone(),
         );
         registry.register(
             "membership_packets_sent",
