@@ -772,3 +772,112 @@ async fn watcher_with_streaming_lists_gets_initial_events_then_changes() {
         .unwrap();
     assert_eq!(second.name_any(), "after");
 }
+
+#[tokio::test]
+async fn oversized_configmap_data_and_annotations_are_422_on_create_update_and_patch() {
+    let server = TestApiServer::start().await.unwrap();
+    let c = server.client().unwrap();
+    let cms = Api::<ConfigMap>::default_namespaced(c.clone());
+    let pp = PostParams::default();
+    // The real server's limits: 1 MiB of ConfigMap data (keys and values),
+    // 256 KiB of annotations (keys and values), on any object.
+    let at_limit = "x".repeat(1024 * 1024 - 1);
+    let over = "x".repeat(1024 * 1024);
+    let cm = |name: &str, value: &str| -> ConfigMap {
+        from_json(json!({"metadata": {"name": name}, "data": {"k": value}}))
+    };
+    let too_big = |s: Status| {
+        assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+        assert_eq!(
+            s.message,
+            "ConfigMap \"c\" is invalid: []: Too long: must have at most 1048576 bytes"
+        );
+    };
+    cms.create(&pp, &cm("at-limit", &at_limit)).await.unwrap();
+    too_big(api_status(cms.create(&pp, &cm("c", &over)).await));
+    let small = cms.create(&pp, &cm("c", "1")).await.unwrap();
+    let mut replaced = small.clone();
+    replaced.data = Some([("k".to_string(), over.clone())].into());
+    too_big(api_status(cms.replace("c", &pp, &replaced).await));
+    too_big(api_status(
+        cms.patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k2": at_limit}})),
+        )
+        .await,
+    ));
+    assert_eq!(cms.get("c").await.unwrap().data.unwrap()["k"], "1");
+
+    // Annotations: a Service, as the controller annotates them with the pool.
+    let svcs = Api::<Service>::default_namespaced(c.clone());
+    let annotated = |name: &str, value: &str| -> Service {
+        from_json(json!({
+            "metadata": {"name": name, "annotations": {"a": value}},
+            "spec": {"ports": [{"port": 80}]}
+        }))
+    };
+    let ann_at_limit = "y".repeat(256 * 1024 - 1);
+    let ann_over = "y".repeat(256 * 1024);
+    let annotations_too_big = |s: Status, name: &str| {
+        assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+        assert_eq!(
+            s.message,
+            format!(
+                "Service \"{name}\" is invalid: metadata.annotations: Too long: must have at most 262144 bytes"
+            )
+        );
+    };
+    svcs.create(&pp, &annotated("at-limit", &ann_at_limit))
+        .await
+        .unwrap();
+    annotations_too_big(
+        api_status(svcs.create(&pp, &annotated("s", &ann_over)).await),
+        "s",
+    );
+    let s = svcs.create(&pp, &annotated("s", "1")).await.unwrap();
+    let mut replaced = s.clone();
+    replaced
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert("a".into(), ann_over.clone());
+    annotations_too_big(api_status(svcs.replace("s", &pp, &replaced).await), "s");
+    // Two annotations that are each fine but too big together.
+    annotations_too_big(
+        api_status(
+            svcs.patch(
+                "s",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"b": "z".repeat(200 * 1024), "c": "z".repeat(100 * 1024)}}})),
+            )
+            .await,
+        ),
+        "s",
+    );
+    // And on a ConfigMap too.
+    let s = api_status(
+        cms.patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"a": ann_over}}})),
+        )
+        .await,
+    );
+    assert_eq!(s.code, 422);
+    assert!(
+        s.message.contains("metadata.annotations: Too long"),
+        "{}",
+        s.message
+    );
+    assert_eq!(
+        svcs.get("s")
+            .await
+            .unwrap()
+            .annotations()
+            .get("a")
+            .map(String::as_str),
+        Some("1")
+    );
+}

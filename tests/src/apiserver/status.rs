@@ -54,6 +54,15 @@ impl Cause {
         }
     }
 
+    /// What the real server says of a value over a size limit, in bytes.
+    pub fn too_long(field: impl Into<String>, max_bytes: usize) -> Self {
+        Cause {
+            reason: "FieldValueTooLong",
+            field: field.into(),
+            message: format!("Too long: must have at most {max_bytes} bytes"),
+        }
+    }
+
     pub fn forbidden(field: impl Into<String>, why: &str) -> Self {
         Cause {
             reason: "FieldValueForbidden",

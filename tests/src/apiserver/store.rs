@@ -555,6 +555,7 @@ impl Store {
     /// Kind-specific defaulting and validation on create.
     fn prepare_create(&mut self, r: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
         let name = meta_str(obj, "name").unwrap_or("").to_string();
+        validate_sizes(r, &name, obj)?;
         match r.storage {
             "namespaces" => {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
@@ -757,6 +758,7 @@ impl Store {
         current: &Value,
         new: &mut Value,
     ) -> Result<(), ApiError> {
+        validate_sizes(r, name, new)?;
         match r.storage {
             "namespaces" => {
                 if let Some(spec) = current.get("spec") {
@@ -985,6 +987,57 @@ fn normalize_secret(obj: &mut Value) {
             obj["data"][k] = json!(base64(v.as_str().unwrap_or("").as_bytes()));
         }
     }
+}
+
+/// The real API server's limit on all of an object's annotations together
+/// (keys and values, in bytes): `TotalAnnotationSizeLimitB`.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+/// The real API server's limit on a ConfigMap's data (keys and values of
+/// `data` and `binaryData`, in bytes): `MaxSecretSize`, as for Secrets.
+pub const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024;
+
+/// The size limits the real server checks on every create and update (a patch
+/// is checked as the update it becomes): 422 Invalid, with its messages.
+fn validate_sizes(r: &ResourceInfo, name: &str, obj: &Value) -> Result<(), ApiError> {
+    let entries = |v: Option<&Value>, decode: bool| -> usize {
+        v.and_then(Value::as_object).map_or(0, |m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let len = v.as_str().map_or(0, str::len);
+                    // binaryData is base64 on the wire; its decoded size counts.
+                    let len = if decode {
+                        (len / 4 * 3)
+                            .saturating_sub(v.as_str().map_or(0, |s| s.matches('=').count()))
+                    } else {
+                        len
+                    };
+                    k.len() + len
+                })
+                .sum()
+        })
+    };
+    let annotations = entries(meta(obj).and_then(|m| m.get("annotations")), false);
+    if annotations > MAX_ANNOTATIONS_BYTES {
+        return Err(ApiError::invalid(
+            r,
+            name,
+            vec![Cause::too_long(
+                "metadata.annotations",
+                MAX_ANNOTATIONS_BYTES,
+            )],
+        ));
+    }
+    if r.storage == "configmaps" {
+        let data = entries(obj.get("data"), false) + entries(obj.get("binaryData"), true);
+        if data > MAX_CONFIGMAP_BYTES {
+            return Err(ApiError::invalid(
+                r,
+                name,
+                vec![Cause::too_long("[]", MAX_CONFIGMAP_BYTES)],
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_endpoint_slice(r: &ResourceInfo, name: &str, obj: &Value) -> Result<(), ApiError> {
