@@ -48,7 +48,7 @@ impl LoadBalancer {
     ///
     /// ```no_run
     /// # async fn f(lb: ferrolb_endpoints::LoadBalancer) {
-    /// use tower::ServiceExt as _;
+    /// use tower::{Service as _, ServiceExt as _};
     /// // Each endpoint's service answers with its own address; a real one would connect to it.
     /// let discover = lb.discover(|ep| {
     ///     let addr = ep.addr();
@@ -167,5 +167,138 @@ impl<F, S> std::fmt::Debug for Discover<F, S> {
             .field("known", &self.known.keys().collect::<Vec<_>>())
             .field("done", &self.done)
             .finish()
+    }
+}
+
+// Compiled with or without the feature (tower is a dev-dependency too), so that the
+// workspace's plain `cargo test` runs them.
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, PostParams};
+    use serde_json::json;
+    use tower::discover::Change;
+    use tower::{Service as _, ServiceExt as _};
+
+    use crate::{Config, LoadBalancer};
+
+    async fn write_slice(api: &Api<EndpointSlice>, ips: &[&str]) {
+        let mut obj: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-a", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }))
+        .unwrap();
+        match api.get_opt("web-a").await.unwrap() {
+            Some(old) => {
+                obj.metadata.resource_version = old.metadata.resource_version;
+                api.replace("web-a", &PostParams::default(), &obj)
+                    .await
+                    .unwrap();
+            }
+            None => {
+                api.create(&PostParams::default(), &obj).await.unwrap();
+            }
+        }
+    }
+
+    async fn setup(ips: &[&str]) -> (ferrolb_tests::TestCluster, Api<EndpointSlice>, LoadBalancer) {
+        let cluster = ferrolb_tests::TestCluster::in_process().await.unwrap();
+        let client = cluster.client.clone();
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap();
+        Api::<Service>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &svc)
+            .await
+            .unwrap();
+        let slices = Api::<EndpointSlice>::namespaced(client.clone(), "default");
+        write_slice(&slices, ips).await;
+        let lb = LoadBalancer::new(client, Config::new("web").namespace("default"));
+        lb.sync().await.unwrap();
+        lb.start_background_sync().unwrap();
+        (cluster, slices, lb)
+    }
+
+    fn key<S>(c: &Change<std::net::SocketAddr, S>) -> String {
+        match c {
+            Change::Insert(a, _) => format!("+{a}"),
+            Change::Remove(a) => format!("-{a}"),
+        }
+    }
+
+    async fn next_change<S>(
+        d: &mut crate::Discover<impl FnMut(&crate::Endpoint) -> S, S>,
+    ) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(60), d.next())
+            .await
+            .expect("a change within 60 s")
+            .map(|c| key(&c.unwrap()))
+    }
+
+    #[tokio::test]
+    async fn discover_follows_the_endpoints() {
+        let (_cluster, slices, lb) = setup(&["10.0.0.1", "10.0.0.2"]).await;
+        let mut d = lb.discover(|ep| ep.addr());
+        let mut first = vec![
+            next_change(&mut d).await.unwrap(),
+            next_change(&mut d).await.unwrap(),
+        ];
+        first.sort();
+        assert_eq!(first, ["+10.0.0.1:8080", "+10.0.0.2:8080"]);
+        write_slice(&slices, &["10.0.0.2", "10.0.0.3"]).await;
+        let mut changes = HashSet::new();
+        while changes.len() < 2 {
+            changes.insert(next_change(&mut d).await.unwrap());
+        }
+        assert_eq!(
+            changes,
+            HashSet::from(["-10.0.0.1:8080".to_owned(), "+10.0.0.3:8080".to_owned()])
+        );
+        lb.shutdown().await;
+        assert_eq!(
+            next_change(&mut d).await,
+            None,
+            "the stream ends at shutdown"
+        );
+    }
+
+    /// tower's power-of-two-choices balancer over the discovered endpoints: every endpoint
+    /// gets requests, and a new endpoint joins.
+    #[tokio::test]
+    async fn tower_p2c_balances_over_discovered_endpoints() {
+        let (_cluster, slices, lb) = setup(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]).await;
+        let discover = lb.discover(|ep| {
+            let addr = ep.addr();
+            tower::load::PendingRequests::new(
+                tower::service_fn(move |_req: ()| async move {
+                    Ok::<_, std::convert::Infallible>(addr)
+                }),
+                tower::load::CompleteOnResponse::default(),
+            )
+        });
+        let mut balance = tower::balance::p2c::Balance::new(discover);
+        let mut seen = HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < 3 {
+            assert!(Instant::now() < deadline, "saw only {seen:?}");
+            seen.insert(balance.ready().await.unwrap().call(()).await.unwrap());
+        }
+        write_slice(&slices, &["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]).await;
+        let new: std::net::SocketAddr = "10.0.0.4:8080".parse().unwrap();
+        while !seen.contains(&new) {
+            assert!(Instant::now() < deadline, "the new endpoint never answered");
+            seen.insert(balance.ready().await.unwrap().call(()).await.unwrap());
+            tokio::task::yield_now().await;
+        }
+        lb.shutdown().await;
     }
 }

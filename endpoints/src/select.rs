@@ -761,7 +761,9 @@ pub(crate) mod tests {
 
     /// What kube-proxy would use, computed the slow, obvious way.
     fn model(slices: &[EndpointSlice], zone: Option<&str>) -> (Vec<SocketAddr>, bool) {
-        let mut all: Vec<(SocketAddr, bool, bool, bool, Option<Vec<String>>)> = vec![];
+        // (address, ready, serving, terminating, zone hints)
+        type Row = (SocketAddr, bool, bool, bool, Option<Vec<String>>);
+        let mut all: Vec<Row> = vec![];
         let mut names: Vec<&EndpointSlice> = slices.iter().collect();
         names.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         for s in names {

@@ -208,7 +208,7 @@ impl Snapshot {
             }
         }
         // Unlucky draws among many ejected endpoints: the next usable one in turn.
-        self.round_robin(counter, &now)
+        self.round_robin(counter, now)
     }
 
     /// Counts a failure of the endpoint at `index` and ejects it when the policy says so and
