@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -332,4 +333,230 @@ fn five_percent_membership_loss_for_60s_moves_nothing() {
         macs.iter().all(|m| *m == mac(owner)) && !macs.is_empty(),
         "{macs:?}"
     );
+}
+
+const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// The membership timeout the lab's speakers run with (the default): the
+/// oldest request a speaker may answer.
+const MAX_AGE: Duration = Duration::from_millis(150);
+
+/// SIGSTOP the owner's speaker for 1 s while the client asks every 10 ms,
+/// then SIGCONT it and keep asking. With `exclude`, the owner's Node gets
+/// the exclude label 0.4 s into the pause. Asserts that the paused node
+/// answers no request sent while it was stopped, that no reply anywhere is
+/// older than the freshness limit, that no request is answered by two
+/// nodes, and that the answering node changes only at the handovers
+/// (owner -> successor, and back after resume unless excluded).
+fn paused_owner(tag: &str, exclude: bool) {
+    use std::time::SystemTime;
+    let _l = lock();
+    let lab = lab(tag);
+    let owner = lab.wait_owner(VIP);
+    let next = expected_rank("192.0.2.50")[1];
+    let log = Arc::new(Mutex::new(TaggedLog::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = probe_tagged_in_background(
+        &lab,
+        VIP,
+        Duration::from_millis(10),
+        stop.clone(),
+        log.clone(),
+    );
+    let answered_since = |who: usize, since: SystemTime| {
+        let log = log.lock().unwrap();
+        log.replies
+            .iter()
+            .any(|r| r.mac == mac(who) && log.sent[r.seq as usize] >= since)
+    };
+    let start = SystemTime::now();
+    eventually(
+        "the owner answering the prober",
+        Duration::from_secs(10),
+        || answered_since(owner, start).then_some(()),
+    );
+
+    let speaker = lab.speakers[owner].as_ref().unwrap();
+    let pid = speaker.child.id();
+    speaker.signal(nix::sys::signal::Signal::SIGSTOP);
+    eventually(
+        "the owner's speaker stopped",
+        Duration::from_secs(5),
+        || all_threads_stopped(pid).then_some(()),
+    );
+    // From here on, nothing the client sends can be answered by the owner
+    // before SIGCONT.
+    let paused = SystemTime::now();
+    let at = |d: Duration| {
+        if let Ok(left) = (paused + d).duration_since(SystemTime::now()) {
+            std::thread::sleep(left);
+        }
+    };
+    if exclude {
+        at(Duration::from_millis(400));
+        let client = lab.cp.client.clone();
+        let node = NODES[owner];
+        lab.cp.block_on(async move {
+            kube::Api::<k8s_openapi::api::core::v1::Node>::all(client)
+                .patch(
+                    node,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(
+                        serde_json::json!({"metadata": {"labels": {EXCLUDE_LABEL: ""}}}),
+                    ),
+                )
+                .await
+                .expect("label the node");
+        });
+    }
+    at(Duration::from_secs(1));
+    let resumed = SystemTime::now();
+    speaker.signal(nix::sys::signal::Signal::SIGCONT);
+
+    eventually(
+        "the paused node seeing its peers again",
+        Duration::from_secs(15),
+        || {
+            let text = lab.metrics(owner)?;
+            (metric(&text, "ferrolb_members_alive") == 3.0).then_some(())
+        },
+    );
+    if exclude {
+        eventually(
+            "the successor answering after the resume",
+            Duration::from_secs(15),
+            || answered_since(next, resumed + Duration::from_millis(500)).then_some(()),
+        );
+    } else {
+        eventually(
+            "the old owner answering again",
+            Duration::from_secs(15),
+            || answered_since(owner, resumed).then_some(()),
+        );
+    }
+    // Keep watching for a while after the handovers settled.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    prober.join().expect("prober");
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let text = lab.metrics(owner).expect("the paused node's metrics");
+    for l in text.lines().filter(|l| {
+        l.starts_with("ferrolb_requests_dropped_total")
+            || l.starts_with("ferrolb_membership_stalls_total")
+    }) {
+        eprintln!("paused node: {l}");
+    }
+    check_paused_owner_replies(&log, owner, next, paused, resumed, exclude);
+    assert_eq!(
+        metric(&text, "ferrolb_membership_stalls_total"),
+        1.0,
+        "the paused node counts one stall"
+    );
+}
+
+fn check_paused_owner_replies(
+    log: &TaggedLog,
+    owner: usize,
+    next: usize,
+    paused: std::time::SystemTime,
+    resumed: std::time::SystemTime,
+    exclude: bool,
+) {
+    let sent = |r: &TaggedReply| log.sent[r.seq as usize];
+    let age = |r: &TaggedReply| r.received.duration_since(sent(r)).unwrap_or_default();
+    let during_pause: Vec<String> = log
+        .replies
+        .iter()
+        .filter(|r| r.mac == mac(owner) && sent(r) >= paused && sent(r) <= resumed)
+        .map(|r| format!("#{} {:?} old", r.seq, age(r)))
+        .collect();
+    assert!(
+        during_pause.is_empty(),
+        "the paused node answered {} requests sent while it was stopped: {during_pause:?}",
+        during_pause.len()
+    );
+    // The reply's age: from the client's send to its kernel receiving the
+    // reply. A speaker answers only requests younger than MAX_AGE; the way
+    // back takes microseconds, 20 ms is slack for a loaded machine.
+    let old: Vec<String> = log
+        .replies
+        .iter()
+        .filter(|r| age(r) > MAX_AGE + Duration::from_millis(20))
+        .map(|r| format!("#{} from {} {:?} old", r.seq, r.mac, age(r)))
+        .collect();
+    assert!(old.is_empty(), "replies older than the limit: {old:?}");
+    if exclude {
+        let after: Vec<u32> = log
+            .replies
+            .iter()
+            .filter(|r| r.mac == mac(owner) && sent(r) >= paused)
+            .map(|r| r.seq)
+            .collect();
+        assert!(
+            after.is_empty(),
+            "the node excluded during its pause answered requests {after:?}"
+        );
+    }
+    // One answer per request at most: never two nodes answering the same.
+    let mut by_seq: BTreeMap<u32, BTreeSet<MacAddr>> = BTreeMap::new();
+    for r in &log.replies {
+        by_seq.entry(r.seq).or_default().insert(r.mac);
+    }
+    let doubled: Vec<(u32, Vec<String>)> = by_seq
+        .iter()
+        .filter(|(_, m)| m.len() > 1)
+        .map(|(s, m)| (*s, m.iter().map(ToString::to_string).collect()))
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "requests answered by two nodes: {doubled:?}"
+    );
+    // Who answers changes only at the handovers, in request order and in
+    // arrival order alike: owner, successor, and owner again after the
+    // resume unless it was excluded.
+    let mut expected = vec![mac(owner), mac(next)];
+    if !exclude {
+        expected.push(mac(owner));
+    }
+    let by_request = answering_runs(log.replies.clone(), |r| (std::time::UNIX_EPOCH, r.seq));
+    let by_arrival = answering_runs(log.replies.clone(), |r| (r.received, r.seq));
+    for (order, got) in [("request", by_request), ("arrival", by_arrival)] {
+        assert_eq!(
+            got.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            expected.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "answering nodes in {order} order"
+        );
+    }
+    let from_owner = log.replies.iter().filter(|r| r.mac == mac(owner)).count();
+    eprintln!(
+        "paused owner: {} requests, {} replies ({from_owner} from the paused node), none stale, none doubled",
+        log.sent.len(),
+        log.replies.len()
+    );
+}
+
+/// The answering MACs in the order given by `key`, consecutive repeats
+/// merged: [a, b, a] means a answered, then b, then a again.
+fn answering_runs(
+    mut replies: Vec<TaggedReply>,
+    key: fn(&TaggedReply) -> (std::time::SystemTime, u32),
+) -> Vec<MacAddr> {
+    replies.sort_by_key(key);
+    let mut runs: Vec<MacAddr> = vec![];
+    for r in replies {
+        if runs.last() != Some(&r.mac) {
+            runs.push(r.mac);
+        }
+    }
+    runs
+}
+
+#[test]
+fn a_paused_owner_answers_no_stale_request_and_never_alongside_its_successor() {
+    paused_owner("p", false);
+}
+
+#[test]
+fn a_paused_owner_made_ineligible_meanwhile_answers_nothing_after_resume() {
+    paused_owner("x", true);
 }

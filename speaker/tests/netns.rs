@@ -323,3 +323,220 @@ fn probe_without_source_option(
         })
     })
 }
+
+/// The freshness rule alone (no membership here): the responder is stopped
+/// for 1 s while the client asks every 10 ms. After SIGCONT it answers no
+/// request that waited in its socket longer than the limit (150 ms), and
+/// answers fresh ones again.
+#[test]
+fn a_stopped_responder_answers_no_request_that_waited_past_the_limit() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
+
+    const LIMIT: Duration = Duration::from_millis(150);
+    let lab = Lab::new("s");
+    let speaker = lab.start_speaker(&["192.0.2.50"]);
+    let vip = "192.0.2.50".parse().unwrap();
+    let node: MacAddr = NODE_MAC.parse().unwrap();
+    let log = Arc::new(Mutex::new(common::TaggedLog::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = common::probe_tagged_in(
+        lab.client.clone(),
+        vip,
+        Duration::from_millis(10),
+        stop.clone(),
+        log.clone(),
+    );
+    let answered_since = |since: SystemTime| {
+        let log = log.lock().unwrap();
+        log.replies
+            .iter()
+            .any(|r| r.mac == node && log.sent[r.seq as usize] >= since)
+    };
+    let start = SystemTime::now();
+    eventually("the responder answering", || {
+        answered_since(start).then_some(())
+    });
+    let pid = speaker.0.id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("SIGSTOP");
+    eventually("the responder stopped", || {
+        common::all_threads_stopped(pid).then_some(())
+    });
+    let paused = SystemTime::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let resumed = SystemTime::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .expect("SIGCONT");
+    eventually("fresh requests answered again", || {
+        answered_since(resumed).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    prober.join().expect("prober");
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let sent = |r: &common::TaggedReply| log.sent[r.seq as usize];
+    // From the client's send to its kernel receiving the reply; the way
+    // there and back takes microseconds, 20 ms is slack for a loaded machine.
+    let old: Vec<String> = log
+        .replies
+        .iter()
+        .map(|r| {
+            (
+                r.seq,
+                r.received.duration_since(sent(r)).unwrap_or_default(),
+            )
+        })
+        .filter(|(_, age)| *age > LIMIT + Duration::from_millis(20))
+        .map(|(seq, age)| format!("#{seq} {age:?} old"))
+        .collect();
+    assert!(
+        old.is_empty(),
+        "{} replies to requests older than {LIMIT:?}: {old:?}",
+        old.len()
+    );
+    let asked_during = log
+        .sent
+        .iter()
+        .filter(|t| **t >= paused && **t <= resumed)
+        .count();
+    let answered_during = log
+        .replies
+        .iter()
+        .filter(|r| sent(r) >= paused && sent(r) <= resumed)
+        .count();
+    eprintln!(
+        "stopped responder: {asked_during} requests sent during the stop, {answered_during} of them answered (fresh enough at the resume)"
+    );
+}
+
+/// The liveness epoch on the answering path: an announcer (the library, in
+/// the node namespace) whose epoch a task renews every 10 ms, as the
+/// membership loop does. It answers nothing while the epoch says "not
+/// current" (a re-join) or while the stamp is older than the stall
+/// threshold (the loop did not run), and answers again once renewed.
+#[test]
+fn the_responder_answers_only_while_the_liveness_epoch_is_current() {
+    use ferrolb_speaker::announcer::{
+        Announcer, Desired, DropLabel, GratuitousSchedule, Guard, Stats,
+    };
+    use ferrolb_speaker::liveness::Liveness;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const STALL_AFTER: Duration = Duration::from_millis(130);
+    let lab = Lab::new("e");
+    let vip: std::net::Ipv4Addr = "192.0.2.50".parse().unwrap();
+    let liveness = Arc::new(Liveness::new(STALL_AFTER));
+    let stats = Arc::new(Stats::default());
+    let renewing = Arc::new(AtomicBool::new(true));
+    let current = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let node_path = format!("/run/netns/{}", lab.node);
+    let node = {
+        let (liveness, stats, renewing, current, done) = (
+            liveness.clone(),
+            stats.clone(),
+            renewing.clone(),
+            current.clone(),
+            done.clone(),
+        );
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&node_path).expect("open netns");
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("setns into the node namespace");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let eth0 = ferrolb_speaker::interfaces::list()
+                    .expect("interfaces")
+                    .into_iter()
+                    .find(|i| i.name == "eth0")
+                    .expect("eth0");
+                let guard = Guard {
+                    max_age: Duration::from_millis(150),
+                    liveness: Some(liveness.clone()),
+                };
+                let mut announcer =
+                    Announcer::with_stats(GratuitousSchedule::default(), stats).with_guard(guard);
+                let failed = announcer.set(&[Desired {
+                    interface: eth0,
+                    addresses: [std::net::IpAddr::V4(vip)].into(),
+                }]);
+                assert!(failed.is_empty(), "{failed:?}");
+                while !done.load(Ordering::Relaxed) {
+                    if renewing.load(Ordering::Relaxed) {
+                        liveness.renew(
+                            ferrolb_speaker::sys::boottime(),
+                            current.load(Ordering::Relaxed),
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+    };
+    let dropped = |reason: &str| {
+        stats
+            .requests_dropped
+            .get_or_create(&DropLabel {
+                reason: reason.into(),
+            })
+            .get()
+    };
+    let ask = || {
+        lab.with_client_netns(|| common::Prober::open().round_trip(vip, Duration::from_millis(200)))
+    };
+    let node_mac: MacAddr = NODE_MAC.parse().unwrap();
+    let answered = || {
+        eventually("an answer", || {
+            ask().filter(|(_, m)| *m == node_mac).map(|_| ())
+        })
+    };
+    let silent = |reason: &str| {
+        let before = dropped(reason);
+        for _ in 0..5 {
+            assert_eq!(ask(), None, "answered while {reason}");
+        }
+        eventually(
+            &format!("5 more requests counted as dropped, {reason}"),
+            || (dropped(reason) >= before + 5).then_some(()),
+        );
+    };
+
+    // Joined but re-joining: the stamp is young, the view not current.
+    eventually("the epoch renewed as not current", || {
+        let e = liveness.epoch();
+        (e.stamp > Duration::ZERO && !e.current).then_some(())
+    });
+    // The responders are open once set() returned; a request is counted
+    // as dropped only when it reaches them.
+    eventually("a request dropped as not current", || {
+        (ask().is_none() && dropped("not_current") > 0).then_some(())
+    });
+    silent("not_current");
+    current.store(true, Ordering::Relaxed);
+    answered();
+    // The loop stops running: once its stamp is older than the threshold,
+    // nothing is answered, although the last view said "current".
+    renewing.store(false, Ordering::Relaxed);
+    eventually("the stamp ageing past the threshold", || {
+        let age = ferrolb_speaker::sys::boottime().saturating_sub(liveness.epoch().stamp);
+        (age > STALL_AFTER).then_some(())
+    });
+    silent("not_current");
+    renewing.store(true, Ordering::Relaxed);
+    answered();
+    assert_eq!(dropped("stale"), 0, "fresh requests counted as stale");
+    done.store(true, Ordering::Relaxed);
+    node.join().expect("node thread");
+}

@@ -683,3 +683,123 @@ pub fn expected_rank(ip: &str) -> Vec<usize> {
         .map(|n| NODES.iter().position(|m| *m == n).unwrap())
         .collect()
 }
+
+/// The first two bytes of a tagged request's sender MAC; the other four are
+/// its sequence number.
+pub const TAG_PREFIX: [u8; 2] = [0x02, 0x5a];
+
+/// One reply to a tagged request: who answered which request, and when it
+/// reached the client (kernel timestamp).
+#[derive(Clone, Copy, Debug)]
+pub struct TaggedReply {
+    pub seq: u32,
+    pub mac: MacAddr,
+    pub received: std::time::SystemTime,
+}
+
+/// What a tagged prober sent (index: sequence number, value: send time) and
+/// the replies it received, shared while it runs.
+#[derive(Debug, Default)]
+pub struct TaggedLog {
+    pub sent: Vec<std::time::SystemTime>,
+    pub replies: Vec<TaggedReply>,
+}
+
+/// Probes `target` from the client every `every` until `stop`, each request
+/// with its own sender MAC (02:5a and a 32-bit sequence number). Replies go
+/// to that MAC and name it as their target, so each reply says which
+/// request it answers; the bridge floods them to the client, whose packet
+/// socket sees frames for any destination. Times are CLOCK_REALTIME: the
+/// send time just before sending, the kernel's receive timestamp.
+pub fn probe_tagged_in_background(
+    lab: &Lab,
+    target: Ipv4Addr,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<TaggedLog>>,
+) -> std::thread::JoinHandle<()> {
+    probe_tagged_in(lab.ns("cli").to_owned(), target, every, stop, log)
+}
+
+/// [`probe_tagged_in_background`] from the client namespace `netns`
+/// (its `eth0` has [`CLIENT_MAC`] and [`CLIENT_IP`]).
+pub fn probe_tagged_in(
+    netns: String,
+    target: Ipv4Addr,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<TaggedLog>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let index = nix::net::if_::if_nametoindex("eth0").expect("client eth0");
+        let socket = ferrolb_speaker::sys::packet_socket(0x0806, index).expect("packet socket");
+        let client: MacAddr = CLIENT_MAC.parse().unwrap();
+        let mut buf = [0u8; 1600];
+        let mut next = Instant::now();
+        let mut seq: u32 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                let s = seq.to_be_bytes();
+                let tag = MacAddr([TAG_PREFIX[0], TAG_PREFIX[1], s[0], s[1], s[2], s[3]]);
+                let frame = ArpFrame {
+                    eth_destination: MacAddr::BROADCAST,
+                    eth_source: client,
+                    operation: ArpOperation::Request,
+                    sender_mac: tag,
+                    sender_ip: CLIENT_IP,
+                    target_mac: MacAddr::ZERO,
+                    target_ip: target,
+                }
+                .to_bytes();
+                log.lock().unwrap().sent.push(std::time::SystemTime::now());
+                let _ = socket.send(&frame);
+                seq += 1;
+                next += every;
+            }
+            while let Ok((n, stamp)) = ferrolb_speaker::sys::recv_stamped(&socket, &mut buf) {
+                let Ok(f) = ArpFrame::parse(&buf[..n]) else {
+                    continue;
+                };
+                let t = f.target_mac.0;
+                if f.operation == ArpOperation::Reply
+                    && f.sender_ip == target
+                    && t[..2] == TAG_PREFIX
+                {
+                    let reply = TaggedReply {
+                        seq: u32::from_be_bytes([t[2], t[3], t[4], t[5]]),
+                        mac: f.sender_mac,
+                        received: stamp.unwrap_or_else(std::time::SystemTime::now),
+                    };
+                    log.lock().unwrap().replies.push(reply);
+                }
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    })
+}
+
+/// Whether every thread of process `pid` is stopped (state T in
+/// /proc/PID/task/*/stat).
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            return false;
+        };
+        // The state follows the parenthesised command name.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.trim().chars().next());
+        if !matches!(state, Some('T') | Some('t')) {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
