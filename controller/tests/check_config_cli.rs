@@ -123,5 +123,8 @@ fn reports_the_size_pool_name_and_yaml_limits_as_the_controller_does() {
     let out = run(&["check-config", "-"], Some(&bomb));
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("config refused unread"), "{stdout}");
+    assert!(
+        stdout.contains("the YAML is over ferrolb's limits"),
+        "{stdout}"
+    );
 }

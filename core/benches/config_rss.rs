@@ -76,13 +76,14 @@ fn main() {
             r.outcome.clone()
         } else if r.outcome.contains("it was not parsed") {
             "refused unread: over the size limit".to_owned()
-        } else if r.outcome.contains("config refused unread: ") {
+        } else if r.outcome.contains("over ferrolb's limits: ") {
             let why = r
                 .outcome
-                .split("config refused unread: ")
+                .split("over ferrolb's limits: ")
                 .nth(1)
                 .unwrap_or("");
-            format!("refused: budget ({})", why.split(';').next().unwrap_or(why))
+            let why = why.split(" (the limits").next().unwrap_or(why);
+            format!("refused: YAML budget ({why})")
         } else if r.outcome.contains("characters long") {
             format!("refused: pool name over {MAX_POOL_NAME} characters")
         } else if let Some((_, why)) = r.outcome.split_once("could not parse config: ") {

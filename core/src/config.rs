@@ -233,7 +233,7 @@ impl<'de> Deserialize<'de> for PoolName {
 /// is refused before any YAML work, so that a bad edit to the ConfigMap cannot
 /// run the controller or the speakers out of memory: each parses the same
 /// document, and their memory limit is 128 MiB. Real configs are a few KiB; a
-/// config at this limit holds about 17,000 address entries.
+/// config at this limit holds about 14,000 address entries.
 pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
 
 /// The longest pool name accepted, in characters: a Kubernetes label value's
@@ -242,7 +242,7 @@ pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
 pub const MAX_POOL_NAME: usize = 63;
 
 /// The most YAML nodes (mappings, sequences, scalars) a config may hold,
-/// counting an alias each time it is used. About twice what a config of
+/// counting an alias each time it is used: several times what a config of
 /// [`MAX_CONFIG_BYTES`] of address entries needs.
 pub const MAX_YAML_NODES: usize = 64 * 1024;
 
@@ -343,7 +343,7 @@ fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
         other => format!("{other:?}"),
     };
     format!(
-        "config refused unread: {what}; ferrolb bounds the YAML it parses so that a config cannot exhaust memory"
+        "the YAML is over ferrolb's limits: {what} (the limits keep a config from exhausting memory)"
     )
 }
 
@@ -367,7 +367,7 @@ fn decode_error(text: &str, err: &serde_saphyr::Error) -> ConfigError {
             return ConfigError::new(
                 None,
                 None,
-                "config refused unread: its aliases expand to more than a config needs; ferrolb bounds the YAML it parses so that a config cannot exhaust memory",
+                "the YAML is over ferrolb's limits: its aliases expand to more than a config needs (the limits keep a config from exhausting memory)",
             );
         }
         _ => {}

@@ -490,15 +490,18 @@ fn an_alias_bomb_is_refused_with_a_clear_message() {
         let refs = vec![format!("*{prev}"); 9].join(", ");
         bomb.push_str(&format!("  {cur}: &{cur} [{refs}]\n"));
     }
-    let e = one_error(&bomb, None, "config refused unread");
-    assert!(e.message.contains("cannot exhaust memory"), "{e}");
+    let e = one_error(&bomb, None, "the YAML is over ferrolb's limits");
+    assert!(
+        e.message.contains("keep a config from exhausting memory"),
+        "{e}"
+    );
     // A long string used by many aliases.
     let fan_out = format!(
         "address-pools:\n- name: &n {}\n  protocol: layer2\n  addresses: [{}]\n",
         "x".repeat(60_000),
         vec!["*n"; 100].join(", ")
     );
-    one_error(&fan_out, None, "config refused unread");
+    one_error(&fan_out, None, "the YAML is over ferrolb's limits");
     // A few aliases, as a real config might use them, are fine.
     let c = ok(
         "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n  namespaces: &ns [team-a, team-b]\n- name: b\n  protocol: layer2\n  addresses: [192.0.2.16/28]\n  namespaces: *ns\n",
@@ -559,7 +562,7 @@ fn check_config_extraction_is_bounded_too() {
         bomb.push_str(&format!("  {cur}: &{cur} [{refs}]\n"));
     }
     let doc = config::extract_config_document(&bomb).unwrap();
-    one_error(&doc, None, "config refused unread");
+    one_error(&doc, None, "the YAML is over ferrolb's limits");
     // A ConfigMap whose config is over the limit: the same error as the
     // controller's.
     let big = format!(
