@@ -474,6 +474,10 @@ impl Writer {
 
 /// Both patches name the object's uid: the API server refuses a patch that
 /// would change it (422), so neither lands on another object of the same name.
+///
+/// The pool annotation is written before an address appears in the status and
+/// removed after it left, so a status that shows an address always comes with
+/// its pool.
 async fn write_status(
     client: kube::Client,
     key: &ServiceKey,
@@ -482,7 +486,10 @@ async fn write_status(
     desired: &Desired,
 ) -> Result<(), kube::Error> {
     let api: Api<Service> = Api::namespaced(client, &key.namespace);
-    let params = PatchParams::default();
+    let pool_first = desired.pool.is_some();
+    if pool_first && observed.pool != desired.pool {
+        patch_pool(&api, key, uid, desired).await?;
+    }
     if observed.ips != desired.ips {
         let ingress = if desired.ips.is_empty() {
             serde_json::Value::Null
@@ -497,16 +504,27 @@ async fn write_status(
             "metadata": {"uid": uid},
             "status": {"loadBalancer": {"ingress": ingress}}
         });
-        api.patch_status(&key.name, &params, &Patch::Merge(&patch))
+        api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
-    if observed.pool != desired.pool {
-        let patch = json!({
-            "metadata": {"uid": uid, "annotations": {ALLOCATED_FROM_POOL: desired.pool}}
-        });
-        api.patch(&key.name, &params, &Patch::Merge(&patch)).await?;
+    if !pool_first && observed.pool != desired.pool {
+        patch_pool(&api, key, uid, desired).await?;
     }
     Ok(())
+}
+
+async fn patch_pool(
+    api: &Api<Service>,
+    key: &ServiceKey,
+    uid: &str,
+    desired: &Desired,
+) -> Result<(), kube::Error> {
+    let patch = json!({
+        "metadata": {"uid": uid, "annotations": {ALLOCATED_FROM_POOL: desired.pool}}
+    });
+    api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
 }
 
 /// The namespace of this pod, if running in one.

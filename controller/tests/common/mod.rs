@@ -25,6 +25,9 @@ pub struct Harness {
     /// Set against a real cluster: the class every test Service carries.
     pub class: Option<String>,
     controllers: Vec<Child>,
+    /// Namespaces this harness created, deleted on drop against a real
+    /// cluster (their Services hold node ports and addresses there).
+    created: std::sync::Mutex<Vec<String>>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -50,6 +53,7 @@ impl Harness {
             cluster,
             ns,
             controllers: vec![],
+            created: Default::default(),
         };
         h.create_namespace(&h.ns).await;
         h.set_config(pools).await;
@@ -64,7 +68,7 @@ impl Harness {
         let api: Api<Namespace> = Api::all(self.client());
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         match api.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
+            Ok(_) => self.created.lock().unwrap().push(name.to_owned()),
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => panic!("creating namespace {name}: {e}"),
         }
@@ -301,6 +305,29 @@ impl Drop for Harness {
         for c in &mut self.controllers {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Against a real cluster, delete what the test made: a long-lived
+        // control plane would otherwise run out of node ports. A thread with
+        // its own runtime and client, since drop cannot await.
+        let created = std::mem::take(&mut *self.created.lock().unwrap());
+        if self.cluster.server().is_none() && !created.is_empty() {
+            let path = self.cluster.kubeconfig_path().to_path_buf();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let Ok(cluster) = TestCluster::from_kubeconfig(&path).await else {
+                        return;
+                    };
+                    let api: Api<Namespace> = Api::all(cluster.client.clone());
+                    for ns in created {
+                        let _ = api.delete(&ns, &DeleteParams::default()).await;
+                    }
+                });
+            })
+            .join();
         }
     }
 }
