@@ -631,6 +631,19 @@ impl Store {
         {
             return Err(ApiError::stale(r, name));
         }
+        // As the real server: an update naming a uid is a precondition on it.
+        if let Some(want) = meta_str(&body, "uid").filter(|v| !v.is_empty()) {
+            let have = meta_str(&current, "uid").unwrap_or("");
+            if want != have {
+                return Err(ApiError::conflict(
+                    r,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
+                    ),
+                ));
+            }
+        }
         let body = convert::to_storage(r, body);
         let mut new = match sub {
             Subresource::Status => {
@@ -807,6 +820,23 @@ impl Store {
         if meta_str(&target, "name") != Some(name) {
             return Err(ApiError::bad_request(
                 "metadata.name may not be changed by a patch",
+            ));
+        }
+        // A patch that sets another uid would change an immutable field: the
+        // real server refuses it as invalid (422), which makes a uid in a
+        // patch a precondition that binds it to one object.
+        let have = meta_str(&current, "uid").unwrap_or("");
+        if let Some(want) = meta_str(&target, "uid")
+            && want != have
+        {
+            return Err(ApiError::invalid(
+                r,
+                name,
+                vec![Cause::invalid(
+                    "metadata.uid",
+                    format!("{want:?}"),
+                    "field is immutable",
+                )],
             ));
         }
         self.update(r, ns, name, target, sub)
@@ -1094,6 +1124,56 @@ mod tests {
             (e.code, e.message.as_str()),
             (404, "namespaces \"nope\" not found")
         );
+    }
+
+    /// A patch or update naming a uid binds it to that object: after a
+    /// delete and re-create under the same name, it is refused, as the real
+    /// server refuses a changed uid (patch: 422, update: 409).
+    #[test]
+    fn a_uid_in_a_patch_or_update_binds_it_to_one_object() {
+        let mut s = Store::new(100);
+        let old = s
+            .create(cm(), "default", json!({"metadata": {"name": "a"}}))
+            .unwrap();
+        let old_uid = meta_str(&old, "uid").unwrap().to_owned();
+        let body = json!({"metadata": {"uid": old_uid, "labels": {"x": "1"}}});
+        s.patch(
+            cm(),
+            "default",
+            "a",
+            PatchType::Merge,
+            body.to_string().as_bytes(),
+            Subresource::Main,
+        )
+        .expect("the same object: applied");
+        s.delete(cm(), "default", "a", &Preconditions::default())
+            .unwrap();
+        s.create(cm(), "default", json!({"metadata": {"name": "a"}}))
+            .unwrap();
+        let e = s
+            .patch(
+                cm(),
+                "default",
+                "a",
+                PatchType::Merge,
+                body.to_string().as_bytes(),
+                Subresource::Main,
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422, "{}", e.message);
+        assert!(e.message.contains("metadata.uid"), "{}", e.message);
+        let e = s
+            .update(
+                cm(),
+                "default",
+                "a",
+                json!({"metadata": {"name": "a", "uid": old_uid}}),
+                Subresource::Main,
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 409, "{}", e.message);
+        let now = s.get(cm(), "default", "a").unwrap();
+        assert!(now.pointer("/metadata/labels").is_none(), "{now}");
     }
 
     #[test]
