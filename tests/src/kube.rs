@@ -27,6 +27,11 @@ pub const KUBE_BIN_ENV: &str = "FERROLB_KUBE_BIN";
 /// network runs against the test control plane.
 pub const SERVICE_CIDRS: &str = "10.96.0.0/16,fd00:10:96::/108";
 
+/// Service ranges from the documentation ranges, for a control plane whose
+/// Services kube-proxy programs inside test namespaces
+/// ([`ControlPlaneOptions::service_cidrs`]).
+pub const DOC_SERVICE_CIDRS: &str = "198.51.100.0/24,2001:db8:96::/108";
+
 /// The controllers kube-controller-manager runs: what Deployments, DaemonSets,
 /// EndpointSlices, namespaces and ServiceAccounts need, and nothing that
 /// needs a cloud or a kubelet.
@@ -37,7 +42,22 @@ const USERS: &[(&str, &str, &str)] = &[
     ("admin", "ferrolb-admin", "system:masters"),
     ("kcm", "system:kube-controller-manager", ""),
     ("scheduler", "system:kube-scheduler", ""),
+    ("proxy", "system:kube-proxy", ""),
 ];
+
+/// Where and how the control plane runs; the default is loopback in the
+/// caller's network namespace.
+#[derive(Clone, Debug, Default)]
+pub struct ControlPlaneOptions {
+    /// Run every component in this network namespace (`ip netns exec`),
+    /// and kubectl too: etcd stays on that namespace's loopback.
+    pub netns: Option<String>,
+    /// The API server's bind and advertise address (an address of `netns`);
+    /// default 127.0.0.1, advertising 192.0.2.1.
+    pub address: Option<std::net::IpAddr>,
+    /// The Service ranges; default [`SERVICE_CIDRS`].
+    pub service_cidrs: Option<String>,
+}
 
 /// The control plane's binaries.
 #[derive(Clone, Debug)]
@@ -93,8 +113,11 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// The admin bearer token.
     pub token: String,
+    /// A kubeconfig for `system:kube-proxy` (bound to system:node-proxier).
+    pub proxy_kubeconfig: PathBuf,
     /// Whether `dir` is removed on drop.
     remove_dir: bool,
+    opts: ControlPlaneOptions,
     procs: Vec<(&'static str, Child)>,
 }
 
@@ -121,15 +144,30 @@ impl ControlPlane {
     /// kube-scheduler in a fresh directory under `parent` and waits until the
     /// API server is ready and the `default` ServiceAccount exists.
     pub fn start(bins: KubeBinaries, parent: &Path) -> anyhow::Result<ControlPlane> {
+        Self::start_with(bins, parent, ControlPlaneOptions::default())
+    }
+
+    /// [`ControlPlane::start`] with options (a network namespace, an address).
+    pub fn start_with(
+        bins: KubeBinaries,
+        parent: &Path,
+        opts: ControlPlaneOptions,
+    ) -> anyhow::Result<ControlPlane> {
         fs::create_dir_all(parent)?;
-        let dir = parent.join(format!("control-plane-{}-{}", std::process::id(), random_token()));
+        let dir = parent.join(format!(
+            "control-plane-{}-{}",
+            std::process::id(),
+            random_token()
+        ));
         fs::create_dir_all(&dir)?;
         let mut cp = ControlPlane {
             bins,
             url: String::new(),
             kubeconfig: dir.join("admin.kubeconfig"),
+            proxy_kubeconfig: dir.join("proxy.kubeconfig"),
             token: String::new(),
             remove_dir: true,
+            opts,
             procs: Vec::new(),
             dir,
         };
@@ -144,7 +182,7 @@ impl ControlPlane {
 
     fn spawn(&mut self, name: &'static str, args: &[String]) -> anyhow::Result<()> {
         let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let mut cmd = Command::new(self.bins.path(name));
+        let mut cmd = self.command(&self.bins.path(name));
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -166,12 +204,24 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// `program`, in the control plane's network namespace if it has one.
+    fn command(&self, program: &Path) -> Command {
+        match &self.opts.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
     /// Fails with the component's log tail if one of the processes exited.
     fn check_alive(&mut self) -> anyhow::Result<()> {
         for (name, child) in &mut self.procs {
             if let Some(status) = child.try_wait()? {
-                let log = fs::read_to_string(self.dir.join(format!("{name}.log")))
-                    .unwrap_or_default();
+                let log =
+                    fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!("{name} exited ({status}):\n{}", tail.join("\n"));
@@ -187,7 +237,15 @@ impl ControlPlane {
         // The ServiceAccount key: one EC key signs and verifies tokens.
         let sa_key = path("sa.key");
         let out = Command::new("openssl")
-            .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &sa_key])
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &sa_key,
+            ])
             .output()
             .context("running openssl (install it: apt-get install openssl)")?;
         if !out.status.success() {
@@ -220,19 +278,31 @@ impl ControlPlane {
 
         // kube-apiserver.
         let port = free_port()?;
-        self.url = format!("https://127.0.0.1:{port}");
+        let (bind, advertise) = match self.opts.address {
+            Some(a) => (a.to_string(), a.to_string()),
+            None => ("127.0.0.1".to_owned(), "192.0.2.1".to_owned()),
+        };
+        self.url = match self.opts.address {
+            Some(std::net::IpAddr::V6(a)) => format!("https://[{a}]:{port}"),
+            _ => format!("https://{bind}:{port}"),
+        };
+        let service_cidrs = self
+            .opts
+            .service_cidrs
+            .clone()
+            .unwrap_or_else(|| SERVICE_CIDRS.to_owned());
         self.spawn(
             "kube-apiserver",
             &[
                 format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-                "--bind-address=127.0.0.1".into(),
+                format!("--bind-address={bind}"),
                 format!("--secure-port={port}"),
                 // Published only in the `kubernetes` Service's endpoints, which
                 // nothing here reconciles; it must not be a loopback address.
-                "--advertise-address=192.0.2.1".into(),
+                format!("--advertise-address={advertise}"),
                 "--endpoint-reconciler-type=none".into(),
                 format!("--cert-dir={}", path("apiserver-certs")),
-                format!("--service-cluster-ip-range={SERVICE_CIDRS}"),
+                format!("--service-cluster-ip-range={service_cidrs}"),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={sa_key}"),
                 format!("--service-account-signing-key-file={sa_key}"),
@@ -245,9 +315,14 @@ impl ControlPlane {
         )?;
         // The API server writes its self-signed certificate (and CA) first.
         let ca_path = d.join("apiserver-certs/apiserver.crt");
-        self.wait_for(Duration::from_secs(120), "the API server's certificate", |_| {
-            fs::read_to_string(&ca_path).is_ok_and(|c| c.matches("END CERTIFICATE").count() >= 2)
-        })?;
+        self.wait_for(
+            Duration::from_secs(120),
+            "the API server's certificate",
+            |_| {
+                fs::read_to_string(&ca_path)
+                    .is_ok_and(|c| c.matches("END CERTIFICATE").count() >= 2)
+            },
+        )?;
         let ca = fs::read(&ca_path)?;
         fs::write(
             &self.kubeconfig,
@@ -256,6 +331,7 @@ impl ControlPlane {
         for (who, user) in [
             ("kcm", "system:kube-controller-manager"),
             ("scheduler", "system:kube-scheduler"),
+            ("proxy", "system:kube-proxy"),
         ] {
             fs::write(
                 d.join(format!("{who}.kubeconfig")),
@@ -277,14 +353,24 @@ impl ControlPlane {
                 format!("--service-account-private-key-file={sa_key}"),
                 format!("--root-ca-file={}", path("apiserver-certs/apiserver.crt")),
                 "--concurrent-service-endpoint-syncs=10".into(),
+                // Each controller as its own ServiceAccount, as in a real
+                // cluster: the kcm's user alone may not write ReplicaSets,
+                // Pods or EndpointSlices.
+                "--use-service-account-credentials".into(),
             ],
         )?;
         self.spawn(
             "kube-scheduler",
             &[
                 format!("--kubeconfig={}", path("scheduler.kubeconfig")),
-                format!("--authentication-kubeconfig={}", path("scheduler.kubeconfig")),
-                format!("--authorization-kubeconfig={}", path("scheduler.kubeconfig")),
+                format!(
+                    "--authentication-kubeconfig={}",
+                    path("scheduler.kubeconfig")
+                ),
+                format!(
+                    "--authorization-kubeconfig={}",
+                    path("scheduler.kubeconfig")
+                ),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
                 "--secure-port=0".into(),
@@ -292,10 +378,22 @@ impl ControlPlane {
         )?;
         // The ServiceAccount controller makes `default` in each namespace;
         // Pods cannot be created before it has.
-        self.wait_for(Duration::from_secs(120), "the default ServiceAccount", |cp| {
-            cp.kubectl(&["get", "serviceaccount", "default", "-n", "default", "-o", "name"])
+        self.wait_for(
+            Duration::from_secs(120),
+            "the default ServiceAccount",
+            |cp| {
+                cp.kubectl(&[
+                    "get",
+                    "serviceaccount",
+                    "default",
+                    "-n",
+                    "default",
+                    "-o",
+                    "name",
+                ])
                 .is_ok()
-        })?;
+            },
+        )?;
         Ok(())
     }
 
@@ -312,7 +410,10 @@ impl ControlPlane {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{what} not ready after {max:?}; logs in {}", self.dir.display());
+                bail!(
+                    "{what} not ready after {max:?}; logs in {}",
+                    self.dir.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -327,9 +428,13 @@ impl ControlPlane {
 
     /// Runs the built kubectl against this control plane; stdout on success.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(self.bins.path("kubectl"))
+        let out = self
+            .command(&self.bins.path("kubectl"))
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .arg(format!("--cache-dir={}", self.dir.join("kubectl-cache").display()))
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.join("kubectl-cache").display()
+            ))
             .args(args)
             .stdin(Stdio::null())
             .output()?;
