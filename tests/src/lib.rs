@@ -1,10 +1,13 @@
 //! Whole-system tests for ferrolb: the test API server and the helper every end-to-end test
 //! takes its cluster from.
 
+pub mod agent;
 pub mod apiserver;
 pub mod e2e;
 pub mod kube;
+pub mod kubeproxy;
 pub mod lab;
+pub mod nodenet;
 pub mod procfs;
 
 pub use apiserver::{Contents, ServerOptions, TestApiServer};

@@ -1,0 +1,1028 @@
+//! The lab's node agent: the stand-in for kubelet and a container runtime on
+//! one lab node (docs/lab-agent.md).
+//!
+//! It runs inside the node's network namespace (`ip netns exec NS
+//! ferrolb-node-agent run ...`) and
+//! - registers its Node (labels, InternalIP and Hostname addresses, Ready,
+//!   capacity) and removes the `node.kubernetes.io/not-ready` taint that
+//!   admission puts on a created Node, then renews the Node's Lease and Ready
+//!   heartbeat every 10 s;
+//! - runs the Pods bound to it whose containers all use the lab image
+//!   `ferrolb.io/lab-echo` (any tag): a Pod IP from its range as an extra
+//!   address on `eth0`, an HTTP echo process (answering with the Pod and node
+//!   names) on the Pod's container ports, and the status kubelet would write;
+//! - refuses every other Pod with a clear Pending status (never pretends it
+//!   runs), and removes a Pod marked for deletion at once (grace period 0).
+//!
+//! The decisions (what to do with a Pod, which IP it gets, the status to
+//! write) are pure functions with unit tests; the rest is I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+/// The only image the agent runs (with any tag or digest).
+pub const LAB_IMAGE: &str = "ferrolb.io/lab-echo";
+
+/// The reason the agent writes on Pods it will not run.
+pub const REFUSED_REASON: &str = "LabImageOnly";
+
+/// The port the echo server listens on when a Pod declares none.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// How often the Lease and the Ready heartbeat are renewed.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Whether `image` is the lab image: `ferrolb.io/lab-echo`, `...:tag` or `...@digest`.
+pub fn is_lab_image(image: &str) -> bool {
+    match image.strip_prefix(LAB_IMAGE) {
+        Some(rest) => rest.is_empty() || rest.starts_with(':') || rest.starts_with('@'),
+        None => false,
+    }
+}
+
+/// An address range for Pod IPs (`192.0.2.128/29`, `2001:db8::100/120`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodRange {
+    pub base: IpAddr,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for PodRange {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<PodRange> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .with_context(|| format!("{s:?}: expected ADDRESS/PREFIX"))?;
+        let ip: IpAddr = ip.parse().with_context(|| format!("{s:?}: bad address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .with_context(|| format!("{s:?}: bad prefix"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            bail!("{s:?}: prefix over {max}");
+        }
+        // The range's first address, whatever host bits were given.
+        let base = match ip {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        Ok(PodRange { base, prefix })
+    }
+}
+
+impl std::fmt::Display for PodRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+impl PodRange {
+    /// The addresses of the range, in order (at most 65536 of them).
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let bits = match self.base {
+            IpAddr::V4(_) => 32 - u32::from(self.prefix),
+            IpAddr::V6(_) => 128 - u32::from(self.prefix),
+        };
+        let count: u128 = 1 << bits.min(16);
+        (0..count).map(move |i| match self.base {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) + i as u32)),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) + i)),
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.base, ip) {
+            (IpAddr::V4(b), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(a) & mask == u32::from(b)
+            }
+            (IpAddr::V6(b), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A Pod IP from `range`: `preferred` (the IP the Pod had, after an agent
+/// restart) if it is in the range and free, else the first free address.
+/// `used` holds the addresses taken (other Pods', the node's own).
+pub fn allocate(range: &PodRange, used: &HashSet<IpAddr>, preferred: &[IpAddr]) -> Option<IpAddr> {
+    preferred
+        .iter()
+        .copied()
+        .find(|ip| range.contains(*ip) && !used.contains(ip))
+        .or_else(|| range.addresses().find(|ip| !used.contains(ip)))
+}
+
+/// What the agent does with a Pod bound to its node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodAction {
+    /// Marked for deletion: stop it, free its IP, delete it with grace 0.
+    Remove,
+    /// Every container is the lab image: run the echo server on these TCP ports.
+    Run { ports: Vec<u16> },
+    /// Not runnable here: the reason and message written to its status.
+    Refuse { message: String },
+}
+
+/// The decision for a Pod (pure).
+pub fn decide(pod: &Pod) -> PodAction {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodAction::Remove;
+    }
+    let Some(spec) = &pod.spec else {
+        return PodAction::Refuse {
+            message: "the Pod has no spec".into(),
+        };
+    };
+    if spec.host_network == Some(true) {
+        return PodAction::Refuse {
+            message: "the ferrolb lab node agent does not run hostNetwork Pods".into(),
+        };
+    }
+    if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        return PodAction::Refuse {
+            message: "the ferrolb lab node agent runs no init containers".into(),
+        };
+    }
+    let others: Vec<String> = spec
+        .containers
+        .iter()
+        .filter(|c| !c.image.as_deref().is_some_and(is_lab_image))
+        .map(|c| format!("{} ({})", c.name, c.image.as_deref().unwrap_or("no image")))
+        .collect();
+    if !others.is_empty() || spec.containers.is_empty() {
+        return PodAction::Refuse {
+            message: format!(
+                "the ferrolb lab node agent runs only the image {LAB_IMAGE}, not: {}",
+                others.join(", ")
+            ),
+        };
+    }
+    let mut ports: Vec<u16> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() {
+        ports.push(DEFAULT_PORT);
+    }
+    PodAction::Run { ports }
+}
+
+fn ip_list(ips: &[IpAddr]) -> Value {
+    Value::Array(ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect())
+}
+
+/// The fake but stable container ID of a Pod's container.
+pub fn container_id(pod_uid: &str, container: &str) -> String {
+    format!("ferrolb-lab://{pod_uid}-{container}")
+}
+
+/// The status of a running lab Pod (a merge patch of `status`), as kubelet
+/// writes it once every container is started and ready (pure).
+pub fn running_status(pod: &Pod, pod_ips: &[IpAddr], host_ips: &[IpAddr], now: &str) -> Value {
+    let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    let start = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0.to_string())
+        .unwrap_or_else(|| now.to_owned());
+    let containers: Vec<Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .map(|c| {
+            let image = c.image.clone().unwrap_or_default();
+            json!({
+                "name": c.name,
+                "image": image,
+                "imageID": format!("{}@lab", image.split(['@', ':']).next().unwrap_or(LAB_IMAGE)),
+                "containerID": container_id(uid, &c.name),
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": start}},
+            })
+        })
+        .collect();
+    let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+    json!({"status": {
+        "phase": "Running",
+        "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("ContainersReady"), cond("Ready"), cond("PodScheduled")],
+        "podIP": pod_ips.first().map(ToString::to_string),
+        "podIPs": ip_list(pod_ips),
+        "hostIP": host_ips.first().map(ToString::to_string),
+        "hostIPs": ip_list(host_ips),
+        "startTime": start,
+        "containerStatuses": containers,
+    }})
+}
+
+/// The status of a Pod the agent will not run (pure): Pending, scheduled,
+/// never ready, each container waiting with the reason [`REFUSED_REASON`].
+pub fn refused_status(pod: &Pod, message: &str, host_ips: &[IpAddr], now: &str) -> Value {
+    let containers: Vec<Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "image": c.image.clone().unwrap_or_default(),
+                "imageID": "",
+                "ready": false,
+                "started": false,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": REFUSED_REASON, "message": message}},
+            })
+        })
+        .collect();
+    let not = |t: &str| json!({"type": t, "status": "False", "reason": REFUSED_REASON, "message": message, "lastTransitionTime": now});
+    json!({"status": {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            not("ContainersReady"),
+            not("Ready"),
+        ],
+        "hostIP": host_ips.first().map(ToString::to_string),
+        "hostIPs": ip_list(host_ips),
+        "containerStatuses": containers,
+    }})
+}
+
+/// Whether the Pod's status already is the refusal (so that it is not written again).
+pub fn is_refused(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.phase.as_deref() == Some("Pending")
+            && s.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.reason.as_deref() == Some(REFUSED_REASON))
+    })
+}
+
+/// The Pod's IPs in its status.
+pub fn status_ips(pod: &Pod) -> Vec<IpAddr> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ips.as_ref())
+        .map(|ips| ips.iter().filter_map(|i| i.ip.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The Node object and its status (pure): labels, addresses, capacity.
+pub fn node_object(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": node_labels(name)},
+    })
+}
+
+pub fn node_labels(name: &str) -> Value {
+    json!({
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": go_arch(),
+    })
+}
+
+/// The architecture as Kubernetes names it.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// The Node's status (a merge patch), with `now` as the Ready heartbeat and
+/// `since` as its transition time (pure).
+pub fn node_status(
+    name: &str,
+    internal_ips: &[IpAddr],
+    cpus: usize,
+    memory_kib: u64,
+    now: &str,
+    since: &str,
+) -> Value {
+    let mut addresses: Vec<Value> = internal_ips
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+        .collect();
+    addresses.push(json!({"type": "Hostname", "address": name}));
+    let resources =
+        json!({"cpu": cpus.to_string(), "memory": format!("{memory_kib}Ki"), "pods": "110"});
+    let ok = |t: &str, reason: &str| json!({"type": t, "status": "False", "reason": reason, "lastHeartbeatTime": now, "lastTransitionTime": since});
+    json!({"status": {
+        "addresses": addresses,
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": [
+            ok("MemoryPressure", "KubeletHasSufficientMemory"),
+            ok("DiskPressure", "KubeletHasNoDiskPressure"),
+            ok("PIDPressure", "KubeletHasSufficientPID"),
+            {"type": "Ready", "status": "True", "reason": "KubeletReady",
+             "message": "the ferrolb lab node agent is posting ready status",
+             "lastHeartbeatTime": now, "lastTransitionTime": since},
+        ],
+        "nodeInfo": {
+            "machineID": "", "systemUUID": "", "bootID": "",
+            "kernelVersion": "", "osImage": "ferrolb lab",
+            "containerRuntimeVersion": "ferrolb-lab://0.1.0",
+            "kubeletVersion": "v1.36.3-ferrolb-lab-agent", "kubeProxyVersion": "",
+            "operatingSystem": "linux", "architecture": go_arch(),
+        },
+    }})
+}
+
+/// The taints to keep: all but `node.kubernetes.io/not-ready` (pure).
+/// `None` when there is nothing to remove.
+pub fn without_not_ready(taints: &[Value]) -> Option<Vec<Value>> {
+    let keep: Vec<Value> = taints
+        .iter()
+        .filter(|t| t["key"] != "node.kubernetes.io/not-ready")
+        .cloned()
+        .collect();
+    (keep.len() != taints.len()).then_some(keep)
+}
+
+/// `now` as the API's Time (seconds) and MicroTime (microseconds).
+pub fn now_time() -> String {
+    format!("{:.0}", jiff::Timestamp::now())
+}
+
+pub fn now_micro() -> String {
+    format!("{:.6}", jiff::Timestamp::now())
+}
+
+// ---------------------------------------------------------------------------
+// I/O: the agent itself.
+
+/// The agent's settings (the `run` subcommand's flags).
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub kubeconfig: std::path::PathBuf,
+    pub internal_ips: Vec<IpAddr>,
+    pub pod_ranges: Vec<PodRange>,
+    /// The interface the Pod IPs are added to.
+    pub interface: String,
+}
+
+struct RunningPod {
+    name: String,
+    ips: Vec<IpAddr>,
+    child: tokio::process::Child,
+}
+
+/// Runs `ip` with `args` (the agent is already in the node's namespace).
+async fn run_ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .context("running ip (apt-get install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn host_cidr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+async fn add_address(interface: &str, ip: IpAddr) -> anyhow::Result<()> {
+    let cidr = host_cidr(ip);
+    let mut args = vec!["addr", "replace", &cidr, "dev", interface];
+    if ip.is_ipv6() {
+        args.push("nodad");
+    }
+    run_ip(&args).await
+}
+
+async fn del_address(interface: &str, ip: IpAddr) {
+    let cidr = host_cidr(ip);
+    if let Err(e) = run_ip(&["addr", "del", &cidr, "dev", interface]).await {
+        tracing::warn!("removing {cidr}: {e:#}");
+    }
+}
+
+fn memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(4 << 20)
+}
+
+async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Creates the Node (or updates its labels), writes its status and removes
+/// the not-ready taint.
+async fn register(cfg: &AgentConfig, client: &kube::Client, since: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let nodes: Api<Node> = Api::all(client.clone());
+    let obj: Node = serde_json::from_value(node_object(&cfg.node))?;
+    match nodes.create(&PostParams::default(), &obj).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            nodes
+                .patch(
+                    &cfg.node,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": node_labels(&cfg.node)}})),
+                )
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    heartbeat(cfg, client, since).await
+}
+
+/// The Ready heartbeat, the taint check and the Lease renewal.
+async fn heartbeat(cfg: &AgentConfig, client: &kube::Client, since: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let status = node_status(
+        &cfg.node,
+        &cfg.internal_ips,
+        cpus,
+        memory_kib(),
+        &now_time(),
+        since,
+    );
+    nodes
+        .patch_status(&cfg.node, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .context("writing the Node status")?;
+    // The admission plugin TaintNodesByCondition taints every created Node
+    // not-ready:NoSchedule; the node-lifecycle controller (not run by the
+    // test control plane) would remove it once Ready.
+    let node = nodes.get(&cfg.node).await?;
+    let taints: Vec<Value> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| serde_json::to_value(t).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(keep) = without_not_ready(&taints) {
+        nodes
+            .patch(
+                &cfg.node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "metadata": {"resourceVersion": node.metadata.resource_version},
+                    "spec": {"taints": keep},
+                })),
+            )
+            .await
+            .context("removing the not-ready taint")?;
+        tracing::info!("removed the node.kubernetes.io/not-ready taint");
+    }
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let renew = json!({"spec": {"holderIdentity": cfg.node, "leaseDurationSeconds": 40, "renewTime": now_micro()}});
+    match leases
+        .patch(&cfg.node, &PatchParams::default(), &Patch::Merge(&renew))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let mut lease = renew.clone();
+            lease["metadata"] = json!({
+                "name": cfg.node, "namespace": "kube-node-lease",
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": cfg.node,
+                                      "uid": node.metadata.uid}],
+            });
+            let lease: Lease = serde_json::from_value(lease)?;
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .context("creating the node Lease")?;
+        }
+        Err(e) => return Err(e).context("renewing the node Lease"),
+    }
+    Ok(())
+}
+
+/// Runs the agent until it is killed.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use kube::runtime::watcher;
+    let client = client(&cfg.kubeconfig).await?;
+    let since = now_time();
+    // The API server may still be starting: retry the registration.
+    let mut tries = 0;
+    while let Err(e) = register(&cfg, &client, &since).await {
+        tries += 1;
+        if tries > 120 {
+            return Err(e.context("registering the Node"));
+        }
+        tracing::warn!("registering the Node: {e:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tracing::info!("node {} registered", cfg.node);
+    {
+        let (cfg, client, since) = (cfg.clone(), client.clone(), since.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = heartbeat(&cfg, &client, &since).await {
+                    tracing::warn!("heartbeat: {e:#}");
+                }
+            }
+        });
+    }
+
+    let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node));
+    let mut stream = watcher(pods.clone(), wc).boxed();
+    let mut agent = Agent {
+        cfg,
+        pods,
+        running: HashMap::new(),
+        seen: HashSet::new(),
+    };
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => agent.seen.clear(),
+            Ok(watcher::Event::InitApply(pod)) => {
+                agent
+                    .seen
+                    .insert(pod.metadata.uid.clone().unwrap_or_default());
+                agent.reconcile(&pod).await;
+            }
+            Ok(watcher::Event::Apply(pod)) => agent.reconcile(&pod).await,
+            Ok(watcher::Event::InitDone) => {
+                let gone: Vec<String> = agent
+                    .running
+                    .keys()
+                    .filter(|u| !agent.seen.contains(*u))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    agent.stop(&uid).await;
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                agent
+                    .stop(pod.metadata.uid.as_deref().unwrap_or_default())
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!("watching Pods: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    pods: kube::Api<Pod>,
+    running: HashMap<String, RunningPod>,
+    seen: HashSet<String>,
+}
+
+impl Agent {
+    fn used(&self) -> HashSet<IpAddr> {
+        self.running
+            .values()
+            .flat_map(|p| p.ips.iter().copied())
+            .chain(self.cfg.internal_ips.iter().copied())
+            .collect()
+    }
+
+    async fn reconcile(&mut self, pod: &Pod) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        if let Err(e) = self.reconcile_inner(pod).await {
+            tracing::warn!("pod {ns}/{name}: {e:#}");
+        }
+    }
+
+    async fn reconcile_inner(&mut self, pod: &Pod) -> anyhow::Result<()> {
+        use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.pods.clone().into_client(), &ns);
+        match decide(pod) {
+            PodAction::Remove => {
+                self.stop(&uid).await;
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&name, &dp).await {
+                    Ok(_) => tracing::info!("pod {ns}/{name}: stopped and deleted"),
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            PodAction::Refuse { message } => {
+                if !is_refused(pod) {
+                    let st = refused_status(pod, &message, &self.cfg.internal_ips, &now_time());
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
+                        .await?;
+                    tracing::info!("pod {ns}/{name}: refused: {message}");
+                }
+            }
+            PodAction::Run { ports } => {
+                let ready = pod.status.as_ref().is_some_and(|s| {
+                    s.phase.as_deref() == Some("Running")
+                        && s.conditions
+                            .iter()
+                            .flatten()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                });
+                if let Some(r) = self.running.get(&uid) {
+                    if ready && status_ips(pod) == r.ips {
+                        return Ok(());
+                    }
+                } else {
+                    self.start(pod, &uid, &name, &ports).await?;
+                }
+                let ips = self.running[&uid].ips.clone();
+                let st = running_status(pod, &ips, &self.cfg.internal_ips, &now_time());
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
+                    .await?;
+                tracing::info!("pod {ns}/{name}: running on {ips:?} ports {ports:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the Pod its IPs and starts its echo process; returns when it listens.
+    async fn start(
+        &mut self,
+        pod: &Pod,
+        uid: &str,
+        name: &str,
+        ports: &[u16],
+    ) -> anyhow::Result<()> {
+        let preferred = status_ips(pod);
+        let mut used = self.used();
+        let mut ips = Vec::new();
+        for range in &self.cfg.pod_ranges {
+            let ip = allocate(range, &used, &preferred)
+                .with_context(|| format!("no free address in {range}"))?;
+            used.insert(ip);
+            ips.push(ip);
+        }
+        if ips.is_empty() {
+            bail!("no Pod address range");
+        }
+        for ip in &ips {
+            add_address(&self.cfg.interface, *ip).await?;
+        }
+        let exe = std::env::current_exe()?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("echo")
+            .args(["--pod", name, "--node", &self.cfg.node]);
+        for ip in &ips {
+            for port in ports {
+                cmd.args(["--listen", &SocketAddr::new(*ip, *port).to_string()]);
+            }
+        }
+        cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+        // SAFETY: prctl is async-signal-safe. The echo process dies with the
+        // agent (the agent's runtime is single-threaded: the spawning thread
+        // lives as long as the agent).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("starting the echo process")?;
+        // Ready only once it listens on every address.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for ip in &ips {
+            for port in ports {
+                let addr = SocketAddr::new(*ip, *port);
+                while tokio::net::TcpStream::connect(addr).await.is_err() {
+                    if let Some(status) = child.try_wait()? {
+                        for ip in &ips {
+                            del_address(&self.cfg.interface, *ip).await;
+                        }
+                        bail!("the echo process exited ({status})");
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        let _ = child.kill().await;
+                        for ip in &ips {
+                            del_address(&self.cfg.interface, *ip).await;
+                        }
+                        bail!("the echo process does not listen on {addr}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        self.running.insert(
+            uid.to_owned(),
+            RunningPod {
+                name: name.to_owned(),
+                ips,
+                child,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops the Pod's process and removes its addresses (if it runs here).
+    async fn stop(&mut self, uid: &str) {
+        if let Some(mut p) = self.running.remove(uid) {
+            let _ = p.child.kill().await;
+            for ip in &p.ips {
+                del_address(&self.cfg.interface, *ip).await;
+            }
+            tracing::info!("pod {}: stopped, {:?} freed", p.name, p.ips);
+        }
+    }
+}
+
+/// The echo server: every request on every address gets `pod=NAME node=NODE`.
+pub async fn echo(listen: &[SocketAddr], pod: &str, node: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let body = format!("pod={pod} node={node}\n");
+    let mut tasks = Vec::new();
+    for addr in listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                let body = body.clone();
+                tokio::spawn(async move {
+                    // Read the request head (up to 16 KiB), then answer and close.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16384 {
+                        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => break,
+                        }
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn lab_pod() -> Pod {
+        pod(json!({
+            "metadata": {"name": "echo-1", "namespace": "default", "uid": "u1"},
+            "spec": {"nodeName": "node-1", "containers": [
+                {"name": "echo", "image": "ferrolb.io/lab-echo:1", "ports": [{"containerPort": 8080}, {"containerPort": 9090, "protocol": "UDP"}]},
+                {"name": "side", "image": "ferrolb.io/lab-echo", "ports": [{"containerPort": 8081, "protocol": "TCP"}, {"containerPort": 8080}]},
+            ]},
+        }))
+    }
+
+    #[test]
+    fn lab_images() {
+        assert!(is_lab_image("ferrolb.io/lab-echo"));
+        assert!(is_lab_image("ferrolb.io/lab-echo:v2"));
+        assert!(is_lab_image("ferrolb.io/lab-echo@sha256:00"));
+        assert!(!is_lab_image("ferrolb.io/lab-echoes"));
+        assert!(!is_lab_image("nginx"));
+        assert!(!is_lab_image("docker.io/ferrolb.io/lab-echo"));
+    }
+
+    #[test]
+    fn ranges_and_allocation() {
+        let r: PodRange = "192.0.2.130/29".parse().unwrap();
+        assert_eq!(r.to_string(), "192.0.2.128/29");
+        assert_eq!(r.addresses().count(), 8);
+        assert!(r.contains("192.0.2.135".parse().unwrap()));
+        assert!(!r.contains("192.0.2.136".parse().unwrap()));
+        assert!(!r.contains("2001:db8::1".parse().unwrap()));
+        let mut used = HashSet::new();
+        let a = allocate(&r, &used, &[]).unwrap();
+        assert_eq!(a, "192.0.2.128".parse::<IpAddr>().unwrap());
+        used.insert(a);
+        assert_eq!(
+            allocate(&r, &used, &[]).unwrap(),
+            "192.0.2.129".parse::<IpAddr>().unwrap()
+        );
+        // The Pod's earlier IP when free and in range; never one taken or outside.
+        let pref: Vec<IpAddr> = vec![
+            "192.0.2.128".parse().unwrap(),
+            "192.0.2.133".parse().unwrap(),
+        ];
+        assert_eq!(
+            allocate(&r, &used, &pref).unwrap(),
+            "192.0.2.133".parse::<IpAddr>().unwrap()
+        );
+        let out: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap()];
+        assert_eq!(
+            allocate(&r, &used, &out).unwrap(),
+            "192.0.2.129".parse::<IpAddr>().unwrap()
+        );
+        let full: HashSet<IpAddr> = r.addresses().collect();
+        assert_eq!(allocate(&r, &full, &[]), None);
+        let r6: PodRange = "2001:db8::100/120".parse().unwrap();
+        assert_eq!(r6.addresses().count(), 256);
+        let big: PodRange = "2001:db8::/64".parse().unwrap();
+        assert_eq!(big.addresses().count(), 1 << 16);
+        assert!("192.0.2.0/33".parse::<PodRange>().is_err());
+        assert!("192.0.2.0".parse::<PodRange>().is_err());
+    }
+
+    #[test]
+    fn decisions() {
+        assert_eq!(
+            decide(&lab_pod()),
+            PodAction::Run {
+                ports: vec![8080, 8081]
+            }
+        );
+        let mut p = lab_pod();
+        p.spec.as_mut().unwrap().containers[1].image = Some("nginx:1".into());
+        match decide(&p) {
+            PodAction::Refuse { message } => {
+                assert!(message.contains("side (nginx:1)"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut p = lab_pod();
+        p.spec.as_mut().unwrap().host_network = Some(true);
+        assert!(matches!(decide(&p), PodAction::Refuse { .. }));
+        let mut p = lab_pod();
+        p.spec
+            .as_mut()
+            .unwrap()
+            .containers
+            .iter_mut()
+            .for_each(|c| c.ports = None);
+        assert_eq!(
+            decide(&p),
+            PodAction::Run {
+                ports: vec![DEFAULT_PORT]
+            }
+        );
+        let mut p = lab_pod();
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+        ));
+        assert_eq!(decide(&p), PodAction::Remove);
+    }
+
+    #[test]
+    fn statuses() {
+        let p = lab_pod();
+        let ips: Vec<IpAddr> = vec!["192.0.2.128".parse().unwrap()];
+        let host: Vec<IpAddr> = vec!["192.0.2.11".parse().unwrap()];
+        let st = running_status(&p, &ips, &host, "2026-01-01T00:00:00Z");
+        let s = &st["status"];
+        assert_eq!(s["phase"], "Running");
+        assert_eq!(s["podIP"], "192.0.2.128");
+        assert_eq!(s["podIPs"], json!([{"ip": "192.0.2.128"}]));
+        assert_eq!(s["hostIPs"], json!([{"ip": "192.0.2.11"}]));
+        for t in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+            assert!(
+                s["conditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["type"] == t && c["status"] == "True"),
+                "{t}"
+            );
+        }
+        let cs = s["containerStatuses"].as_array().unwrap();
+        assert_eq!(cs.len(), 2);
+        assert_eq!(cs[0]["containerID"], "ferrolb-lab://u1-echo");
+        assert_eq!(cs[0]["imageID"], "ferrolb.io/lab-echo@lab");
+        assert_eq!(cs[0]["ready"], true);
+        assert!(cs[0]["state"]["running"]["startedAt"].is_string());
+        // It parses as a PodStatus.
+        let _: k8s_openapi::api::core::v1::PodStatus = serde_json::from_value(s.clone()).unwrap();
+
+        let st = refused_status(&p, "no", &host, "2026-01-01T00:00:00Z");
+        let mut refused = p.clone();
+        refused.status = Some(serde_json::from_value(st["status"].clone()).unwrap());
+        assert!(is_refused(&refused));
+        assert!(!is_refused(&p));
+        assert_eq!(st["status"]["phase"], "Pending");
+        assert_eq!(
+            st["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+            REFUSED_REASON
+        );
+    }
+
+    #[test]
+    fn node_status_and_taints() {
+        let st = node_status(
+            "node-1",
+            &["192.0.2.11".parse().unwrap()],
+            2,
+            1024,
+            "2026-01-01T00:00:10Z",
+            "2026-01-01T00:00:00Z",
+        );
+        let s = &st["status"];
+        assert_eq!(
+            s["addresses"][0],
+            json!({"type": "InternalIP", "address": "192.0.2.11"})
+        );
+        assert_eq!(
+            s["addresses"][1],
+            json!({"type": "Hostname", "address": "node-1"})
+        );
+        assert_eq!(s["allocatable"]["pods"], "110");
+        let _: k8s_openapi::api::core::v1::NodeStatus = serde_json::from_value(s.clone()).unwrap();
+        let taints = vec![
+            json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}),
+            json!({"key": "x", "effect": "NoSchedule"}),
+        ];
+        assert_eq!(without_not_ready(&taints), Some(vec![taints[1].clone()]));
+        assert_eq!(without_not_ready(&taints[1..]), None);
+        assert!(now_micro().ends_with('Z'));
+        assert_eq!(now_micro().split('.').nth(1).unwrap().len(), 7);
+        assert!(!now_time().contains('.'));
+    }
+}
