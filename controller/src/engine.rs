@@ -249,33 +249,34 @@ impl Engine {
                 },
                 None => Desired::cleared(),
             })
-        } else if self.to_clear.contains(key)
-            || pool_annotation(svc).is_some()
-            || self.shows_our_address_without_being_a_load_balancer(svc)
-        {
+        } else if self.to_clear.contains(key) || self.left_over_from_a_type_change(svc) {
             Some(Desired::cleared())
         } else {
             None
         }
     }
 
-    /// A Service that is no longer of type LoadBalancer but still shows an
-    /// address of one of ferrolb's pools: a status write that landed after
-    /// the type changed, or a type change made while no controller ran. Only
-    /// a LoadBalancer Service may carry an ingress address, so it is cleared
-    /// even when nothing else says that ferrolb wrote it.
-    fn shows_our_address_without_being_a_load_balancer(&self, svc: &Service) -> bool {
+    /// A Service that is no longer of type LoadBalancer but still carries
+    /// ferrolb's pool annotation or shows an address of one of its pools: a
+    /// status write that landed after the type changed, or a type change made
+    /// while no controller ran. Only a LoadBalancer Service may carry these,
+    /// so they are cleared even when nothing else says this controller wrote
+    /// them. A LoadBalancer Service of another class is never touched, pool
+    /// annotation or not: it may belong to another ferrolb instance.
+    fn left_over_from_a_type_change(&self, svc: &Service) -> bool {
         let not_lb = svc
             .spec
             .as_ref()
             .is_none_or(|s| s.type_.as_deref() != Some("LoadBalancer"));
-        let Some(config) = self.allocator.config() else {
+        if !not_lb {
             return false;
-        };
-        not_lb
-            && status_ips(svc)
-                .iter()
-                .any(|ip| config.locate(*ip).is_some())
+        }
+        pool_annotation(svc).is_some()
+            || self.allocator.config().is_some_and(|config| {
+                status_ips(svc)
+                    .iter()
+                    .any(|ip| config.locate(*ip).is_some())
+            })
     }
 
     /// What the Service shows now, as far as the last watch event says.

@@ -436,3 +436,21 @@ fn a_former_load_balancer_showing_our_address_is_cleared() {
     assert_eq!(e.desired(&key("ns", "b")), Some(Desired::cleared()));
     assert_eq!(e.desired(&key("ns", "c")), None);
 }
+
+/// A LoadBalancer Service of another class is never touched, even when it
+/// carries a pool annotation and an address from one of our pools: another
+/// ferrolb instance (another class) wrote them. Found on a real cluster,
+/// where every test's controller sees every test's Services.
+#[test]
+fn another_class_with_a_pool_annotation_is_left_alone() {
+    let e = started(
+        POOLS,
+        vec![
+            lb("ns", "theirs")
+                .class("ferrolb.io/other")
+                .annotated("ferrolb.io/ip-allocated-from-pool", "default")
+                .with_status(&["192.0.2.1"]),
+        ],
+    );
+    assert_eq!(e.desired(&key("ns", "theirs")), None);
+}
