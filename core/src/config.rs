@@ -133,12 +133,38 @@ struct RawPool {
     name: Option<String>,
     protocol: Option<String>,
     addresses: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "unquoted_bool")]
     auto_assign: Option<bool>,
+    #[serde(default, deserialize_with = "unquoted_bool")]
     avoid_buggy_ips: Option<bool>,
     bgp_advertisements: Option<Vec<IgnoredAny>>,
     namespaces: Option<Vec<String>>,
     node_selectors: Option<Vec<RawSelector>>,
     interfaces: Option<Vec<String>>,
+}
+
+/// A boolean as MetalLB's YAML 1.1 parser reads it: `true`/`false` (and
+/// `yes`/`no`/`on`/`off`) unquoted; a quoted `"false"` is a string, which
+/// MetalLB refuses as a type error, and so does ferrolb (serde's own bool
+/// would read the quoted text as a boolean).
+fn unquoted_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<bool>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a boolean: true or false, unquoted")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Deserialize)]
@@ -397,6 +423,9 @@ fn decode_error(text: &str, err: &serde_saphyr::Error) -> ConfigError {
         .split(", set DuplicateKeyPolicy")
         .next()
         .unwrap_or(first);
+    // `bgp-advertisements` is read only to refuse it: not a key to suggest.
+    let first = first.replace(", bgp-advertisements", "");
+    let first = first.as_str();
     // The parser's words for a value of the wrong shape, in the config's terms.
     let hint = if first.contains("expected sequence start") {
         " (a list is expected here: `[a, b]`, or one `- item` per line)"
@@ -431,18 +460,6 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         bgp.push("bfd-profiles".to_owned());
     }
     let raw_pools = raw.address_pools.unwrap_or_default();
-    for (i, p) in raw_pools.iter().enumerate() {
-        if let Some(p) = p
-            && p.protocol.as_deref() == Some("bgp")
-        {
-            let label = p
-                .name
-                .clone()
-                .filter(|n| !n.is_empty() && !name_too_long(n))
-                .unwrap_or(format!("address-pools[{i}]"));
-            bgp.push(format!("pool {label:?} (protocol: bgp)"));
-        }
-    }
     if !bgp.is_empty() {
         errors.push(ConfigError::new(
             None,
@@ -515,7 +532,11 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 Some("bgp-advertisements"),
                 "bgp-advertisements is not allowed in a layer2 pool".to_owned(),
             ),
-            Some("layer2") | Some("bgp") => {}
+            Some("layer2") => {}
+            Some("bgp") => err(
+                Some("protocol"),
+                "BGP mode is not supported: ferrolb announces addresses in layer 2 only; remove this pool or make it protocol: layer2".to_owned(),
+            ),
             Some(other) => err(
                 Some("protocol"),
                 format!("unknown protocol {other:?} (ferrolb supports \"layer2\")"),
@@ -527,8 +548,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         {
             err(Some("name"), format!("duplicate definition of pool {n:?}"));
         }
-        // 6. overlaps with every range accepted so far
-        for (r, entry) in &ranges {
+        // 6. overlaps with every range accepted so far (a BGP pool, refused
+        // above, takes part in no overlap: its problem is said once)
+        let is_bgp = p.protocol.as_deref() == Some("bgp");
+        for (r, entry) in ranges.iter().filter(|_| !is_bgp) {
             if let Some((_, other_pool, other_entry)) = seen.iter().find(|(o, _, _)| o.overlaps(r))
             {
                 let whose = if &**other_pool == label {

@@ -212,8 +212,8 @@ fn protocol_rules() {
 }
 
 #[test]
-fn bgp_parts_are_refused_in_one_error_that_names_them() {
-    let e = one_error(
+fn bgp_parts_are_refused_with_errors_that_name_them() {
+    let errs = errors(
         r#"
 peers:
 - peer-address: 192.0.2.1
@@ -228,17 +228,65 @@ address-pools:
 - name: l2
   protocol: layer2
   addresses: [192.0.2.0/24]
+- name: overlaps-the-bgp-pool
+  protocol: layer2
+  addresses: [198.51.100.0/25]
 "#,
-        None,
-        "BGP mode is not supported",
     );
-    for part in [
-        "peers (1)",
-        "bgp-communities",
-        "pool \"bgp-pool\" (protocol: bgp)",
-    ] {
-        assert!(e.message.contains(part), "{e} should name {part}");
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    // The global BGP sections in one error...
+    assert_eq!(errs[0].pool, None);
+    assert!(errs[0].message.contains("BGP mode is not supported"));
+    for part in ["peers (1)", "bgp-communities"] {
+        assert!(
+            errs[0].message.contains(part),
+            "{} should name {part}",
+            errs[0]
+        );
     }
+    // ...and the BGP pool in an error of its own that names it (the JSON
+    // output's `pool` field), whose ranges take part in no overlap report.
+    assert_eq!(errs[1].pool.as_deref(), Some("bgp-pool"));
+    assert_eq!(errs[1].entry.as_deref(), Some("protocol"));
+    assert!(errs[1].message.contains("BGP mode is not supported"));
+}
+
+/// MetalLB's YAML 1.1 parser reads a quoted "false" as a string and refuses
+/// it for a boolean key; so does ferrolb. Unquoted YAML 1.1 spellings stay
+/// booleans, as in MetalLB.
+#[test]
+fn quoted_booleans_are_type_errors() {
+    for key in ["auto-assign", "avoid-buggy-ips"] {
+        for quoted in ["\"false\"", "'true'"] {
+            let yaml = format!(
+                "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n  {key}: {quoted}\n"
+            );
+            let e = one_error(&yaml, Some("a"), "a boolean");
+            assert!(e.message.contains("could not parse config"), "{e}");
+        }
+    }
+    let c = ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n  auto-assign: no\n  avoid-buggy-ips: yes\n",
+    );
+    assert!(!c.pools[0].auto_assign);
+    assert!(c.pools[0].avoid_buggy_ips);
+    let c = ok(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n  auto-assign: false\n",
+    );
+    assert!(!c.pools[0].auto_assign);
+}
+
+/// The unknown-key message lists the keys a layer-2 pool may have:
+/// `bgp-advertisements` is read only to be refused, so it is not offered.
+#[test]
+fn unknown_key_message_offers_only_layer2_keys() {
+    let e = one_error(
+        "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n  autoassign: true\n",
+        Some("a"),
+        "unknown field",
+    );
+    assert!(e.message.contains("auto-assign"), "{e}");
+    assert!(!e.message.contains("bgp-advertisements"), "{e}");
 }
 
 #[test]
