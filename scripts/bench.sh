@@ -32,6 +32,7 @@ run 2-apiserver cargo bench --locked -p ferrolb-tests --bench apiserver_roundtri
 run 3-controller cargo bench --locked -p ferrolb-controller --bench create_to_status
 run 4-layer2 cargo bench --locked -p ferrolb-speaker --bench layer2
 run 5-lab cargo bench --locked -p ferrolb-tests --bench lab
+run 7-endpoints cargo bench --locked -p ferrolb-endpoints --bench next
 run 6-config-rss cargo bench --locked -p ferrolb-core --bench config_rss
 
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
