@@ -42,3 +42,4 @@ done
 # need the test API server's fault injection say so and return early.
 FERROLB_E2E_KUBECONFIG="$kubeconfig" cargo test --locked -p ferrolb-controller \
   --test e2e_rules --test e2e_resilience --test e2e_races --test e2e_rbac "$@"
+FERROLB_E2E_KUBECONFIG="$kubeconfig" cargo test --locked -p ferrolb-endpoints --test api "$@"

@@ -49,7 +49,21 @@ impl PoolView {
 pub fn check(input: &str, output: Output) -> (String, bool) {
     let result = config::extract_config_document(input)
         .map_err(|e| vec![e])
-        .and_then(|doc| config::parse(&doc));
+        .and_then(|doc| {
+            config::parse(&doc).map_err(|errors| {
+                // Positions in the file given, not inside its `config` string.
+                match config::embedded_position(input, &doc) {
+                    Some((line, indent)) => errors
+                        .into_iter()
+                        .map(|mut e| {
+                            e.message = shift_position(&e.message, line, indent);
+                            e
+                        })
+                        .collect(),
+                    None => errors,
+                }
+            })
+        });
     let valid = result.is_ok();
     let text = match (output, result) {
         (Output::Json, Ok(c)) => json(&serde_json::json!({
@@ -60,6 +74,35 @@ pub fn check(input: &str, output: Output) -> (String, bool) {
         (Output::Text, Err(errors)) => describe_errors(&errors),
     };
     (text, valid)
+}
+
+/// Rewrites the first "line L column C" of a message by the offsets of the
+/// embedded document in the file.
+fn shift_position(message: &str, line_off: usize, col_off: usize) -> String {
+    let Some(at) = message.find("line ") else {
+        return message.to_owned();
+    };
+    let rest = &message[at + 5..];
+    let digits = |s: &str| s.chars().take_while(char::is_ascii_digit).count();
+    let n = digits(rest);
+    let Ok(line) = rest[..n].parse::<usize>() else {
+        return message.to_owned();
+    };
+    let after = &rest[n..];
+    let Some(col_text) = after.strip_prefix(" column ") else {
+        return message.to_owned();
+    };
+    let m = digits(col_text);
+    let Ok(col) = col_text[..m].parse::<usize>() else {
+        return message.to_owned();
+    };
+    format!(
+        "{}line {} column {}{}",
+        &message[..at],
+        line + line_off,
+        col + col_off,
+        &col_text[m..]
+    )
 }
 
 fn json(v: &serde_json::Value) -> String {
@@ -161,6 +204,22 @@ mod tests {
                 .unwrap()
                 .contains("larger than 32")
         );
+    }
+
+    /// A YAML error inside a ConfigMap's `config: |` is reported at its line
+    /// and column in the file given, not inside the embedded string.
+    #[test]
+    fn yaml_errors_are_located_in_the_file() {
+        let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config\ndata:\n  config: |\n    address-pools:\n    - name: a\n      protocol: layer2\n      adresses: [192.0.2.0/28]\n";
+        let (out, ok) = check(manifest, Output::Text);
+        assert!(!ok);
+        // `adresses` is on line 10, column 7 of the file (line 4, column 3 of the document).
+        assert!(out.contains("line 10 column 7"), "{out}");
+        let (out, _) = check(
+            "address-pools:\n- name: a\n  protocol: layer2\n  adresses: [192.0.2.0/28]\n",
+            Output::Text,
+        );
+        assert!(out.contains("line 4 column 3"), "{out}");
     }
 
     #[test]

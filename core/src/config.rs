@@ -655,6 +655,33 @@ fn valid_interface_name(n: &str) -> bool {
 
 /// What `check-config` was given: a ConfigMap manifest (the config is its
 /// `data.config`), or the bare config document itself.
+/// Where the embedded `config` document starts in a ConfigMap manifest, when
+/// it is a block scalar (`config: |`), whose lines are the file's lines:
+/// `(line, indent)`, with `line` the 0-based file line of the document's
+/// first line. A position (L, C) in the document is then (line + L, indent + C)
+/// in the file. `None` for a bare document or a quoted string.
+pub fn embedded_position(file: &str, doc: &str) -> Option<(usize, usize)> {
+    if file == doc {
+        return None;
+    }
+    let lines: Vec<&str> = file.lines().collect();
+    let first = doc.lines().next()?;
+    lines.iter().enumerate().find_map(|(i, l)| {
+        let t = l.trim();
+        let is_block = t.starts_with("config:")
+            && matches!(
+                t.trim_start_matches("config:").trim(),
+                "|" | "|-" | "|+" | "|2" | "|2-" | "|2+" | "|4" | "|4-"
+            );
+        if !is_block {
+            return None;
+        }
+        let next = lines.get(i + 1)?;
+        let indent = next.len() - next.trim_start().len();
+        (next.get(indent..) == Some(first)).then_some((i + 1, indent))
+    })
+}
+
 pub fn extract_config_document(text: &str) -> Result<String, ConfigError> {
     // The same bounds as the config itself, except that the document may hold
     // a ConfigMap (up to 1 MiB of data, as the API server allows): a larger
