@@ -36,9 +36,14 @@ struct DemoArgs {
     /// Use this API server (reachable from the node namespaces) instead of starting the test one.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// The config ConfigMap to apply.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../config-examples/single-ipv4.yaml"))]
-    config: PathBuf,
+    /// The config ConfigMap to apply (default: config-examples/single-ipv4.yaml,
+    /// built into this binary).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Keep the directory of logs and kubeconfig after a clean exit (it is
+    /// always kept when the demo fails).
+    #[arg(long)]
+    keep_logs: bool,
     /// Where the ferrolb binaries are (default: beside this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -170,6 +175,21 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     Lab::check_binaries(&bin_dir)?;
     Lab::clean_stale();
+    // The default config is built in: the binary needs no source tree.
+    let default_config = std::env::temp_dir().join(format!(
+        "ferrolb-lab-{}-single-ipv4.yaml",
+        std::process::id()
+    ));
+    let config = match &args.config {
+        Some(c) => c.clone(),
+        None => {
+            std::fs::write(
+                &default_config,
+                include_str!("../../../config-examples/single-ipv4.yaml"),
+            )?;
+            default_config.clone()
+        }
+    };
     step(
         "bringing up the lab: a bridge, a control plane, {} nodes and a client, in network namespaces",
         &[&args.nodes],
@@ -178,7 +198,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         nodes: args.nodes,
         bin_dir,
         kubeconfig: args.kubeconfig.clone(),
-        config: args.config.clone(),
+        config: config.clone(),
         rbac_manifests: args
             .rbac
             .then(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests"))),
@@ -284,7 +304,14 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     step("tearing down", &[]);
+    let dir = lab.dir.clone();
     drop(lab);
+    let _ = std::fs::remove_file(&default_config);
+    if args.keep_logs {
+        println!("    logs kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 
