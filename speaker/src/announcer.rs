@@ -225,6 +225,18 @@ impl Announcer {
         }
     }
 
+    /// Sends the gratuitous bursts again for those of `addresses` that are
+    /// announced (after a re-join: another node may have claimed them
+    /// meanwhile). Must be called inside a tokio runtime.
+    pub fn reannounce(&mut self, addresses: &BTreeSet<IpAddr>) {
+        for ia in self.interfaces.values_mut() {
+            let owned: Vec<IpAddr> = ia.owned().intersection(addresses).copied().collect();
+            for a in owned {
+                ia.spawn_gratuitous(a, self.schedule);
+            }
+        }
+    }
+
     /// Makes the announced table equal `desired`. Interfaces not in it stop
     /// announcing; an interface whose sockets cannot be opened is reported
     /// in the result and skipped, never blocking the others. Must be called

@@ -117,6 +117,8 @@ struct State {
     interfaces_failed: bool,
     /// Address -> interfaces it is announced on now.
     owned: BTreeMap<IpAddr, Vec<String>>,
+    /// False from a stall until the first recompute after the re-join.
+    rejoined: bool,
     events: EventSink,
 }
 
@@ -209,6 +211,7 @@ pub async fn run(
         assigned: Vec::new(),
         interfaces_failed: false,
         owned: BTreeMap::new(),
+        rejoined: true,
     };
     state.rescan();
     let mut rescan = tokio::time::interval(state.settings.rescan_interval);
@@ -412,19 +415,24 @@ impl State {
         let view = self.membership.as_ref().map(|m| m.view.borrow().clone());
         let joined = view.as_ref().is_none_or(|v| v.joined);
         let fenced = view.as_ref().is_some_and(|v| v.fenced);
-        // After a stall the membership re-joins: peers may have given this
-        // node's addresses to others meanwhile, so it announces nothing
-        // until its view is current again.
-        let rejoining = view.as_ref().is_some_and(|v| v.rejoining);
         self.metrics.fenced.set(i64::from(fenced));
         self.metrics
             .ready
             .store(synced && joined, Ordering::Relaxed);
+        // After a stall the membership re-joins: peers may have given this
+        // node's addresses to others meanwhile. Until then the table stays
+        // as it was and nothing is decided from a view known to be stale:
+        // the responders answer nothing and gratuitous bursts are skipped
+        // (the liveness epoch says "not current"), and no generation is
+        // acknowledged.
+        let rejoining = view.as_ref().is_some_and(|v| v.rejoining);
+        if rejoining {
+            self.rejoined = false;
+            return;
+        }
 
         let mut mine: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-        if let (true, true, false, false, Some(config)) =
-            (synced, joined, fenced, rejoining, &self.config)
-        {
+        if let (true, true, false, Some(config)) = (synced, joined, fenced, &self.config) {
             let nodes: Vec<Arc<Node>> = self.nodes.state();
             let slices = self.slices.state();
             let services = self.services.state();
@@ -490,6 +498,26 @@ impl State {
         self.interfaces_failed = !failed.is_empty();
         for (name, e) in failed {
             warn!(interface = %name, error = %e, "skipped interface, tried again at the next rescan");
+        }
+        // Back from a stall: another node may have claimed what this one
+        // kept meanwhile, so it is claimed back (newly gained addresses got
+        // their bursts from `set`).
+        if !self.rejoined {
+            self.rejoined = true;
+            let kept: BTreeSet<IpAddr> = mine
+                .iter()
+                .filter(|(a, on)| {
+                    !on.is_empty() && self.owned.get(a).is_some_and(|o| !o.is_empty())
+                })
+                .map(|(a, _)| *a)
+                .collect();
+            if !kept.is_empty() {
+                info!(
+                    addresses = kept.len(),
+                    "re-joined: announcing the addresses kept through the stall again"
+                );
+            }
+            self.announcer.reannounce(&kept);
         }
         self.report(mine);
         if let (Some(m), Some(v)) = (&self.membership, &view) {

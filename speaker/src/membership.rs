@@ -450,6 +450,10 @@ impl Runner {
 
     /// Publishes a new view when something in it changed.
     fn publish(&mut self) {
+        // Again here: the process may have been stopped since the check
+        // after the wake-up, and the epoch must not be renewed as current
+        // across a gap it has not looked at.
+        self.check_stall();
         let now = Instant::now();
         let alive = self.detector.alive(now);
         let expected: BTreeSet<String> = self.peer_addrs().into_iter().map(|(n, _)| n).collect();
@@ -482,6 +486,13 @@ impl Runner {
         // silent only because their packets from the stall were discarded.
         let fenced = joined && !rejoining && expected.len() >= 2 && alive.len() == 1;
         self.metrics.members_alive.set(alive.len() as i64);
+        // Renewed after every run, and before the view goes out, so that
+        // the daemon acting on a re-join finds the epoch current: the
+        // responders answer while this stamp is young and the view current.
+        // The stamp is the time of the gap check above, never later: if the
+        // process stops right here, the stamp it writes on resuming is
+        // already old, and the responders refuse until the next check.
+        self.liveness.renew(self.last_run, joined && !rejoining);
         self.view.send_if_modified(|v| {
             let mut changed = false;
             if v.alive != alive {
@@ -510,10 +521,6 @@ impl Runner {
             }
             changed
         });
-        // Renewed after every run: the responders answer while this stamp
-        // is young and the view current.
-        self.liveness
-            .renew(crate::sys::boottime(), joined && !rejoining);
     }
 
     fn send_due_acks(&mut self) {
