@@ -410,6 +410,9 @@ fn paused_owner(tag: &str, exclude: bool) {
         });
     }
     at(Duration::from_secs(1));
+    // The client's entry points at the successor, as after using it during
+    // the pause; the old owner, once back, must claim the address again.
+    lab.set_client_neighbour("192.0.2.50", &node_mac(next));
     let resumed = SystemTime::now();
     speaker.signal(nix::sys::signal::Signal::SIGCONT);
 
@@ -433,6 +436,15 @@ fn paused_owner(tag: &str, exclude: bool) {
             Duration::from_secs(15),
             || answered_since(owner, resumed).then_some(()),
         );
+        eventually(
+            "the client's entry moving back to the old owner (gratuitous ARP)",
+            Duration::from_secs(10),
+            || {
+                lab.client_neighbour("192.0.2.50")
+                    .contains(&node_mac(owner))
+                    .then_some(())
+            },
+        );
     }
     // Keep watching for a while after the handovers settled.
     std::thread::sleep(Duration::from_secs(1));
@@ -447,11 +459,9 @@ fn paused_owner(tag: &str, exclude: bool) {
         eprintln!("paused node: {l}");
     }
     check_paused_owner_replies(&log, owner, next, paused, resumed, exclude);
-    assert_eq!(
-        metric(&text, "ferrolb_membership_stalls_total"),
-        1.0,
-        "the paused node counts one stall"
-    );
+    // At least the pause; a loaded machine may add a hiccup of its own.
+    let stalls = metric(&text, "ferrolb_membership_stalls_total");
+    assert!(stalls >= 1.0, "the paused node counted {stalls} stalls");
 }
 
 fn check_paused_owner_replies(
