@@ -452,9 +452,12 @@ impl ControlPlane {
     pub fn stop(&mut self) {
         // The reverse of the start order: clients first, etcd last.
         while let Some((_, mut child)) = self.procs.pop() {
-            // SIGTERM first: etcd and the API server shut down cleanly.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
+            // SIGTERM first: etcd and the API server shut down cleanly. Not
+            // to a child already reaped (check_alive): its pid may be reused.
+            if matches!(child.try_wait(), Ok(None)) {
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGTERM);
+                }
             }
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
