@@ -653,8 +653,6 @@ fn valid_interface_name(n: &str) -> bool {
             .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
-/// What `check-config` was given: a ConfigMap manifest (the config is its
-/// `data.config`), or the bare config document itself.
 /// Where the embedded `config` document starts in a ConfigMap manifest, when
 /// it is a block scalar (`config: |`), whose lines are the file's lines:
 /// `(line, indent)`, with `line` the 0-based file line of the document's
@@ -682,6 +680,8 @@ pub fn embedded_position(file: &str, doc: &str) -> Option<(usize, usize)> {
     })
 }
 
+/// What `check-config` was given: a ConfigMap manifest (the config is its
+/// `data.config`), or the bare config document itself.
 pub fn extract_config_document(text: &str) -> Result<String, ConfigError> {
     // The same bounds as the config itself, except that the document may hold
     // a ConfigMap (up to 1 MiB of data, as the API server allows): a larger
