@@ -16,6 +16,10 @@ if [ "$commit" != unknown ] && ! git diff --quiet HEAD -- . ':!BENCHMARKS.md' 2>
   commit="$commit with uncommitted changes"
 fi
 scripts/install-deps.sh
+# The real Kubernetes components (cached after the first build): the controller
+# benchmark also runs on a real kube-apiserver.
+FERROLB_KUBE_BIN="$(scripts/build-kube.sh | tail -n 1)"
+export FERROLB_KUBE_BIN
 cargo build --release --locked --bins
 
 sections=target/bench-sections
