@@ -120,6 +120,8 @@ struct Target {
 
 enum Route {
     Doc(Value),
+    /// JSON, or protobuf when the client asks for it (kubectl does).
+    OpenApiV2,
     Text(&'static str),
     Resource(Target),
 }
@@ -146,13 +148,12 @@ fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
                 .map(Route::Doc)
                 .ok_or_else(not_found);
         }
+        ["openapi", "v2"] => return Ok(Route::OpenApiV2),
         ["openapi", ..] => {
             return Err(ApiError::new(
                 404,
                 "NotFound",
-                format!(
-                    "{path} is not served by the ferrolb test API server (only a minimal /openapi/v3 without schemas)"
-                ),
+                format!("{path} is not served by the ferrolb test API server"),
             ));
         }
         ["api"] => return Ok(Route::Doc(resources::api_versions(server_address))),
@@ -301,10 +302,26 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
     let method = req.method().clone();
     let target = match route(&path, &shared.addr().to_string())? {
         Route::Doc(v) if method == Method::GET => return Ok(json_response(StatusCode::OK, &v)),
+        Route::OpenApiV2 if method == Method::GET => {
+            let accept = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            return Ok(if accept.contains("protobuf") {
+                full(
+                    StatusCode::OK,
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                    super::openapi::v2_protobuf(),
+                )
+            } else {
+                json_response(StatusCode::OK, &super::openapi::v2_json())
+            });
+        }
         Route::Text(t) if method == Method::GET => {
             return Ok(full(StatusCode::OK, "text/plain", t.as_bytes().to_vec()));
         }
-        Route::Doc(_) | Route::Text(_) => {
+        Route::Doc(_) | Route::Text(_) | Route::OpenApiV2 => {
             return Err(ApiError::method_not_allowed(format!(
                 "{method} is not allowed on {path}"
             )));
@@ -312,11 +329,14 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
         Route::Resource(t) => t,
     };
     authorize(shared, &req, &method, &target, &query)?;
-    if query.get("dryRun").is_some_and(|d| !d.is_empty()) {
-        return Err(ApiError::bad_request(
-            "dryRun is not supported by the ferrolb test API server",
-        ));
-    }
+    let options_kind = match method {
+        Method::POST => "CreateOptions",
+        Method::PUT => "UpdateOptions",
+        Method::PATCH => "PatchOptions",
+        _ => "DeleteOptions",
+    };
+    let mut dry_run =
+        method != Method::GET && parse_dry_run(options_kind, query.0.get("dryRun").into_iter())?;
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -352,6 +372,17 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
         }
         (&Method::POST, None) => {
             let v = parse_json_body(&content_type, &body)?;
+            if dry_run {
+                let mut obj = shared.store().dry_run_copy().create(r, &ns_str, v)?;
+                // A dry-run create stores nothing, so the object has no version (as on a real server).
+                if let Some(m) = Arc::make_mut(&mut obj)
+                    .get_mut("metadata")
+                    .and_then(Value::as_object_mut)
+                {
+                    m.remove("resourceVersion");
+                }
+                return Ok(object_response(StatusCode::CREATED, r, &obj));
+            }
             let (obj, rv) = {
                 let mut store = shared.store();
                 let obj = store.create(r, &ns_str, v)?;
@@ -362,6 +393,19 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
         }
         (&Method::PUT, Some(n)) => {
             let v = parse_json_body(&content_type, &body)?;
+            if dry_run {
+                let store = shared.store();
+                let existed = store.get(r, &ns_str, &n).ok();
+                let mut copy = store.dry_run_copy();
+                drop(store);
+                let obj = copy.update(r, &ns_str, &n, v, sub)?;
+                let code = if existed.is_some() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                };
+                return Ok(object_response(code, r, &dry_run_version(obj, existed)));
+            }
             let (obj, rv, created) = {
                 let mut store = shared.store();
                 let existed = store.get(r, &ns_str, &n).is_ok();
@@ -378,6 +422,18 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
         }
         (&Method::PATCH, Some(n)) => {
             let pt = PatchType::from_content_type(&content_type)?;
+            if dry_run {
+                let store = shared.store();
+                let existed = store.get(r, &ns_str, &n).ok();
+                let mut copy = store.dry_run_copy();
+                drop(store);
+                let obj = copy.patch(r, &ns_str, &n, pt, &body, sub)?;
+                return Ok(object_response(
+                    StatusCode::OK,
+                    r,
+                    &dry_run_version(obj, existed),
+                ));
+            }
             let (obj, rv) = {
                 let mut store = shared.store();
                 let obj = store.patch(r, &ns_str, &n, pt, &body, sub)?;
@@ -387,13 +443,30 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
             Ok(object_response(StatusCode::OK, r, &obj))
         }
         (&Method::DELETE, Some(n)) if sub == Subresource::Main => {
-            let pre = parse_delete_options(&body)?;
-            let (outcome, rv) = {
+            let (pre, body_dry_run) = parse_delete_options(&body)?;
+            dry_run |= body_dry_run;
+            let (outcome, rv) = if dry_run {
+                let store = shared.store();
+                let existed = store.get(r, &ns_str, &n).ok();
+                let mut copy = store.dry_run_copy();
+                drop(store);
+                let outcome = match copy.delete(r, &ns_str, &n, &pre)? {
+                    DeleteOutcome::Pending(o) => {
+                        DeleteOutcome::Pending(dry_run_version(o, existed.clone()))
+                    }
+                    DeleteOutcome::Deleted(o) => {
+                        DeleteOutcome::Deleted(dry_run_version(o, existed))
+                    }
+                };
+                (outcome, None)
+            } else {
                 let mut store = shared.store();
                 let outcome = store.delete(r, &ns_str, &n, &pre)?;
-                (outcome, store.resource_version())
+                (outcome, Some(store.resource_version()))
             };
-            shared.notify(rv);
+            if let Some(rv) = rv {
+                shared.notify(rv);
+            }
             Ok(match outcome {
                 DeleteOutcome::Pending(obj) => object_response(StatusCode::OK, r, &obj),
                 DeleteOutcome::Deleted(obj) if r.return_deleted_object => {
@@ -410,12 +483,20 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bo
         }
         (&Method::DELETE, None) => {
             let opts = query.list_options(r)?;
-            let (items, rv) = {
+            dry_run |= parse_delete_options(&body)?.1;
+            let (items, rv) = if dry_run {
+                let store = shared.store();
+                let rv = store.resource_version();
+                let mut copy = store.dry_run_copy();
+                drop(store);
+                (copy.delete_collection(r, ns.as_deref(), &opts)?, rv)
+            } else {
                 let mut store = shared.store();
                 let items = store.delete_collection(r, ns.as_deref(), &opts)?;
-                (items, store.resource_version())
+                let rv = store.resource_version();
+                shared.notify(rv);
+                (items, rv)
             };
-            shared.notify(rv);
             Ok(list_response(
                 r,
                 super::store::ListResult {
@@ -493,30 +574,82 @@ fn parse_json_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
-fn parse_delete_options(body: &[u8]) -> Result<Preconditions, ApiError> {
+/// `dryRun` of a request's options: absent or empty is a real write, `All` a dry run; anything
+/// else is refused as the real server refuses it (`422 Invalid` naming the options kind).
+fn parse_dry_run<'a>(
+    options_kind: &str,
+    values: impl Iterator<Item = &'a String>,
+) -> Result<bool, ApiError> {
+    let values: Vec<&String> = values.filter(|v| !v.is_empty()).collect();
+    if values.iter().all(|v| *v == "All") {
+        return Ok(!values.is_empty());
+    }
+    let listed = values
+        .iter()
+        .map(|v| format!("{v:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(ApiError::new(
+        422,
+        "Invalid",
+        format!(
+            "{options_kind}.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: []string{{{listed}}}: supported values: \"All\""
+        ),
+    ))
+}
+
+/// The object a dry-run write answers with: the version of the stored object it would replace
+/// (none for one it would create), since nothing was written.
+fn dry_run_version(
+    mut obj: super::store::Obj,
+    before: Option<super::store::Obj>,
+) -> super::store::Obj {
+    let rv = before.and_then(|b| b.pointer("/metadata/resourceVersion").cloned());
+    if let Some(m) = Arc::make_mut(&mut obj)
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+    {
+        match rv {
+            Some(rv) => {
+                m.insert("resourceVersion".into(), rv);
+            }
+            None => {
+                m.remove("resourceVersion");
+            }
+        }
+    }
+    obj
+}
+
+fn parse_delete_options(body: &[u8]) -> Result<(Preconditions, bool), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Preconditions::default());
+        return Ok((Preconditions::default(), false));
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the DeleteOptions are not valid JSON: {e}")))?;
-    if v.get("dryRun")
+    let dry_run: Vec<String> = v
+        .get("dryRun")
         .and_then(Value::as_array)
-        .is_some_and(|d| !d.is_empty())
-    {
-        return Err(ApiError::bad_request(
-            "dryRun is not supported by the ferrolb test API server",
-        ));
-    }
+        .map(|d| {
+            d.iter()
+                .map(|x| x.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let dry_run = parse_dry_run("DeleteOptions", dry_run.iter())?;
     let p = v.get("preconditions");
     let s = |k: &str| {
         p.and_then(|p| p.get(k))
             .and_then(Value::as_str)
             .map(String::from)
     };
-    Ok(Preconditions {
-        uid: s("uid"),
-        resource_version: s("resourceVersion"),
-    })
+    Ok((
+        Preconditions {
+            uid: s("uid"),
+            resource_version: s("resourceVersion"),
+        },
+        dry_run,
+    ))
 }
 
 fn object_response(code: StatusCode, r: &ResourceInfo, obj: &Value) -> Response<Body> {
@@ -892,6 +1025,23 @@ mod tests {
             Route::Resource(t) => t,
             _ => panic!("{path} is a resource path"),
         }
+    }
+
+    #[test]
+    fn dry_run_values_are_all_or_refused() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(!parse_dry_run("CreateOptions", v(&[]).iter()).unwrap());
+        assert!(!parse_dry_run("CreateOptions", v(&[""]).iter()).unwrap());
+        assert!(parse_dry_run("CreateOptions", v(&["All"]).iter()).unwrap());
+        let e = parse_dry_run("DeleteOptions", v(&["Some"]).iter()).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert_eq!(
+            e.to_status()["message"],
+            "DeleteOptions.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: []string{\"Some\"}: supported values: \"All\""
+        );
+        let (_, dry) = parse_delete_options(br#"{"dryRun":["All"]}"#).unwrap();
+        assert!(dry);
+        assert!(parse_delete_options(br#"{"dryRun":["x"]}"#).is_err());
     }
 
     #[test]

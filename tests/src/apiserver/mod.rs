@@ -17,6 +17,7 @@
 
 pub mod convert;
 mod http;
+mod openapi;
 pub mod patch;
 mod protobuf;
 pub mod rbac;

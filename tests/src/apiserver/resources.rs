@@ -414,10 +414,11 @@ pub fn openapi_v3_root() -> Value {
     json!({"paths": paths})
 }
 
-/// `/openapi/v3/<group-version>`: operations without schemas. It only tells kubectl that the
-/// server validates fields itself (`fieldValidation`), so that kubectl does not need the schemas;
-/// PATCH operations name no strategic-merge request body, so `kubectl apply` computes its patch
-/// from its built-in types.
+/// `/openapi/v3/<group-version>`: operations and the minimal schemas of `openapi.rs` (for
+/// `kubectl explain`). The operations tell kubectl that the server validates fields itself
+/// (`fieldValidation`), so that kubectl does not validate against the schemas; PATCH operations
+/// name no strategic-merge request body, so `kubectl apply` computes its patch from its built-in
+/// types.
 pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
     if !group_served(group, version) {
         return None;
@@ -461,6 +462,6 @@ pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes (ferrolb test API server)", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": super::openapi::definitions(Some((group, version)), "#/components/schemas/")},
     }))
 }

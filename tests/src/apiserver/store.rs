@@ -276,6 +276,31 @@ impl Store {
         self.rv
     }
 
+    /// A copy of the objects and allocations without the watch history, for `dryRun=All`: a
+    /// write to the copy validates, defaults and allocates as a real one would, and is dropped.
+    pub fn dry_run_copy(&self) -> Store {
+        Store {
+            rv: self.rv,
+            collections: self
+                .collections
+                .iter()
+                .map(|(k, c)| {
+                    (
+                        *k,
+                        Collection {
+                            objects: c.objects.clone(),
+                            history: VecDeque::new(),
+                            floor: self.rv,
+                        },
+                    )
+                })
+                .collect(),
+            history_limit: 1,
+            services: self.services.clone(),
+            rng: self.rng,
+        }
+    }
+
     /// Number of stored objects of every kind.
     pub fn object_count(&self) -> usize {
         self.collections.values().map(|c| c.objects.len()).sum()
