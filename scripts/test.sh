@@ -11,6 +11,9 @@ FERROLB_KUBE_BIN="$(scripts/build-kube.sh | tail -n 1)"
 export FERROLB_KUBE_BIN
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+# The kubectl tests again with the built kubectl v1.36.3 (the run above used the one on PATH,
+# Debian's 1.20 on a fresh Debian 12).
+FERROLB_KUBECTL="$FERROLB_KUBE_BIN/kubectl" cargo test --locked -p ferrolb-tests --test apiserver_kubectl
 # The end-to-end suites again, on a real control plane (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler) started for the run.
 scripts/e2e-real.sh
