@@ -41,5 +41,5 @@ done
 # The suites below take their cluster from FERROLB_E2E_KUBECONFIG; tests that
 # need the test API server's fault injection say so and return early.
 FERROLB_E2E_KUBECONFIG="$kubeconfig" cargo test --locked -p ferrolb-controller \
-  --test e2e_rules --test e2e_resilience --test e2e_races --test e2e_rbac "$@"
+  --test e2e_rules --test e2e_resilience --test e2e_races --test e2e_rbac --test e2e_native "$@"
 FERROLB_E2E_KUBECONFIG="$kubeconfig" cargo test --locked -p ferrolb-endpoints --test api "$@"

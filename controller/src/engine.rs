@@ -11,14 +11,19 @@ use std::net::IpAddr;
 use ferrolb_core::{Allocator, Change, Config, ServiceKey, config, config_change};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 
-use crate::service::{is_handled, key_of, pool_annotation, spec_of, status_ips};
+use crate::service::{
+    Classes, has_finalizer, key_of, pool_annotation, service_proxy_name, spec_of, status_ips,
+};
 
-/// What a Service's status and pool annotation should be.
+/// What a Service's status, pool annotation and finalizer should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     /// IPv4 first; empty means the status is cleared.
     pub ips: Vec<IpAddr>,
     pub pool: Option<String>,
+    /// ferrolb's finalizer (`service.kubernetes.io/load-balancer-cleanup`):
+    /// on every Service that holds an address, removed once it is released.
+    pub finalizer: bool,
 }
 
 impl Desired {
@@ -26,6 +31,7 @@ impl Desired {
         Desired {
             ips: vec![],
             pool: None,
+            finalizer: false,
         }
     }
 }
@@ -66,7 +72,7 @@ pub struct ConfigStatus {
 }
 
 pub struct Engine {
-    class: Option<String>,
+    classes: Classes,
     allocator: Allocator,
     services: BTreeMap<ServiceKey, Service>,
     listed: bool,
@@ -86,15 +92,17 @@ pub struct Engine {
     last_failure: BTreeMap<ServiceKey, String>,
     /// Services no longer handled whose status ferrolb must clear.
     to_clear: BTreeSet<ServiceKey>,
+    /// Services told that kube-proxy skips them (the service-proxy-name label).
+    proxy_warned: BTreeSet<ServiceKey>,
     dirty: BTreeSet<ServiceKey>,
     notices: Vec<Notice>,
 }
 
 impl Engine {
-    /// `class`: the `loadBalancerClass` to handle (`None`: Services without one).
-    pub fn new(class: Option<String>) -> Engine {
+    /// `classes`: the `loadBalancerClass` values to handle.
+    pub fn new(classes: Classes) -> Engine {
         Engine {
-            class,
+            classes,
             allocator: Allocator::new(),
             services: BTreeMap::new(),
             listed: false,
@@ -106,6 +114,7 @@ impl Engine {
             pending: BTreeSet::new(),
             last_failure: BTreeMap::new(),
             to_clear: BTreeSet::new(),
+            proxy_warned: BTreeSet::new(),
             dirty: BTreeSet::new(),
             notices: Vec::new(),
         }
@@ -173,6 +182,7 @@ impl Engine {
             self.run([key.clone()]);
         }
         self.to_clear.remove(key);
+        self.proxy_warned.remove(key);
     }
 
     /// The ConfigMap changed (`None`: it does not exist).
@@ -241,9 +251,17 @@ impl Engine {
             return None;
         }
         let svc = self.services.get(key)?;
-        if is_handled(svc, self.class.as_deref()) {
+        if self.classes.held_by_finalizer(svc) {
+            // Being deleted: the status stays as it is, the finalizer goes
+            // (the address is released once the watch shows it gone).
+            Some(Desired {
+                finalizer: false,
+                ..self.observed(key)?
+            })
+        } else if self.classes.handles(svc) {
             Some(match self.allocator.allocation(key) {
                 Some(a) => Desired {
+                    finalizer: !a.ips.is_empty(),
                     ips: a.ips,
                     pool: Some(a.pool),
                 },
@@ -285,6 +303,7 @@ impl Engine {
         Some(Desired {
             ips: status_ips(svc),
             pool: pool_annotation(svc).map(str::to_owned),
+            finalizer: has_finalizer(svc),
         })
     }
 
@@ -374,7 +393,7 @@ impl Engine {
         let handled: Vec<(ServiceKey, Service)> = self
             .services
             .iter()
-            .filter(|(_, s)| is_handled(s, self.class.as_deref()))
+            .filter(|(_, s)| self.classes.handles(s) || self.classes.held_by_finalizer(s))
             .map(|(k, s)| (k.clone(), s.clone()))
             .collect();
         for (_, svc) in &handled {
@@ -413,25 +432,55 @@ impl Engine {
         let Some(svc) = self.services.get(key) else {
             self.pending.remove(key);
             self.last_failure.remove(key);
+            self.proxy_warned.remove(key);
             return self.allocator.release(key).is_some();
         };
-        if !is_handled(svc, self.class.as_deref()) {
+        if self.classes.held_by_finalizer(svc) {
+            // Deleted, but its address is held until the finalizer is gone:
+            // no other Service gets it while this one still exists.
             self.pending.remove(key);
             self.last_failure.remove(key);
+            return false;
+        }
+        if !self.classes.handles(svc) {
+            let why = if svc.metadata.deletion_timestamp.is_some() {
+                "being deleted"
+            } else {
+                "no longer handled by ferrolb"
+            };
+            self.pending.remove(key);
+            self.last_failure.remove(key);
+            self.proxy_warned.remove(key);
             if let Some(ips) = self.allocator.release(key) {
                 self.to_clear.insert(key.clone());
                 self.notice(
                     key,
                     Severity::Normal,
                     "IPReleased",
-                    format!(
-                        "released {} (the Service is no longer handled by ferrolb)",
-                        list(&ips)
-                    ),
+                    format!("released {} (the Service is {why})", list(&ips)),
                 );
                 return true;
             }
             return false;
+        }
+        match service_proxy_name(svc).map(str::to_owned) {
+            Some(proxy) if !self.proxy_warned.contains(key) => {
+                // Fields, not `self.notice`: `svc` is still borrowed.
+                self.proxy_warned.insert(key.clone());
+                self.notices.push(Notice::Service {
+                    key: key.clone(),
+                    severity: Severity::Warning,
+                    reason: "NoKubeProxy",
+                    message: format!(
+                        "the Service is labelled service.kubernetes.io/service-proxy-name={proxy:?}, so kube-proxy skips it: its load-balancer address will not carry traffic through kube-proxy (the address is still assigned; the proxy named must serve it)"
+                    ),
+                    cause: None,
+                });
+            }
+            Some(_) => {}
+            None => {
+                self.proxy_warned.remove(key);
+            }
         }
         let spec = match spec_of(svc) {
             Ok(spec) => spec,

@@ -41,6 +41,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: check_config::Output,
     },
+    /// Remove ferrolb's finalizer (service.kubernetes.io/load-balancer-cleanup)
+    /// from every Service, so that none is left undeletable after uninstalling.
+    /// Uses KUBECONFIG or the in-cluster config; run it once the controller is stopped.
+    RemoveFinalizers {
+        /// Only the Services of this namespace (default: every namespace).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Args, Clone, Debug)]
@@ -51,9 +59,13 @@ struct RunArgs {
     /// Name of the config ConfigMap.
     #[arg(long, env = "FERROLB_CONFIG_NAME", default_value = "config")]
     config_name: String,
-    /// Handle only Services with this spec.loadBalancerClass (default: only Services without one).
-    #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS")]
-    load_balancer_class: Option<String>,
+    /// Handle Services with this spec.loadBalancerClass; repeatable, or
+    /// comma-separated. Services of any other class are ignored.
+    #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS", value_delimiter = ',')]
+    load_balancer_class: Vec<String>,
+    /// Ignore Services without a spec.loadBalancerClass (needs --load-balancer-class).
+    #[arg(long, env = "FERROLB_IGNORE_SERVICES_WITHOUT_CLASS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    ignore_services_without_class: bool,
     /// Hold a Lease so that only one replica writes.
     #[arg(long, env = "FERROLB_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -103,6 +115,28 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::RemoveFinalizers { namespace }) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            let done = runtime.block_on(async {
+                run::remove_finalizers(run::client().await?, namespace.as_deref()).await
+            });
+            match done {
+                Ok(names) => {
+                    for name in &names {
+                        println!("removed the finalizer of Service {name}");
+                    }
+                    println!("{} Services changed", names.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         None => {
             ferrolb_runtime::init_logging(&cli.run.log_level, cli.run.log_format);
             // One thread: the work is waiting on the API server, and a single
@@ -132,6 +166,20 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let classes = service::Classes {
+        names: args
+            .load_balancer_class
+            .iter()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect(),
+        without_class: !args.ignore_services_without_class,
+    };
+    if classes.names.is_empty() && !classes.without_class {
+        anyhow::bail!(
+            "--ignore-services-without-class without any --load-balancer-class would handle no Service"
+        );
+    }
     let metrics = metrics::Metrics::new();
     let server = ferrolb_runtime::serve::spawn(args.metrics_addr, metrics.clone());
     let client = run::client().await?;
@@ -140,7 +188,7 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
     let settings = run::Settings {
         config_namespace: namespace.clone(),
         config_name: args.config_name.clone(),
-        class: args.load_balancer_class.clone(),
+        classes,
         identity: identity.clone(),
         write_concurrency: args.write_concurrency,
     };

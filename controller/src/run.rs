@@ -24,12 +24,13 @@ use ferrolb_runtime::events::{self, EventSink};
 
 use crate::engine::{Desired, Engine, Notice, Severity};
 use crate::metrics::{Metrics, ReasonLabel};
+use crate::service::FINALIZER;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub config_namespace: String,
     pub config_name: String,
-    pub class: Option<String>,
+    pub classes: crate::service::Classes,
     pub identity: String,
     pub write_concurrency: usize,
 }
@@ -74,7 +75,7 @@ pub async fn run(
             Arc::new(move |what| metrics.api_error(what))
         },
     );
-    let mut engine = Engine::new(settings.class.clone());
+    let mut engine = Engine::new(settings.classes.clone());
     let mut writer = Writer::new(client.clone(), settings.write_concurrency);
     let mut listing: Option<Vec<Service>> = None;
     let mut config_listing: Option<Option<ConfigMap>> = None;
@@ -82,7 +83,8 @@ pub async fn run(
     tokio::pin!(stop);
     info!(
         config = %format!("{}/{}", settings.config_namespace, settings.config_name),
-        class = settings.class.as_deref().unwrap_or("(none)"),
+        classes = ?settings.classes.names,
+        without_class = settings.classes.without_class,
         "watching Services and the config"
     );
 
@@ -472,12 +474,13 @@ impl Writer {
     }
 }
 
-/// Both patches name the object's uid: the API server refuses a patch that
-/// would change it (422), so neither lands on another object of the same name.
+/// Every patch names the object's uid: the API server refuses a patch that
+/// would change it (422), so none lands on another object of the same name.
 ///
-/// The pool annotation is written before an address appears in the status and
-/// removed after it left, so a status that shows an address always comes with
-/// its pool.
+/// The finalizer, then the pool annotation, are written before an address
+/// appears in the status, and removed after it left, so a status that shows
+/// an address always comes with its pool, and a Service that shows one is not
+/// deleted before ferrolb has released it.
 async fn write_status(
     client: kube::Client,
     key: &ServiceKey,
@@ -486,6 +489,9 @@ async fn write_status(
     desired: &Desired,
 ) -> Result<(), kube::Error> {
     let api: Api<Service> = Api::namespaced(client, &key.namespace);
+    if desired.finalizer && !observed.finalizer {
+        patch_finalizer(&api, &key.name, uid, true).await?;
+    }
     let pool_first = desired.pool.is_some();
     if pool_first && observed.pool != desired.pool {
         patch_pool(&api, key, uid, desired).await?;
@@ -510,7 +516,62 @@ async fn write_status(
     if !pool_first && observed.pool != desired.pool {
         patch_pool(&api, key, uid, desired).await?;
     }
+    if !desired.finalizer && observed.finalizer {
+        patch_finalizer(&api, &key.name, uid, false).await?;
+    }
     Ok(())
+}
+
+/// Adds or removes ferrolb's finalizer with a strategic merge patch, which
+/// treats `metadata.finalizers` as a set: other controllers' finalizers stay,
+/// whatever they were changed to meanwhile.
+async fn patch_finalizer(
+    api: &Api<Service>,
+    name: &str,
+    uid: &str,
+    add: bool,
+) -> Result<(), kube::Error> {
+    let patch = if add {
+        json!({"metadata": {"uid": uid, "finalizers": [FINALIZER]}})
+    } else {
+        json!({"metadata": {"uid": uid, "$deleteFromPrimitiveList/finalizers": [FINALIZER]}})
+    };
+    api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .map(drop)
+}
+
+/// Removes ferrolb's finalizer from every Service, or those of `namespace` (for uninstalling: no
+/// Service is left that cannot be deleted). Returns the Services changed.
+pub async fn remove_finalizers(
+    client: kube::Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let all: Api<Service> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let list = all
+        .list(&Default::default())
+        .await
+        .context("listing Services")?;
+    let mut done = Vec::new();
+    for svc in list
+        .items
+        .iter()
+        .filter(|s| crate::service::has_finalizer(s))
+    {
+        let key = crate::service::key_of(svc);
+        let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
+        let uid = svc.metadata.uid.clone().unwrap_or_default();
+        match patch_finalizer(&api, &key.name, &uid, false).await {
+            Ok(()) => done.push(key.to_string()),
+            // Deleted meanwhile.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("removing the finalizer of {key}")),
+        }
+    }
+    Ok(done)
 }
 
 async fn patch_pool(

@@ -1,12 +1,90 @@
 //! Reading a Kubernetes Service: is it ours, what does it ask for, what does
 //! its status say.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ferrolb_core::service::{self, ALLOCATED_FROM_POOL};
 use ferrolb_core::{Family, FamilyPolicy, PortKey, Protocol, ServiceSpec, Sharing};
-pub use ferrolb_runtime::service::{is_handled, key_of, status_ips};
+pub use ferrolb_runtime::service::{key_of, status_ips};
 use k8s_openapi::api::core::v1::Service;
+
+/// The finalizer ferrolb adds to the Services it gives an address, as the
+/// cloud-provider library does: the Service stays until the address is released.
+pub const FINALIZER: &str = "service.kubernetes.io/load-balancer-cleanup";
+
+/// The label that makes kube-proxy skip a Service.
+pub const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+
+/// The `spec.loadBalancerClass` values this controller handles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classes {
+    /// Services with one of these classes are handled.
+    pub names: BTreeSet<String>,
+    /// Services without a class are handled too.
+    pub without_class: bool,
+}
+
+impl Default for Classes {
+    /// Services without a class only.
+    fn default() -> Classes {
+        Classes {
+            names: BTreeSet::new(),
+            without_class: true,
+        }
+    }
+}
+
+impl Classes {
+    /// Whether the Service's class (or its lack of one) is ours; says
+    /// nothing about its type.
+    pub fn matches(&self, svc: &Service) -> bool {
+        match svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_class.as_deref())
+        {
+            None => self.without_class,
+            Some(c) => self.names.contains(c),
+        }
+    }
+
+    /// Whether ferrolb handles this Service: `type: LoadBalancer`, a class of
+    /// ours, and not being deleted.
+    pub fn handles(&self, svc: &Service) -> bool {
+        svc.metadata.deletion_timestamp.is_none() && is_load_balancer(svc) && self.matches(svc)
+    }
+
+    /// A Service of ours being deleted that still carries ferrolb's finalizer:
+    /// its address stays held until the finalizer is removed.
+    pub fn held_by_finalizer(&self, svc: &Service) -> bool {
+        svc.metadata.deletion_timestamp.is_some()
+            && has_finalizer(svc)
+            && is_load_balancer(svc)
+            && self.matches(svc)
+    }
+}
+
+pub fn is_load_balancer(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .is_some_and(|s| s.type_.as_deref() == Some("LoadBalancer"))
+}
+
+pub fn has_finalizer(svc: &Service) -> bool {
+    svc.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+}
+
+/// The value of the `service.kubernetes.io/service-proxy-name` label, if any.
+pub fn service_proxy_name(svc: &Service) -> Option<&str> {
+    svc.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_PROXY_NAME))
+        .map(String::as_str)
+}
 
 /// The pool annotation ferrolb wrote, if any.
 pub fn pool_annotation(svc: &Service) -> Option<&str> {

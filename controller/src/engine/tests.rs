@@ -109,7 +109,7 @@ fn reasons(e: &mut Engine) -> Vec<&'static str> {
 }
 
 fn started(pools: &str, services: Vec<Service>) -> Engine {
-    let mut e = Engine::new(None);
+    let mut e = Engine::new(Classes::default());
     e.config_changed(Some(&cm(pools)));
     e.services_listed(services);
     assert!(e.is_synced());
@@ -118,7 +118,7 @@ fn started(pools: &str, services: Vec<Service>) -> Engine {
 
 #[test]
 fn nothing_is_assigned_before_a_config_is_loaded() {
-    let mut e = Engine::new(None);
+    let mut e = Engine::new(Classes::default());
     e.services_listed(vec![lb("ns", "a")]);
     assert!(!e.is_synced());
     assert_eq!(e.desired(&key("ns", "a")), None);
@@ -206,7 +206,10 @@ fn services_of_other_classes_or_types_are_never_touched() {
     assert_eq!(e.desired(&key("ns", "other")), None);
     assert_eq!(e.desired(&key("ns", "np")), None);
     // A controller given a class handles only that class.
-    let mut c = Engine::new(Some("ferrolb.io/lb".into()));
+    let mut c = Engine::new(Classes {
+        names: ["ferrolb.io/lb".to_owned()].into(),
+        without_class: false,
+    });
     c.config_changed(Some(&cm(POOLS)));
     c.services_listed(vec![
         lb("ns", "mine").class("ferrolb.io/lb"),
@@ -453,4 +456,132 @@ fn another_class_with_a_pool_annotation_is_left_alone() {
         ],
     );
     assert_eq!(e.desired(&key("ns", "theirs")), None);
+}
+
+fn deleting(mut svc: Service) -> Service {
+    svc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    svc
+}
+
+fn finalized(mut svc: Service) -> Service {
+    svc.metadata
+        .finalizers
+        .get_or_insert_with(Vec::new)
+        .push(crate::service::FINALIZER.to_owned());
+    svc
+}
+
+#[test]
+fn the_finalizer_comes_with_the_address_and_goes_with_it() {
+    let mut e = started(
+        POOLS,
+        vec![lb("ns", "a"), lb("ns", "np").of_type("NodePort")],
+    );
+    let a = e.desired(&key("ns", "a")).unwrap();
+    assert!(a.finalizer, "a Service with an address gets the finalizer");
+    assert_eq!(e.desired(&key("ns", "np")), None, "nor any other Service");
+    // A type change releases the address and removes the finalizer.
+    e.service_applied(
+        finalized(lb("ns", "a").with_status(&["192.0.2.1"]))
+            .annotated(ferrolb_core::service::ALLOCATED_FROM_POOL, "default")
+            .of_type("ClusterIP"),
+    );
+    assert_eq!(e.desired(&key("ns", "a")), Some(Desired::cleared()));
+}
+
+#[test]
+fn a_deleted_service_holds_its_address_until_its_finalizer_is_gone() {
+    let held = finalized(lb("ns", "a").with_status(&["192.0.2.1"]))
+        .annotated(ferrolb_core::service::ALLOCATED_FROM_POOL, "default");
+    let mut e = started(
+        "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.1/32]\n",
+        vec![held.clone()],
+    );
+    e.service_applied(lb("ns", "b"));
+    assert_eq!(ips(&e, "ns", "b"), Vec::<String>::new());
+    e.service_applied(deleting(held.clone()));
+    let want = Desired {
+        ips: vec!["192.0.2.1".parse().unwrap()],
+        pool: Some("default".into()),
+        finalizer: false,
+    };
+    assert_eq!(
+        e.desired(&key("ns", "a")),
+        Some(want),
+        "only the finalizer goes"
+    );
+    assert_eq!(
+        ips(&e, "ns", "b"),
+        Vec::<String>::new(),
+        "not reused while the deleted Service exists"
+    );
+    e.service_deleted(&key("ns", "a"));
+    assert_eq!(ips(&e, "ns", "b"), ["192.0.2.1"]);
+}
+
+#[test]
+fn a_service_deleted_while_no_controller_ran_is_learned_then_released() {
+    let held = deleting(finalized(lb("ns", "a").with_status(&["192.0.2.1"])));
+    let e = started(
+        "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.1/32]\n",
+        vec![held, lb("ns", "b")],
+    );
+    assert!(!e.desired(&key("ns", "a")).unwrap().finalizer);
+    assert_eq!(
+        ips(&e, "ns", "b"),
+        Vec::<String>::new(),
+        "its address is learned, not handed out"
+    );
+}
+
+#[test]
+fn several_classes_and_services_without_one() {
+    let classes = |without_class| Classes {
+        names: ["a.example/lb".to_owned(), "b.example/lb".to_owned()].into(),
+        without_class,
+    };
+    let services = vec![
+        lb("ns", "a").class("a.example/lb"),
+        lb("ns", "b").class("b.example/lb"),
+        lb("ns", "none"),
+        lb("ns", "other").class("c.example/lb"),
+    ];
+    let pools =
+        "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.1-192.0.2.9]\n";
+    for without_class in [true, false] {
+        let mut e = Engine::new(classes(without_class));
+        e.config_changed(Some(&cm(pools)));
+        e.services_listed(services.clone());
+        assert_eq!(ips(&e, "ns", "a").len(), 1);
+        assert_eq!(ips(&e, "ns", "b").len(), 1);
+        assert_eq!(e.desired(&key("ns", "other")), None);
+        assert_eq!(
+            e.desired(&key("ns", "none")).is_some(),
+            without_class,
+            "a Service without a class is handled unless told otherwise"
+        );
+    }
+}
+
+#[test]
+fn service_proxy_name_is_warned_about_once_and_still_assigned() {
+    let mut labelled = lb("ns", "a");
+    labelled.metadata.labels = Some(BTreeMap::from([(
+        crate::service::SERVICE_PROXY_NAME.to_owned(),
+        "my-proxy".to_owned(),
+    )]));
+    let mut e = started(POOLS, vec![labelled.clone()]);
+    assert_eq!(ips(&e, "ns", "a"), ["192.0.2.1"]);
+    let r = reasons(&mut e);
+    assert_eq!(
+        r.iter().filter(|r| **r == "NoKubeProxy").count(),
+        1,
+        "{r:?}"
+    );
+    // A resync, and the status written: no second warning.
+    e.services_listed(vec![labelled.clone()]);
+    e.service_applied(labelled.with_status(&["192.0.2.1"]));
+    assert!(!reasons(&mut e).contains(&"NoKubeProxy"));
 }

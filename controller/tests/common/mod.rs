@@ -24,6 +24,9 @@ pub struct Harness {
     pub ns: String,
     /// Set against a real cluster: the class every test Service carries.
     pub class: Option<String>,
+    /// Controllers are started with `--ignore-services-without-class`: set
+    /// against a real cluster, where tests run side by side.
+    pub ignore_unclassed: bool,
     controllers: Vec<Child>,
     /// Namespaces this harness created, deleted on drop against a real
     /// cluster (their Services hold node ports and addresses there).
@@ -50,6 +53,7 @@ impl Harness {
         let ns = ns.to_owned();
         let h = Harness {
             class: real.then(|| format!("ferrolb.io/{ns}")),
+            ignore_unclassed: real,
             cluster,
             ns,
             controllers: vec![],
@@ -134,6 +138,9 @@ impl Harness {
         ]);
         if let Some(class) = &self.class {
             cmd.args(["--load-balancer-class", class]);
+        }
+        if self.ignore_unclassed {
+            cmd.arg("--ignore-services-without-class");
         }
         cmd.args(extra);
         self.controllers
@@ -251,6 +258,33 @@ impl Harness {
         }
     }
 
+    /// The Service's `metadata.finalizers` (`None`: the Service does not exist).
+    pub async fn finalizers(&self, name: &str) -> Option<Vec<String>> {
+        let svc = self.services().get_opt(name).await.unwrap()?;
+        Some(svc.metadata.finalizers.unwrap_or_default())
+    }
+
+    /// Polls until the Service's finalizers are `want` (`None`: until it is gone).
+    pub async fn expect_finalizers(&self, name: &str, want: Option<&[&str]>) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let got = self.finalizers(name).await;
+            if got
+                .as_deref()
+                .map(|f| f.iter().map(String::as_str).collect::<Vec<_>>())
+                == want.map(<[&str]>::to_vec)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}/{name}: finalizers are {got:?}, expected {want:?}",
+                self.ns
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls until the Service has an Event with `reason` whose message contains `needle`.
     pub async fn expect_event(&self, object: &str, reason: &str, needle: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
@@ -321,6 +355,11 @@ impl Drop for Harness {
                     let Ok(cluster) = TestCluster::from_kubeconfig(&path).await else {
                         return;
                     };
+                    // The controllers are gone: their finalizers would keep
+                    // the Services, and so the namespaces, forever.
+                    for ns in &created {
+                        let _ = run_cli(&path, &["remove-finalizers", "--namespace", ns]);
+                    }
                     let api: Api<Namespace> = Api::all(cluster.client.clone());
                     for ns in created {
                         let _ = api.delete(&ns, &DeleteParams::default()).await;
@@ -330,6 +369,34 @@ impl Drop for Harness {
             .join();
         }
     }
+}
+
+/// Runs the controller binary with `args` (a subcommand) against the cluster
+/// of `kubeconfig`; returns its exit status and standard output. Off the
+/// test's thread: the test API server may run on it.
+pub async fn run_cli_async(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let path = kubeconfig.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&path, &args)
+    })
+    .await
+    .unwrap()
+}
+
+/// The same, blocking.
+pub fn run_cli(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrolb-controller"))
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("the controller binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// POSTs to the test API server's admin endpoint (fault injection).
