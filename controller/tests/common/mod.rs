@@ -264,15 +264,23 @@ impl Harness {
         Some(svc.metadata.finalizers.unwrap_or_default())
     }
 
-    /// Polls until the Service's finalizers are `want` (`None`: until it is gone).
+    /// Polls until the Service's finalizers are `want`, in any order (`None`:
+    /// until it is gone).
     pub async fn expect_finalizers(&self, name: &str, want: Option<&[&str]>) {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let got = self.finalizers(name).await;
+            let got = self.finalizers(name).await.map(|mut f| {
+                f.sort();
+                f
+            });
+            let mut expected = want.map(<[&str]>::to_vec);
+            if let Some(e) = expected.as_mut() {
+                e.sort();
+            }
             if got
                 .as_deref()
                 .map(|f| f.iter().map(String::as_str).collect::<Vec<_>>())
-                == want.map(<[&str]>::to_vec)
+                == expected
             {
                 return;
             }
