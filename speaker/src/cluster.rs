@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ferrolb_core::ServiceKey;
 use ferrolb_core::election::{Endpoint, NodeInfo, ServiceInfo, TrafficPolicy};
-pub use ferrolb_runtime::service::{is_handled, key_of, status_ips};
+pub use ferrolb_runtime::service::{ServiceClasses, is_handled, key_of, status_ips};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -74,11 +74,11 @@ pub fn endpoints_by_service<'a>(
 pub fn service_infos<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     endpoints: &BTreeMap<ServiceKey, Vec<Endpoint>>,
-    class: Option<&str>,
+    classes: &ServiceClasses,
 ) -> Vec<ServiceInfo> {
     services
         .into_iter()
-        .filter(|s| is_handled(s, class))
+        .filter(|s| is_handled(s, classes))
         .filter_map(|s| {
             let addresses = status_ips(s);
             if addresses.is_empty() {
@@ -145,7 +145,7 @@ mod tests {
             "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "n1", "conditions": {"ready": false, "serving": true}}]
         }));
         let eps = endpoints_by_service([&slice]);
-        let infos = service_infos([&svc, &classed], &eps, None);
+        let infos = service_infos([&svc, &classed], &eps, &ServiceClasses::default());
         assert_eq!(infos.len(), 1);
         assert_eq!(
             infos[0].addresses,

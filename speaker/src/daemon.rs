@@ -45,7 +45,7 @@ pub struct Settings {
     pub speaker_selector: String,
     pub secret_name: String,
     pub secret_key: String,
-    pub class: Option<String>,
+    pub classes: crate::cluster::ServiceClasses,
     pub excludes: Vec<String>,
     pub gratuitous: GratuitousSchedule,
     pub gratuitous_refresh: Option<Duration>,
@@ -363,7 +363,7 @@ impl State {
         for info in crate::cluster::service_infos(
             services.iter().map(|s| &**s),
             &endpoints,
-            self.settings.class.as_deref(),
+            &self.settings.classes,
         ) {
             for ip in info.addresses {
                 held.entry(ip).or_default().push(info.key.clone());
@@ -443,7 +443,7 @@ impl State {
                 services: crate::cluster::service_infos(
                     services.iter().map(|s| &**s),
                     &endpoints,
-                    self.settings.class.as_deref(),
+                    &self.settings.classes,
                 ),
             };
             let ownership = election::owners(&state, config);
@@ -551,7 +551,7 @@ impl State {
                 let on = mine[a].join(",");
                 info!(address = %a, interfaces = %on, "ownership gained: announcing");
                 for svc in services.iter().filter(|s| {
-                    crate::cluster::is_handled(s, self.settings.class.as_deref())
+                    crate::cluster::is_handled(s, &self.settings.classes)
                         && s.status
                             .as_ref()
                             .and_then(|st| st.load_balancer.as_ref())

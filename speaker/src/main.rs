@@ -50,9 +50,13 @@ struct RunArgs {
         default_value = "app.kubernetes.io/name=ferrolb,app.kubernetes.io/component=speaker"
     )]
     speaker_selector: String,
-    /// Handle only Services with this spec.loadBalancerClass (default: only Services without one).
-    #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS")]
-    load_balancer_class: Option<String>,
+    /// Also handle Services with this spec.loadBalancerClass; repeatable or
+    /// comma-separated, as the controller's. Services of any other class are ignored.
+    #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS", value_delimiter = ',')]
+    load_balancer_class: Vec<String>,
+    /// Ignore Services without a spec.loadBalancerClass (needs --load-balancer-class).
+    #[arg(long, env = "FERROLB_IGNORE_SERVICES_WITHOUT_CLASS")]
+    ignore_services_without_class: bool,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "FERROLB_METRICS_ADDR", default_value = "0.0.0.0:7473")]
     metrics_addr: SocketAddr,
@@ -216,7 +220,11 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
         speaker_selector: args.speaker_selector,
         secret_name: args.membership_secret_name,
         secret_key: args.membership_secret_key,
-        class: args.load_balancer_class,
+        classes: ferrolb_runtime::service::ServiceClasses::from_flags(
+            &args.load_balancer_class,
+            args.ignore_services_without_class,
+        )
+        .map_err(anyhow::Error::msg)?,
         excludes: args.exclude_interfaces,
         gratuitous: GratuitousSchedule::default(),
         gratuitous_refresh: args.gratuitous_refresh,
