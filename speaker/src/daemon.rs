@@ -119,6 +119,13 @@ struct State {
     owned: BTreeMap<IpAddr, Vec<String>>,
     /// False from a stall until the first recompute after the re-join.
     rejoined: bool,
+    /// After a stall: answers are held until this node's Node object in the
+    /// watch store is at least as new as a fresh read from the API server
+    /// (the resourceVersion read, once it arrived), or until `hold_until`.
+    fresh_node_rv: Option<String>,
+    hold_until: Option<tokio::time::Instant>,
+    fresh_tx: tokio::sync::mpsc::UnboundedSender<Option<String>>,
+    client: kube::Client,
     events: EventSink,
 }
 
@@ -174,6 +181,7 @@ pub async fn run(
     let sources = streams.len();
     let mut changes = futures::stream::select_all(streams);
     let mut view = membership.as_ref().map(|m| m.view.clone());
+    let (fresh_tx, mut fresh_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
     let mut state = State {
         events: EventSink::start(
             client.clone(),
@@ -212,6 +220,10 @@ pub async fn run(
         interfaces_failed: false,
         owned: BTreeMap::new(),
         rejoined: true,
+        fresh_node_rv: None,
+        hold_until: None,
+        fresh_tx,
+        client: client.clone(),
     };
     state.rescan();
     let mut rescan = tokio::time::interval(state.settings.rescan_interval);
@@ -240,7 +252,11 @@ pub async fn run(
                 if r.is_err() { anyhow::bail!("membership stopped") }
                 true
             }
-            _ = rescan.tick() => state.rescan() || state.interfaces_failed,
+            Some(rv) = fresh_rx.recv() => {
+                state.fresh_node_rv = rv;
+                true
+            }
+            _ = rescan.tick() => state.rescan() || state.interfaces_failed || state.hold_until.is_some(),
             _ = refresh.tick(), if state.settings.gratuitous_refresh.is_some() => {
                 state.announcer.refresh();
                 false
@@ -427,6 +443,9 @@ impl State {
         // acknowledged.
         let rejoining = view.as_ref().is_some_and(|v| v.rejoining);
         if rejoining {
+            if self.rejoined {
+                self.start_hold();
+            }
             self.rejoined = false;
             return;
         }
@@ -499,9 +518,14 @@ impl State {
         for (name, e) in failed {
             warn!(interface = %name, error = %e, "skipped interface, tried again at the next rescan");
         }
-        // Back from a stall: another node may have claimed what this one
-        // kept meanwhile, so it is claimed back (newly gained addresses got
-        // their bursts from `set`).
+        // Back from a stall: answers stay held until the Kubernetes view is
+        // fresh (see `start_hold`); then another node may have claimed what
+        // this one kept meanwhile, so it is claimed back (newly gained
+        // addresses got their bursts from `set`).
+        if !self.rejoined && !self.release_hold_if_fresh() {
+            self.report(mine);
+            return;
+        }
         if !self.rejoined {
             self.rejoined = true;
             let kept: BTreeSet<IpAddr> = mine
@@ -527,6 +551,69 @@ impl State {
                 changed
             });
         }
+    }
+
+    /// A stall was seen: hold every answer until this node's own Node object
+    /// in the watch store has caught up with a fresh read (the watch events
+    /// queued during the stall, such as an exclude label, are applied first),
+    /// or for at most 2 s when the API server does not answer.
+    fn start_hold(&mut self) {
+        let Some(l) = self.membership.as_ref().map(|m| m.liveness.clone()) else {
+            return;
+        };
+        l.hold(true);
+        self.fresh_node_rv = None;
+        self.hold_until = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+        let (client, node, tx) = (
+            self.client.clone(),
+            self.settings.node.clone(),
+            self.fresh_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let nodes: Api<Node> = Api::all(client);
+            let rv = match nodes.get_opt(&node).await {
+                Ok(Some(n)) => n.metadata.resource_version,
+                _ => None,
+            };
+            let _ = tx.send(rv);
+        });
+    }
+
+    /// Whether the hold after a stall is over (released now if it is).
+    fn release_hold_if_fresh(&mut self) -> bool {
+        let Some(l) = self.membership.as_ref().map(|m| m.liveness.clone()) else {
+            return true;
+        };
+        if !l.is_held() {
+            return true;
+        }
+        let stored = self
+            .nodes
+            .state()
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(self.settings.node.as_str()))
+            .and_then(|n| n.metadata.resource_version.clone());
+        let caught_up = match (&self.fresh_node_rv, &stored) {
+            (Some(fresh), Some(have)) => match (fresh.parse::<u64>(), have.parse::<u64>()) {
+                (Ok(f), Ok(h)) => h >= f,
+                _ => fresh == have,
+            },
+            _ => false,
+        };
+        let timed_out = self
+            .hold_until
+            .is_some_and(|t| tokio::time::Instant::now() >= t);
+        if caught_up || timed_out {
+            if timed_out && !caught_up {
+                warn!(
+                    "after a stall the Node could not be read fresh within 2 s; answering from the watch's view"
+                );
+            }
+            l.hold(false);
+            self.hold_until = None;
+            return true;
+        }
+        false
     }
 
     /// Logs, counts and publishes Events for what changed hands.

@@ -117,6 +117,11 @@ pub fn rejoined(
 pub struct Liveness {
     stamp_ns: AtomicU64,
     current: AtomicBool,
+    /// Set by the daemon after a stall until its Kubernetes view is fresh
+    /// again: the membership may have re-joined while the watch events that
+    /// queued up during the stall (a label that excludes this node, say)
+    /// are not yet applied.
+    held: AtomicBool,
     stall_after: Duration,
 }
 
@@ -126,6 +131,7 @@ impl Liveness {
         Liveness {
             stamp_ns: AtomicU64::new(0),
             current: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             stall_after,
         }
     }
@@ -149,8 +155,18 @@ impl Liveness {
         let stamp = Duration::from_nanos(self.stamp_ns.load(Ordering::SeqCst));
         Epoch {
             stamp,
-            current: self.current.load(Ordering::SeqCst),
+            current: self.current.load(Ordering::SeqCst) && !self.held.load(Ordering::SeqCst),
         }
+    }
+
+    /// Holds (or releases) every answer and announcement: the epoch reads as
+    /// not current while held.
+    pub fn hold(&self, held: bool) {
+        self.held.store(held, Ordering::SeqCst);
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
     }
 }
 
