@@ -241,7 +241,8 @@ async fn stale_config_is_refused_and_accepted_after_the_service_is_gone() {
     );
     h.expect_ips("b", &["192.0.2.11"]).await;
     h.delete_service("b").await;
-    h.expect_event("config", "ConfigLoaded", "1 address pool")
+    // The Event of this change (the first load's Event also says "1 address pool").
+    h.expect_event("config", "ConfigLoaded", "resized from 3 to 1 addresses")
         .await;
     // The new, smaller config is in force: nothing left for another Service.
     h.create_service("c", json!({})).await;
