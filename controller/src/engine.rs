@@ -1,7 +1,7 @@
 //! The controller's decisions, without I/O: watch events go in; desired
 //! Service statuses and notices (Events and log lines) come out.
 //!
-//! Start-up follows DESIGN section 4: nothing is assigned until the Services
+//! Start-up follows docs/architecture.md, section 4: nothing is assigned until the Services
 //! have been listed and a config has been loaded; then every address already in
 //! a Service's status is learned, all of them, before any new one is given out.
 

@@ -1,4 +1,4 @@
-//! The controller against an API server: each rule of DESIGN sections 3 and 4
+//! The controller against an API server: each rule of docs/architecture.md, sections 3 and 4
 //! as its own test. Runs against the test API server, or a real cluster when
 //! FERROLB_E2E_KUBECONFIG is set.
 

@@ -1,4 +1,4 @@
-//! The allocator: which Service holds which address (DESIGN section 4).
+//! The allocator: which Service holds which address (docs/architecture.md, section 4).
 //!
 //! Pools are kept as ranges. Each pool entry keeps the set of its free
 //! addresses as a map of disjoint intervals, so the lowest free address is found

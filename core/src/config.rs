@@ -1,4 +1,4 @@
-//! The ConfigMap format (DESIGN section 3): MetalLB v0.12's legacy layer-2
+//! The ConfigMap format (docs/architecture.md, section 3): MetalLB v0.12's legacy layer-2
 //! format plus ferrolb's `namespaces`, `node-selectors` and `interfaces`.
 //!
 //! Parsing is strict, as MetalLB's is: an unknown or repeated key is an error.

@@ -1,4 +1,4 @@
-//! Which node announces each load-balancer address (DESIGN section 5).
+//! Which node announces each load-balancer address (docs/architecture.md, section 5).
 //!
 //! Every speaker runs [`owners`] on the same inputs (its watches of Nodes,
 //! Services and EndpointSlices, the live members of the speaker cluster, and

@@ -1,4 +1,4 @@
-//! Membership among speakers (DESIGN section 5): which speakers are alive,
+//! Membership among speakers (docs/architecture.md, section 5): which speakers are alive,
 //! from authenticated heartbeats over UDP. This module is the sans-I/O part:
 //! the wire format, its HMAC authentication and replay protection, and the
 //! failure detector. The speaker owns the socket and the clock and feeds

@@ -1,5 +1,5 @@
 //! What the allocator needs to know of a Service, free of Kubernetes types,
-//! and the annotations that carry a Service's requests (DESIGN section 4).
+//! and the annotations that carry a Service's requests (docs/architecture.md, section 4).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The allocator's rules (DESIGN section 4), one behaviour per test.
+//! The allocator's rules (docs/architecture.md, section 4), one behaviour per test.
 
 mod common;
 

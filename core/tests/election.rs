@@ -1,4 +1,4 @@
-//! Table tests of the election (DESIGN section 5): who announces each
+//! Table tests of the election (docs/architecture.md, section 5): who announces each
 //! address, from nodes, members, Services with their endpoints, and the
 //! config.
 

@@ -1,4 +1,4 @@
-//! Property tests for `ferrolb_core::packet` (DESIGN section 8):
+//! Property tests for `ferrolb_core::packet` (docs/architecture.md, section 8):
 //!
 //! - no input makes a parser panic: arbitrary bytes, and valid frames with
 //!   random bytes changed and random lengths cut off (random bytes alone

@@ -1,6 +1,6 @@
 //! The announcer: answers ARP and NDP for the addresses this node owns, on
 //! the interfaces it announces on, and tells the segment when it takes an
-//! address over (DESIGN section 6).
+//! address over (docs/architecture.md, section 6).
 //!
 //! It is driven by one idempotent call, [`Announcer::set`], with the whole
 //! table of owned addresses per interface. Setting the same table again
@@ -124,7 +124,7 @@ pub struct ProtocolLabel {
     pub protocol: String,
 }
 
-/// Counters for the metrics of DESIGN section 7. Per-address counters only
+/// Counters for the metrics of docs/architecture.md, section 7. Per-address counters only
 /// count addresses this node announces, so that a scan of the segment
 /// cannot grow the label set.
 #[derive(Debug, Default)]

@@ -1,4 +1,4 @@
-//! Which interfaces the speaker announces on (DESIGN section 6): up, not
+//! Which interfaces the speaker announces on (docs/architecture.md, section 6): up, not
 //! loopback, not NOARP, not enslaved to a bond or bridge (the bond or
 //! bridge itself is used), and not matching the exclude list.
 
@@ -78,7 +78,7 @@ pub fn list() -> io::Result<Vec<Interface>> {
     Ok(by_name.into_values().collect())
 }
 
-/// The interfaces to announce on, by DESIGN section 6's rules; `only`, when
+/// The interfaces to announce on, by the rules of docs/architecture.md, section 6; `only`, when
 /// not empty (a pool's `interfaces`), narrows them to those names.
 pub fn select<'a>(
     all: &'a [Interface],
@@ -147,7 +147,7 @@ pub fn assigned() -> io::Result<Vec<Assigned>> {
 
 /// The interfaces to announce `vip` on: [`select`]'s, and when the pool
 /// names no interfaces, only those with an address in the VIP's subnet if
-/// there are any (DESIGN section 3: the default is every eligible
+/// there are any (docs/architecture.md, section 3: the default is every eligible
 /// interface with an address in the same subnet, else every eligible one).
 pub fn for_address<'a>(
     all: &'a [Interface],

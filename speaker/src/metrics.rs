@@ -1,4 +1,4 @@
-//! The speaker's Prometheus metrics (DESIGN section 7), served by
+//! The speaker's Prometheus metrics (docs/architecture.md, section 7), served by
 //! `ferrolb_runtime::serve` as the controller's are.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The lab: a simulated cluster in network namespaces on one machine
-//! (DESIGN section 8).
+//! (docs/architecture.md, section 8).
 //!
 //! ```text
 //!             switch namespace: bridge br0 (the layer-2 segment)

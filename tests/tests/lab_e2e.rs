@@ -203,7 +203,7 @@ fn services_sharing_an_address_are_answered_by_exactly_one_mac() {
 fn owner_link_cut_and_speaker_kill_move_traffic_by_gratuitous_arp() {
     // Four nodes: after two failures the survivors still see each other. (With
     // three, the last one could reach no peer while peers are expected, and
-    // fences itself, as DESIGN section 5 says it must.)
+    // fences itself, as docs/architecture.md, section 5, says it must.)
     let mut lab = lab(4);
     lab.create_service("web", serde_json::json!({})).unwrap();
     let ip = wait_ips(&lab, "web", 1).remove(0);

@@ -173,7 +173,7 @@ impl ArpRequest {
     }
 
     /// Whether an interface with hardware address `mac` should consider the
-    /// request: sent to broadcast or to `mac` itself (DESIGN section 6).
+    /// request: sent to broadcast or to `mac` itself (docs/architecture.md, section 6).
     /// Unicast requests to `mac` are how Linux re-validates a cached entry.
     pub fn is_addressed_to(&self, mac: MacAddr) -> bool {
         self.0.eth_destination.is_broadcast() || self.0.eth_destination == mac

@@ -1,4 +1,4 @@
-//! The ARP and NDP packets the speaker reads and writes (DESIGN section 6),
+//! The ARP and NDP packets the speaker reads and writes (docs/architecture.md, section 6),
 //! parsed and built without I/O.
 //!
 //! The shape follows smoltcp's `wire` module: pnet's packet views do the
