@@ -12,7 +12,8 @@ use ferrolb_core::{Allocator, Change, Config, ServiceKey, config, config_change}
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 
 use crate::service::{
-    Classes, has_finalizer, key_of, pool_annotation, service_proxy_name, spec_of, status_ips,
+    Classes, ClassesExt, has_finalizer, key_of, pool_annotation, service_proxy_name, spec_of,
+    status_ips,
 };
 
 /// What a Service's status, pool annotation and finalizer should be.

@@ -166,20 +166,11 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let classes = service::Classes {
-        names: args
-            .load_balancer_class
-            .iter()
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-            .collect(),
-        without_class: !args.ignore_services_without_class,
-    };
-    if classes.names.is_empty() && !classes.without_class {
-        anyhow::bail!(
-            "--ignore-services-without-class without any --load-balancer-class would handle no Service"
-        );
-    }
+    let classes = service::Classes::from_flags(
+        &args.load_balancer_class,
+        args.ignore_services_without_class,
+    )
+    .map_err(anyhow::Error::msg)?;
     let metrics = metrics::Metrics::new();
     let server = ferrolb_runtime::serve::spawn(args.metrics_addr, metrics.clone());
     let client = run::client().await?;

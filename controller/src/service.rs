@@ -1,7 +1,7 @@
 //! Reading a Kubernetes Service: is it ours, what does it ask for, what does
 //! its status say.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use ferrolb_core::service::{self, ALLOCATED_FROM_POOL};
 use ferrolb_core::{Family, FamilyPolicy, PortKey, Protocol, ServiceSpec, Sharing};
@@ -15,48 +15,26 @@ pub const FINALIZER: &str = "service.kubernetes.io/load-balancer-cleanup";
 /// The label that makes kube-proxy skip a Service.
 pub const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 
-/// The `spec.loadBalancerClass` values this controller handles.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Classes {
-    /// Services with one of these classes are handled.
-    pub names: BTreeSet<String>,
-    /// Services without a class are handled too.
-    pub without_class: bool,
+/// The `spec.loadBalancerClass` values this controller handles: the same
+/// rule as the speaker's (`runtime::service::ServiceClasses`).
+pub use ferrolb_runtime::service::ServiceClasses as Classes;
+
+/// The controller's questions about a Service's class, on top of the shared rule.
+pub trait ClassesExt {
+    fn handles(&self, svc: &Service) -> bool;
+    fn held_by_finalizer(&self, svc: &Service) -> bool;
 }
 
-impl Default for Classes {
-    /// Services without a class only.
-    fn default() -> Classes {
-        Classes {
-            names: BTreeSet::new(),
-            without_class: true,
-        }
-    }
-}
-
-impl Classes {
-    /// Whether the Service's class (or its lack of one) is ours; says
-    /// nothing about its type.
-    pub fn matches(&self, svc: &Service) -> bool {
-        match svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.load_balancer_class.as_deref())
-        {
-            None => self.without_class,
-            Some(c) => self.names.contains(c),
-        }
-    }
-
+impl ClassesExt for Classes {
     /// Whether ferrolb handles this Service: `type: LoadBalancer`, a class of
     /// ours, and not being deleted.
-    pub fn handles(&self, svc: &Service) -> bool {
+    fn handles(&self, svc: &Service) -> bool {
         svc.metadata.deletion_timestamp.is_none() && is_load_balancer(svc) && self.matches(svc)
     }
 
     /// A Service of ours being deleted that still carries ferrolb's finalizer:
     /// its address stays held until the finalizer is removed.
-    pub fn held_by_finalizer(&self, svc: &Service) -> bool {
+    fn held_by_finalizer(&self, svc: &Service) -> bool {
         svc.metadata.deletion_timestamp.is_some()
             && has_finalizer(svc)
             && is_load_balancer(svc)
