@@ -32,14 +32,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a config offline: a ConfigMap manifest or the bare document
-    /// stored under its key `config`. Prints every problem; exits 0 only when valid.
+    /// Validate a config offline: a ConfigMap manifest, the bare document
+    /// stored under its key `config`, or a file of MetalLB metallb.io/v1beta1
+    /// objects (IPAddressPool, L2Advertisement). Prints every problem; exits 0
+    /// only when valid.
     CheckConfig {
         /// The file to check; `-` reads standard input.
         file: String,
         /// `json` prints the parsed pools, or the errors, as JSON.
         #[arg(long, value_enum, default_value = "text")]
         output: check_config::Output,
+        /// Instead of checking: write the ConfigMap's pools as MetalLB
+        /// IPAddressPool and L2Advertisement objects (YAML on standard output).
+        #[arg(long, default_value_t = false)]
+        to_crds: bool,
+        /// The namespace of the objects --to-crds writes.
+        #[arg(long, default_value = "metallb-system", requires = "to_crds")]
+        namespace: String,
     },
     /// Remove ferrolb's finalizer (service.kubernetes.io/load-balancer-cleanup)
     /// from every Service, so that none is left undeletable after uninstalling.
@@ -100,7 +109,28 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { file, output }) => match read_input(&file) {
+        Some(Command::CheckConfig {
+            file,
+            to_crds: true,
+            namespace,
+            ..
+        }) => match read_input(&file) {
+            Ok(input) => {
+                let (out, err, ok) = check_config::to_crds(&input, &namespace);
+                print!("{out}");
+                eprint!("{err}");
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::CheckConfig { file, output, .. }) => match read_input(&file) {
             Ok(input) => {
                 let (text, valid) = check_config::check(&input, output);
                 print!("{text}");

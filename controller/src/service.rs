@@ -117,5 +117,10 @@ pub fn spec_of(svc: &Service) -> Result<ServiceSpec, String> {
             backend: service::backend_key(local, spec.selector.as_ref().unwrap_or(&empty)),
             ports,
         },
+        labels: svc.metadata.labels.clone().unwrap_or_default(),
+        // The controller does not watch Namespaces: a pool that admits
+        // namespaces by label selector (MetalLB CRDs, not read by the
+        // controller yet) gives no new address to a namespace it does not list.
+        namespace_labels: None,
     })
 }

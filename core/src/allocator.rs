@@ -3,8 +3,9 @@
 //! Pools are kept as ranges. Each pool entry keeps the set of its free
 //! addresses as a map of disjoint intervals, so the lowest free address is found
 //! in logarithmic time however full the pool is. Addresses are taken lowest
-//! first, walking a pool's entries in config order; pools are tried in config
-//! order. Everything is ordered (B-trees), so the same sequence of calls always
+//! first, walking a pool's entries in config order; pools are tried in the
+//! config's [`crate::config::PoolOrder`] (MetalLB's priorities, or config
+//! order). Everything is ordered (B-trees), so the same sequence of calls always
 //! gives the same assignments.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +15,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::addr::{AddrRange, Family, from_u128, is_buggy, to_u128};
-use crate::config::Config;
+use crate::config::{AddressPool, Config, Refusal};
 use crate::service::{FamilyPolicy, PortKey, ServiceKey, ServiceSpec, Sharing};
 
 /// The addresses a Service holds (IPv4 first) and the pool of the first one.
@@ -103,6 +104,8 @@ pub enum AllocError {
         "pool {pool:?} may not be used by Services in namespace {namespace:?} (see its namespaces list)"
     )]
     NamespaceNotAllowed { pool: String, namespace: String },
+    #[error("pool {pool:?} may not be used by this Service: {reason}")]
+    PoolNotAllowed { pool: String, reason: String },
     #[error("no free {families} address left in {}", pool_list(.pools))]
     Exhausted {
         families: String,
@@ -172,6 +175,7 @@ impl AllocError {
             AllocError::NoConfig => "no_config",
             AllocError::UnknownPool { .. } => "unknown_pool",
             AllocError::NamespaceNotAllowed { .. } => "namespace_not_allowed",
+            AllocError::PoolNotAllowed { .. } => "pool_not_allowed",
             AllocError::Exhausted { .. } => "exhausted",
             AllocError::NoPoolForFamily { .. } => "no_pool_for_family",
             AllocError::NotInAnyPool { .. } => "not_in_any_pool",
@@ -444,12 +448,7 @@ impl Allocator {
                     pool: pool.name.clone(),
                 });
             }
-            if !pool.allows_namespace(&spec.key.namespace) {
-                return Err(AllocError::NamespaceNotAllowed {
-                    pool: pool.name.clone(),
-                    namespace: spec.key.namespace.clone(),
-                });
-            }
+            keeps(pool, spec)?;
             self.check_sharing(*ip, &spec.key, &spec.sharing)?;
         }
         self.release(&spec.key);
@@ -714,11 +713,15 @@ impl Allocator {
             {
                 return Some(format!("the Service now asks for pool {want:?}"));
             }
-            if !pool.allows_namespace(&spec.key.namespace) {
-                return Some(format!(
-                    "pool {:?} does not allow the Service's namespace",
-                    pool.name
-                ));
+            match keeps(pool, spec) {
+                Ok(()) => {}
+                Err(AllocError::NamespaceNotAllowed { .. }) => {
+                    return Some(format!(
+                        "pool {:?} does not allow the Service's namespace",
+                        pool.name
+                    ));
+                }
+                Err(e) => return Some(e.to_string()),
             }
             if let Err(e) = self.check_sharing(*ip, &spec.key, &spec.sharing) {
                 return Some(e.to_string());
@@ -732,37 +735,31 @@ impl Allocator {
         if !spec.requested_ips.is_empty() {
             return self.assign_requested(spec);
         }
-        let candidates: Vec<usize> = match &spec.pool {
+        let groups: Vec<Vec<usize>> = match &spec.pool {
             Some(name) => {
                 let pi = config
                     .pools
                     .iter()
                     .position(|p| &p.name == name)
                     .ok_or_else(|| AllocError::UnknownPool { pool: name.clone() })?;
-                if !config.pools[pi].allows_namespace(&spec.key.namespace) {
-                    return Err(AllocError::NamespaceNotAllowed {
-                        pool: name.clone(),
-                        namespace: spec.key.namespace.clone(),
-                    });
-                }
-                vec![pi]
+                admits(&config.pools[pi], spec)?;
+                vec![vec![pi]]
             }
-            None => config
-                .pools
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.auto_assign && p.allows_namespace(&spec.key.namespace))
-                .map(|(i, _)| i)
-                .collect(),
+            None => config.auto_assign_candidates(spec),
         };
-        for families in plan.attempts() {
-            for &pi in &candidates {
-                if let Some(ips) = self.find_in_pool(pi, &families, spec) {
-                    self.hold(&spec.key, ips.clone(), spec.sharing.clone());
-                    return Ok(self.describe(&ips));
+        // Each group in turn, every family choice within it (MetalLB tries
+        // the pools a service allocation picks before the others).
+        for group in &groups {
+            for families in plan.attempts() {
+                for &pi in group {
+                    if let Some(ips) = self.find_in_pool(pi, &families, spec) {
+                        self.hold(&spec.key, ips.clone(), spec.sharing.clone());
+                        return Ok(self.describe(&ips));
+                    }
                 }
             }
         }
+        let candidates: Vec<usize> = groups.into_iter().flatten().collect();
         let config = self.config.as_ref().expect("checked above");
         let first = plan.attempts().remove(0);
         let families = family_words(&first);
@@ -822,12 +819,7 @@ impl Allocator {
                     requested: want.clone(),
                 });
             }
-            if !pool.allows_namespace(&spec.key.namespace) {
-                return Err(AllocError::NamespaceNotAllowed {
-                    pool: pool.name.clone(),
-                    namespace: spec.key.namespace.clone(),
-                });
-            }
+            admits(pool, spec)?;
             if pool.avoid_buggy_ips && is_buggy(*ip) {
                 return Err(AllocError::BuggyIp {
                     ip: *ip,
@@ -907,6 +899,42 @@ impl Allocator {
             }
         }
         None
+    }
+}
+
+/// Whether `spec` may take a new address from `pool`: its service allocation
+/// must admit the Service.
+fn admits(pool: &AddressPool, spec: &ServiceSpec) -> Result<(), AllocError> {
+    pool.admits(spec).map_err(|r| refused(pool, spec, r))
+}
+
+/// Whether `spec` may keep an address of `pool`: as [`admits`], except that
+/// namespace labels the caller does not know take nothing away.
+fn keeps(pool: &AddressPool, spec: &ServiceSpec) -> Result<(), AllocError> {
+    match pool.admits(spec) {
+        Ok(()) | Err(Refusal::NamespaceLabelsUnknown) => Ok(()),
+        Err(r) => Err(refused(pool, spec, r)),
+    }
+}
+
+fn refused(pool: &AddressPool, spec: &ServiceSpec, r: Refusal) -> AllocError {
+    match r {
+        Refusal::Namespace => AllocError::NamespaceNotAllowed {
+            pool: pool.name.clone(),
+            namespace: spec.key.namespace.clone(),
+        },
+        Refusal::NamespaceLabelsUnknown => AllocError::PoolNotAllowed {
+            pool: pool.name.clone(),
+            reason: format!(
+                "it admits namespaces by label (serviceAllocation.namespaceSelectors), and the labels of namespace {:?} are not known",
+                spec.key.namespace
+            ),
+        },
+        Refusal::ServiceLabels => AllocError::PoolNotAllowed {
+            pool: pool.name.clone(),
+            reason: "the Service's labels match none of its serviceAllocation.serviceSelectors"
+                .to_owned(),
+        },
     }
 }
 

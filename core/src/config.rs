@@ -15,12 +15,34 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{AddrRange, parse_entry};
-use crate::selector::{LabelSelector, is_dns_label};
+use crate::selector::{LabelSelector, Labels, is_dns_label};
+use crate::service::ServiceSpec;
 
-/// A validated configuration: the address pools, in config order.
+/// A validated configuration: the address pools, in config order, and the
+/// rule that orders them for a Service. Both config sources produce it: the
+/// ConfigMap ([`parse`]) and MetalLB's `metallb.io/v1beta1` objects
+/// ([`crate::crd::parse`]); see docs/architecture.md, section 3.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub pools: Vec<AddressPool>,
+    pub order: PoolOrder,
+}
+
+/// How the allocator orders the auto-assign pools a Service may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum PoolOrder {
+    /// MetalLB's rule: first the pools whose service allocation selects the
+    /// Service, lowest `priority` first (a pool without a priority after
+    /// those with one), then the pools without a service allocation. Ties
+    /// keep config order (MetalLB's order there is unspecified).
+    #[default]
+    Priority,
+    /// Every pool the Service may use, in config order. A ConfigMap gets it
+    /// when one of its unrestricted pools comes before a `namespaces` pool:
+    /// the README promises config order there, which [`PoolOrder::Priority`]
+    /// would change. Any other ConfigMap gets `Priority`, which then gives
+    /// the same order.
+    ConfigOrder,
 }
 
 /// One address pool. `protocol` is always layer 2.
@@ -31,19 +53,145 @@ pub struct AddressPool {
     pub ranges: Vec<AddrRange>,
     pub auto_assign: bool,
     pub avoid_buggy_ips: bool,
-    /// `None`: every namespace may use the pool.
-    pub namespaces: Option<BTreeSet<String>>,
-    /// Empty: every node may announce the pool's addresses.
+    /// Which Services may take addresses from the pool: an IPAddressPool's
+    /// `serviceAllocation`, or a ConfigMap pool's `namespaces`. `None`: every
+    /// Service.
+    pub service_allocation: Option<ServiceAllocation>,
+    /// Where the pool's addresses are announced: one entry for each
+    /// L2Advertisement that selects the pool (a ConfigMap pool has exactly
+    /// one, from its `node-selectors` and `interfaces`). Empty: the pool's
+    /// addresses are assigned but no node announces them.
+    pub advertisements: Vec<Advertisement>,
+}
+
+/// MetalLB's `serviceAllocation`: which Services may use a pool, and how much
+/// a Service prefers it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceAllocation {
+    /// Lower first; `None` (MetalLB's 0, or unset) after every pool with one.
+    pub priority: Option<i32>,
+    /// Services in these namespaces (or in one [`Self::namespace_selectors`]
+    /// matches) may use the pool. Both empty: every namespace.
+    pub namespaces: BTreeSet<String>,
+    /// Selectors over the labels of a Service's namespace.
+    pub namespace_selectors: Vec<LabelSelector>,
+    /// Selectors over a Service's labels; empty: every Service.
+    pub service_selectors: Vec<LabelSelector>,
+}
+
+/// Why a pool's service allocation refuses a Service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The namespace is not listed and no namespace selector matches it.
+    Namespace,
+    /// Only a namespace selector could admit the namespace, and its labels
+    /// are not known.
+    NamespaceLabelsUnknown,
+    /// No service selector matches the Service's labels.
+    ServiceLabels,
+}
+
+impl ServiceAllocation {
+    /// Whether a Service in `namespace` (labelled `namespace_labels`, when
+    /// known) with `service_labels` may use the pool.
+    pub fn admits(
+        &self,
+        namespace: &str,
+        namespace_labels: Option<&Labels>,
+        service_labels: &Labels,
+    ) -> Result<(), Refusal> {
+        if !self.service_selectors.is_empty()
+            && !self
+                .service_selectors
+                .iter()
+                .any(|s| s.matches(service_labels))
+        {
+            return Err(Refusal::ServiceLabels);
+        }
+        if self.namespaces.is_empty() && self.namespace_selectors.is_empty()
+            || self.namespaces.contains(namespace)
+        {
+            return Ok(());
+        }
+        if self.namespace_selectors.is_empty() {
+            return Err(Refusal::Namespace);
+        }
+        // An empty selector matches every namespace, whatever its labels.
+        match namespace_labels {
+            Some(l) if self.namespace_selectors.iter().any(|s| s.matches(l)) => Ok(()),
+            Some(_) => Err(Refusal::Namespace),
+            None if self
+                .namespace_selectors
+                .iter()
+                .any(|s| s.match_labels.is_empty() && s.match_expressions.is_empty()) =>
+            {
+                Ok(())
+            }
+            None => Err(Refusal::NamespaceLabelsUnknown),
+        }
+    }
+
+    /// Whether it names any Service at all: MetalLB assigns automatically
+    /// from a pool with a service allocation only to the Services its
+    /// namespaces, namespace selectors or service selectors pick, so one with
+    /// none of them (a `priority` alone) is used only on request.
+    pub fn selects_any(&self) -> bool {
+        !(self.namespaces.is_empty()
+            && self.namespace_selectors.is_empty()
+            && self.service_selectors.is_empty())
+    }
+}
+
+/// One L2Advertisement as it applies to a pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advertisement {
+    /// Nodes matching one of these announce; empty: every node.
     pub node_selectors: Vec<LabelSelector>,
-    /// Empty: the speaker's default interface choice.
+    /// Announce on these interfaces; empty: the speaker's default choice.
     pub interfaces: Vec<String>,
+    /// Announce only for Services matching one of these; empty: every Service.
+    pub service_selectors: Vec<LabelSelector>,
+}
+
+impl Advertisement {
+    pub fn selects_node(&self, labels: &Labels) -> bool {
+        self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| s.matches(labels))
+    }
 }
 
 impl AddressPool {
-    pub fn allows_namespace(&self, namespace: &str) -> bool {
-        self.namespaces
+    /// The namespaces listed in the pool's service allocation, if it lists any
+    /// (a ConfigMap pool's `namespaces`).
+    pub fn namespaces(&self) -> Option<&BTreeSet<String>> {
+        self.service_allocation
             .as_ref()
-            .is_none_or(|ns| ns.contains(namespace))
+            .map(|a| &a.namespaces)
+            .filter(|n| !n.is_empty())
+    }
+
+    /// Whether Services in `namespace` may hold addresses of the pool, as far
+    /// as the namespace's name tells: a pool that also admits namespaces by
+    /// label selectors may admit any namespace, so this is true there. Used
+    /// where a held address is checked and only the holder's key is known.
+    pub fn allows_namespace(&self, namespace: &str) -> bool {
+        self.service_allocation.as_ref().is_none_or(|a| {
+            a.namespaces.is_empty()
+                || a.namespaces.contains(namespace)
+                || !a.namespace_selectors.is_empty()
+        })
+    }
+
+    /// Whether the pool's service allocation admits the Service (see
+    /// [`ServiceAllocation::admits`]); a pool without one admits every Service.
+    pub fn admits(&self, spec: &ServiceSpec) -> Result<(), Refusal> {
+        match &self.service_allocation {
+            None => Ok(()),
+            Some(a) => a.admits(
+                &spec.key.namespace,
+                spec.namespace_labels.as_ref(),
+                &spec.labels,
+            ),
+        }
     }
 
     /// How many addresses the pool can hand out: all of its ranges, less the
@@ -62,9 +210,50 @@ impl AddressPool {
             .fold(0u128, u128::saturating_add)
     }
 
-    /// Whether a node with these labels may announce this pool's addresses.
-    pub fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| s.matches(labels))
+    /// Whether a node with these labels may announce this pool's addresses:
+    /// one of the pool's advertisements selects it. The advertisements'
+    /// service selectors are not looked at (callers that know the Service use
+    /// [`AddressPool::announces`]).
+    pub fn selects_node(&self, labels: &Labels) -> bool {
+        self.advertisements.iter().any(|a| a.selects_node(labels))
+    }
+
+    /// Whether a node with `node_labels` announces this pool's addresses for
+    /// a Service with `service_labels`: one advertisement selects both, as
+    /// MetalLB combines several L2Advertisements of one pool.
+    pub fn announces(&self, node_labels: &Labels, service_labels: &Labels) -> bool {
+        self.advertisements.iter().any(|a| {
+            a.selects_node(node_labels)
+                && (a.service_selectors.is_empty()
+                    || a.service_selectors
+                        .iter()
+                        .any(|s| s.matches(service_labels)))
+        })
+    }
+
+    /// The interfaces to announce the pool's addresses on, from the
+    /// advertisements that select the node (all of them when `node_labels` is
+    /// `None`): their union, in order; empty means the speaker's default
+    /// choice, which is also the answer when one of those advertisements
+    /// names no interface (MetalLB: an advertisement without interfaces
+    /// announces on all of them).
+    pub fn interfaces_on(&self, node_labels: Option<&Labels>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for a in self
+            .advertisements
+            .iter()
+            .filter(|a| node_labels.is_none_or(|l| a.selects_node(l)))
+        {
+            if a.interfaces.is_empty() {
+                return vec![];
+            }
+            for i in &a.interfaces {
+                if !out.contains(i) {
+                    out.push(i.clone());
+                }
+            }
+        }
+        out
     }
 }
 
@@ -81,6 +270,45 @@ impl Config {
                 .position(|r| r.contains(ip))
                 .map(|ei| (pi, ei))
         })
+    }
+
+    /// The auto-assign pools `spec` may take an address from, as groups tried
+    /// one after the other, each in order (see [`PoolOrder`]): MetalLB tries
+    /// every family choice in the pools a Service's service allocation picks
+    /// before it falls back to the pools without one.
+    pub fn auto_assign_candidates(&self, spec: &ServiceSpec) -> Vec<Vec<usize>> {
+        let usable = |p: &AddressPool| p.auto_assign && p.admits(spec).is_ok();
+        match self.order {
+            PoolOrder::ConfigOrder => vec![
+                self.pools
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| usable(p))
+                    .map(|(i, _)| i)
+                    .collect(),
+            ],
+            PoolOrder::Priority => {
+                let mut pinned: Vec<(usize, Option<i32>)> = self
+                    .pools
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| {
+                        let a = p.service_allocation.as_ref()?;
+                        (usable(p) && a.selects_any()).then_some((i, a.priority))
+                    })
+                    .collect();
+                // Stable: equal priorities keep config order.
+                pinned.sort_by_key(|(_, prio)| (prio.is_none(), prio.unwrap_or(0)));
+                let rest = self
+                    .pools
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.auto_assign && p.service_allocation.is_none())
+                    .map(|(i, _)| i)
+                    .collect();
+                vec![pinned.into_iter().map(|(i, _)| i).collect(), rest]
+            }
+        }
     }
 }
 
@@ -277,7 +505,7 @@ pub const MAX_YAML_NODES: usize = 64 * 1024;
 /// `core/tests/config_rss.rs`; BENCHMARKS.md has the figures). The defaults
 /// of serde-saphyr allow 250,000 nodes and a million recorded alias events,
 /// which an alias bomb turns into well over 100 MiB.
-fn budget() -> serde_saphyr::Budget {
+pub(crate) fn budget() -> serde_saphyr::Budget {
     let mut b = serde_saphyr::Budget::default();
     b.max_reader_input_bytes = Some(MAX_CONFIG_BYTES);
     b.max_events = 3 * MAX_YAML_NODES;
@@ -296,7 +524,7 @@ fn budget() -> serde_saphyr::Budget {
     b
 }
 
-fn options() -> serde_saphyr::Options {
+pub(crate) fn options() -> serde_saphyr::Options {
     let mut o = serde_saphyr::Options::default();
     o.budget = Some(budget());
     o.alias_limits.max_total_replayed_events = 2 * MAX_YAML_NODES;
@@ -346,7 +574,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
 }
 
 /// What tripped the YAML budget, in the config's terms.
-fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+pub(crate) fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
     use serde_saphyr::budget::BudgetBreach as B;
     let what = match breach {
         B::Nodes { .. } | B::Events { .. } => {
@@ -625,25 +853,51 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 ranges: ranges.into_iter().map(|(r, _)| r).collect(),
                 auto_assign: p.auto_assign.unwrap_or(true),
                 avoid_buggy_ips: p.avoid_buggy_ips.unwrap_or(false),
-                namespaces,
-                node_selectors,
-                interfaces,
+                service_allocation: namespaces.map(|namespaces| ServiceAllocation {
+                    namespaces,
+                    ..ServiceAllocation::default()
+                }),
+                // A ConfigMap pool is announced by one advertisement: its own.
+                advertisements: vec![Advertisement {
+                    node_selectors,
+                    interfaces,
+                    service_selectors: vec![],
+                }],
             });
         }
     }
 
     if errors.is_empty() {
-        Ok(Config { pools })
+        let order = configmap_order(&pools);
+        Ok(Config { pools, order })
     } else {
         Err(errors)
     }
 }
 
-fn name_too_long(n: &str) -> bool {
+/// The order that keeps a ConfigMap's promise (auto-assign pools in config
+/// order, `namespaces` only restricting): [`PoolOrder::Priority`] when it
+/// gives the same order for every Service, which is when no unrestricted
+/// auto-assign pool comes before a restricted one; else config order.
+fn configmap_order(pools: &[AddressPool]) -> PoolOrder {
+    let restricted: Vec<bool> = pools
+        .iter()
+        .filter(|p| p.auto_assign)
+        .map(|p| p.service_allocation.is_some())
+        .collect();
+    let first_unrestricted = restricted.iter().position(|r| !r);
+    let last_restricted = restricted.iter().rposition(|r| *r);
+    match (first_unrestricted, last_restricted) {
+        (Some(u), Some(r)) if u < r => PoolOrder::ConfigOrder,
+        _ => PoolOrder::Priority,
+    }
+}
+
+pub(crate) fn name_too_long(n: &str) -> bool {
     n.chars().count() > MAX_POOL_NAME
 }
 
-fn valid_interface_name(n: &str) -> bool {
+pub(crate) fn valid_interface_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 15
         && n != "."

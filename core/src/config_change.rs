@@ -85,14 +85,50 @@ fn settings_changed(o: &AddressPool, p: &AddressPool) -> Vec<&'static str> {
     if o.auto_assign != p.auto_assign {
         what.push("auto-assign");
     }
-    if o.namespaces != p.namespaces {
+    // The ConfigMap's words first; what only MetalLB's objects can change after.
+    if o.namespaces() != p.namespaces() {
         what.push("namespaces");
     }
-    if o.node_selectors != p.node_selectors {
+    let node_selectors = |a: &AddressPool| {
+        a.advertisements
+            .iter()
+            .map(|ad| ad.node_selectors.clone())
+            .collect::<Vec<_>>()
+    };
+    if node_selectors(o) != node_selectors(p) {
         what.push("node-selectors");
     }
-    if o.interfaces != p.interfaces {
+    let interfaces = |a: &AddressPool| {
+        a.advertisements
+            .iter()
+            .map(|ad| ad.interfaces.clone())
+            .collect::<Vec<_>>()
+    };
+    if interfaces(o) != interfaces(p) {
         what.push("interfaces");
+    }
+    let rest = |a: &AddressPool| {
+        a.service_allocation
+            .as_ref()
+            .map(|s| {
+                (
+                    s.priority,
+                    s.namespace_selectors.clone(),
+                    s.service_selectors.clone(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    if rest(o) != rest(p) {
+        what.push("service allocation");
+    }
+    if o.advertisements.len() != p.advertisements.len()
+        || o.advertisements
+            .iter()
+            .zip(&p.advertisements)
+            .any(|(a, b)| a.service_selectors != b.service_selectors)
+    {
+        what.push("L2 advertisements");
     }
     what
 }

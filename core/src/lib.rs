@@ -7,6 +7,7 @@ pub mod addr;
 pub mod allocator;
 pub mod config;
 pub mod config_change;
+pub mod crd;
 pub mod election;
 pub mod membership;
 pub mod packet;

@@ -1,9 +1,13 @@
 //! Kubernetes label selectors (`matchLabels` / `matchExpressions`), used by a
-//! pool's `node-selectors`.
+//! pool's `node-selectors` and by MetalLB's selectors of nodes, namespaces,
+//! Services and pools.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+/// An object's labels (`metadata.labels`).
+pub type Labels = BTreeMap<String, String>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Operator {

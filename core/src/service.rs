@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::addr::Family;
+use crate::selector::Labels;
 
 /// `namespace/name` of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -111,6 +112,13 @@ pub struct ServiceSpec {
     /// Requested pool (annotation).
     pub pool: Option<String>,
     pub sharing: Sharing,
+    /// The Service's labels, for pools' `serviceAllocation.serviceSelectors`.
+    pub labels: Labels,
+    /// The labels of the Service's namespace, for pools'
+    /// `serviceAllocation.namespaceSelectors`; `None` when the caller does not
+    /// know them: such a pool then gives the Service no new address unless
+    /// it lists the namespace by name (an address already held is kept).
+    pub namespace_labels: Option<Labels>,
 }
 
 impl ServiceSpec {
@@ -123,6 +131,8 @@ impl ServiceSpec {
             requested_ips: vec![],
             pool: None,
             sharing: Sharing::default(),
+            labels: Labels::new(),
+            namespace_labels: None,
         }
     }
 

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ferrolb_core::addr::{AddrRange, is_buggy};
+use ferrolb_core::config::{Advertisement, PoolOrder, ServiceAllocation};
 use ferrolb_core::{
     AddressPool, Allocator, Config, Family, FamilyPolicy, PortKey, Protocol, ServiceKey,
     ServiceSpec, Sharing,
@@ -84,12 +85,18 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                     ranges,
                     auto_assign: shape.auto_assign,
                     avoid_buggy_ips: shape.avoid_buggy,
-                    namespaces: shape.only_ns0.then(|| ["ns0".to_owned()].into()),
-                    node_selectors: vec![],
-                    interfaces: vec![],
+                    service_allocation: shape.only_ns0.then(|| ServiceAllocation {
+                        namespaces: ["ns0".to_owned()].into(),
+                        ..ServiceAllocation::default()
+                    }),
+                    advertisements: vec![Advertisement::default()],
                 })
                 .collect();
-            Config { pools }
+            // The ConfigMap's rule: every pool a Service may use, in config order.
+            Config {
+                pools,
+                order: PoolOrder::ConfigOrder,
+            }
         })
 }
 
@@ -144,6 +151,8 @@ fn spec_strategy() -> impl Strategy<Value = ServiceSpec> {
                 backend,
                 ports,
             },
+            labels: Default::default(),
+            namespace_labels: None,
         },
     )
 }
@@ -153,6 +162,8 @@ fn service_key(i: usize) -> ServiceKey {
 }
 
 #[derive(Clone, Debug)]
+// A test's operation list: the size of a Service's spec (labels included) does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Op {
     Ensure(ServiceSpec),
     Release(usize),

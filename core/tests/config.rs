@@ -58,7 +58,7 @@ address-pools:
     let d = &c.pools[0];
     assert_eq!(d.name, "default");
     assert!(d.auto_assign && !d.avoid_buggy_ips);
-    assert_eq!(d.namespaces, None);
+    assert_eq!(d.namespaces(), None);
     assert_eq!(
         ranges(&c, 0),
         [
@@ -438,7 +438,7 @@ fn interfaces_extension() {
     let c = ok(
         "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  interfaces: [eth0, bond0]\n",
     );
-    assert_eq!(c.pools[0].interfaces, ["eth0", "bond0"]);
+    assert_eq!(c.pools[0].interfaces_on(None), ["eth0", "bond0"]);
     one_error(
         "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/24]\n  interfaces: [a-very-long-interface-name]\n",
         Some("a"),
@@ -554,7 +554,7 @@ fn an_alias_bomb_is_refused_with_a_clear_message() {
     let c = ok(
         "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n  namespaces: &ns [team-a, team-b]\n- name: b\n  protocol: layer2\n  addresses: [192.0.2.16/28]\n  namespaces: *ns\n",
     );
-    assert_eq!(c.pools[0].namespaces, c.pools[1].namespaces);
+    assert_eq!(c.pools[0].namespaces(), c.pools[1].namespaces());
 }
 
 #[test]

@@ -474,15 +474,21 @@ impl State {
                 if forbidden.contains(&address) {
                     continue;
                 }
+                // The interfaces of the pool's advertisements that select
+                // this node (all of them if its Node is not in the store).
+                let own_labels = nodes
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(self.settings.node.as_str()))
+                    .and_then(|n| n.metadata.labels.as_ref());
                 let pool_interfaces = config
                     .locate(address)
-                    .map(|(p, _)| config.pools[p].interfaces.as_slice())
+                    .map(|(p, _)| config.pools[p].interfaces_on(own_labels))
                     .unwrap_or_default();
                 let on = interfaces::for_address(
                     &self.interfaces,
                     &self.assigned,
                     &self.settings.excludes,
-                    pool_interfaces,
+                    &pool_interfaces,
                     address,
                 );
                 mine.insert(address, on.iter().map(|i| i.name.clone()).collect());
