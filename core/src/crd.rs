@@ -454,6 +454,8 @@ pub fn parse(text: &str) -> Parsed {
     let mut ads: Vec<RawAdvertisement> = Vec::new();
     let mut bgp: Vec<String> = Vec::new();
     let mut seen_ads: BTreeSet<(String, String)> = BTreeSet::new();
+    // The namespaces of the layer-2 objects: MetalLB reads one.
+    let mut namespaces: BTreeSet<String> = BTreeSet::new();
 
     for (d, doc) in docs.iter().enumerate() {
         if doc.is_null() {
@@ -586,6 +588,9 @@ pub fn parse(text: &str) -> Parsed {
                 metadata.and_then(|m| m.get("labels")),
                 "metadata.labels",
             );
+            if let Some(ns) = namespace {
+                namespaces.insert(ns.to_owned());
+            }
             let spec = mapping(&mut sink, map, "spec", "spec");
             if kind == Some("IPAddressPool") {
                 let pool = read_pool(&mut sink, name, labels, spec);
@@ -703,6 +708,17 @@ pub fn parse(text: &str) -> Parsed {
         }
     }
 
+    if namespaces.len() > 1 {
+        problems.push(Problem {
+            severity: Severity::Warning,
+            object: "the file".to_owned(),
+            field: None,
+            message: format!(
+                "the objects are in several namespaces ({}): MetalLB reads only those of its own namespace (metallb-system by default), so it would not see some of them; this check reads them all",
+                namespaces.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
     if !bgp.is_empty() {
         problems.push(Problem {
             severity: Severity::Notice,

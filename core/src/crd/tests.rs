@@ -206,6 +206,21 @@ fn unknown_kinds_and_versions_are_errors_naming_the_object() {
 }
 
 #[test]
+fn objects_in_several_namespaces_are_a_warning() {
+    let elsewhere = ALL_ADS.replace("namespace: metallb-system", "namespace: default");
+    let (_, problems) = ok(&docs(&[POOL, &elsewhere]));
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].severity, Severity::Warning);
+    assert!(
+        problems[0]
+            .message
+            .contains("several namespaces (default, metallb-system)"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
 fn status_objects_are_ignored_with_a_notice() {
     let status = "apiVersion: metallb.io/v1beta1\nkind: ServiceL2Status\nmetadata:\n  name: l2-abc\n  namespace: metallb-system\nstatus:\n  node: n1\n";
     let (_, problems) = ok(&docs(&[POOL, ALL_ADS, status]));
