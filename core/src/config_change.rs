@@ -92,7 +92,7 @@ fn settings_changed(o: &AddressPool, p: &AddressPool) -> Vec<&'static str> {
     let node_selectors = |a: &AddressPool| {
         a.advertisements
             .iter()
-            .map(|ad| ad.node_selectors.clone())
+            .flat_map(|ad| ad.node_selectors.clone())
             .collect::<Vec<_>>()
     };
     if node_selectors(o) != node_selectors(p) {
@@ -101,7 +101,7 @@ fn settings_changed(o: &AddressPool, p: &AddressPool) -> Vec<&'static str> {
     let interfaces = |a: &AddressPool| {
         a.advertisements
             .iter()
-            .map(|ad| ad.interfaces.clone())
+            .flat_map(|ad| ad.interfaces.clone())
             .collect::<Vec<_>>()
     };
     if interfaces(o) != interfaces(p) {
@@ -233,5 +233,36 @@ mod tests {
         );
         assert_eq!(changes(Some(&ab), &ba), vec![PoolChange::Reordered]);
         assert!(describe(Some(&ab), &ab).ends_with("(unchanged)"));
+    }
+
+    /// What only MetalLB's objects can change has words of its own.
+    #[test]
+    fn service_allocation_and_advertisements_of_metallb_objects() {
+        let objects = |priority: u32, ads: &str| {
+            crate::crd::parse(&format!(
+                "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: a\nspec:\n  addresses: [192.0.2.0/29]\n  serviceAllocation: {{priority: {priority}, namespaces: [web]}}\n{ads}"
+            ))
+            .config
+            .unwrap()
+        };
+        let one =
+            "---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata:\n  name: l2\n";
+        let two = format!(
+            "{one}---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata:\n  name: l2b\nspec:\n  interfaces: [eth0]\n"
+        );
+        assert_eq!(
+            changes(Some(&objects(1, one)), &objects(2, one)),
+            vec![PoolChange::Changed {
+                pool: "a".into(),
+                what: vec!["service allocation"]
+            }]
+        );
+        assert_eq!(
+            changes(Some(&objects(1, one)), &objects(1, &two)),
+            vec![PoolChange::Changed {
+                pool: "a".into(),
+                what: vec!["interfaces", "L2 advertisements"]
+            }]
+        );
     }
 }
