@@ -510,6 +510,33 @@ mod props {
     use super::*;
     use proptest::prelude::*;
 
+    const FILE: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: a\n  labels: {x: y}\nspec:\n  addresses: [192.0.2.0/28, \"2001:db8::/126\"]\n  autoAssign: false\n  serviceAllocation:\n    priority: 3\n    namespaces: [web]\n    namespaceSelectors: [{matchLabels: {env: prod}}]\n    serviceSelectors: [{matchExpressions: [{key: tier, operator: In, values: [gold]}]}]\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata:\n  name: l2\nspec:\n  ipAddressPools: [a]\n  ipAddressPoolSelectors: [{matchLabels: {x: y}}]\n  nodeSelectors: [{matchLabels: {edge: \"true\"}}]\n  interfaces: [eth0]\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        /// Any edit of a valid file (a cut, an insertion) parses without a
+        /// panic; what it accepts has a pool per valid IPAddressPool, and what
+        /// it refuses has an error naming an object.
+        #[test]
+        fn edits_never_panic(at in 0usize..FILE.len(), cut in 0usize..12, insert in "[-a-z0-9:{}\\[\\], \n\"]{0,6}") {
+            let mut text = FILE.to_owned();
+            let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let end = (at + cut).min(text.len());
+            text.replace_range(at..end, &insert);
+            let parsed = parse(&text);
+            match &parsed.config {
+                Some(c) => {
+                    prop_assert!(c.pools.len() <= 1);
+                    prop_assert!(parsed.errors().next().is_none());
+                }
+                None => {
+                    let first = parsed.errors().next();
+                    prop_assert!(first.is_some_and(|e| !e.object.is_empty() && !e.message.is_empty()));
+                }
+            }
+        }
+    }
+
     fn name() -> impl Strategy<Value = String> {
         "[a-z][a-z0-9]{0,6}"
     }
