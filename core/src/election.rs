@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use sha2::{Digest, Sha256};
 
 use crate::config::{AddressPool, Config};
+use crate::selector::Labels;
 use crate::service::ServiceKey;
 
 /// The Node label that keeps a node out of every load balancer, as in
@@ -77,6 +78,8 @@ pub struct ServiceInfo {
     pub traffic_policy: TrafficPolicy,
     /// Every endpoint of every EndpointSlice of the Service.
     pub endpoints: Vec<Endpoint>,
+    /// The Service's labels, for L2Advertisements' `serviceSelectors`.
+    pub labels: Labels,
 }
 
 impl ServiceInfo {
@@ -199,6 +202,12 @@ pub fn eligible_nodes<'a>(
         .iter()
         .filter(|n| members.is_none_or(|m| m.contains(&n.name)))
         .filter(|n| node_may_announce(n, pool))
+        // An advertisement of the pool must select the node and a holder
+        // (MetalLB's L2Advertisement serviceSelectors; a ConfigMap pool's
+        // one advertisement selects every Service).
+        .filter(|n| {
+            holders.is_empty() || holders.iter().any(|s| pool.announces(&n.labels, &s.labels))
+        })
         .filter(|n| local.as_ref().is_none_or(|l| l.contains(n.name.as_str())))
         .map(|n| n.name.as_str())
         .collect()
@@ -346,6 +355,7 @@ mod tests {
             addresses: vec![ip("2001:db8::1"), ip("192.0.2.9")],
             traffic_policy: TrafficPolicy::Cluster,
             endpoints: vec![],
+            labels: Labels::new(),
         };
         assert_eq!(svc.first_address(), Some(ip("192.0.2.9")));
     }

@@ -64,6 +64,7 @@ fn svc(name: &str, addresses: &[&str]) -> ServiceInfo {
         addresses: addresses.iter().map(|a| ip(a)).collect(),
         traffic_policy: TrafficPolicy::Cluster,
         endpoints: vec![ready_on("somewhere")],
+        labels: Default::default(),
     }
 }
 
@@ -386,4 +387,57 @@ fn owned_by_lists_a_nodes_addresses() {
         .collect();
     // The hash spreads addresses over the nodes.
     assert!(by_node.values().all(|c| *c >= 15), "{by_node:?}");
+}
+
+/// MetalLB objects: a pool no L2Advertisement selects is owned by no node;
+/// advertisements combine (a node announces if one selects it), and an
+/// advertisement's serviceSelectors limit it to the Services they match.
+#[test]
+fn metallb_advertisements_choose_the_announcing_nodes() {
+    let objects = r#"
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: web}
+spec: {addresses: [192.0.2.0/28]}
+---
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: silent}
+spec: {addresses: [192.0.2.16/28]}
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: zone-a}
+spec:
+  ipAddressPools: [web]
+  nodeSelectors: [{matchLabels: {zone: a}}]
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: zone-b-gold}
+spec:
+  ipAddressPools: [web]
+  nodeSelectors: [{matchLabels: {zone: b}}]
+  serviceSelectors: [{matchLabels: {tier: gold}}]
+"#;
+    let config = ferrolb_core::crd::parse(objects).config.unwrap();
+    let ns = vec![
+        labelled("node-a", "zone", "a"),
+        labelled("node-b", "zone", "b"),
+        labelled("node-c", "zone", "c"),
+    ];
+    let plain = svc("plain", &["192.0.2.1"]);
+    let mut gold = svc("gold", &["192.0.2.2"]);
+    gold.labels.insert("tier".into(), "gold".into());
+    let unannounced = svc("quiet", &["192.0.2.17"]);
+    let result = owners(&state(ns, vec![plain, gold, unannounced]), &config);
+    assert_eq!(result[&ip("192.0.2.1")], on("node-a"));
+    assert_eq!(
+        result[&ip("192.0.2.2")],
+        on(winner(&["node-a", "node-b"], "192.0.2.2"))
+    );
+    assert_eq!(
+        result[&ip("192.0.2.17")],
+        Owner::Nobody(Unowned::NoEligibleNode)
+    );
 }

@@ -99,6 +99,7 @@ pub fn service_infos<'a>(
                 } else {
                     TrafficPolicy::Cluster
                 },
+                labels: s.metadata.labels.clone().unwrap_or_default(),
             })
         })
         .collect()
