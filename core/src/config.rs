@@ -236,14 +236,29 @@ impl AddressPool {
     /// `None`): their union, in order; empty means the speaker's default
     /// choice, which is also the answer when one of those advertisements
     /// names no interface (MetalLB: an advertisement without interfaces
-    /// announces on all of them).
+    /// announces on all of them). Advertisements' service selectors are not
+    /// looked at ([`AddressPool::interfaces_for`] does).
     pub fn interfaces_on(&self, node_labels: Option<&Labels>) -> Vec<String> {
+        self.interfaces_for(node_labels, None)
+    }
+
+    /// As [`AddressPool::interfaces_on`], counting only the advertisements
+    /// that also select one of `holders` (the labels of the Services holding
+    /// the address), when given.
+    pub fn interfaces_for(
+        &self,
+        node_labels: Option<&Labels>,
+        holders: Option<&[&Labels]>,
+    ) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for a in self
-            .advertisements
-            .iter()
-            .filter(|a| node_labels.is_none_or(|l| a.selects_node(l)))
-        {
+        for a in self.advertisements.iter().filter(|a| {
+            node_labels.is_none_or(|l| a.selects_node(l))
+                && (a.service_selectors.is_empty()
+                    || holders.is_none_or(|h| {
+                        h.iter()
+                            .any(|l| a.service_selectors.iter().any(|s| s.matches(l)))
+                    }))
+        }) {
             if a.interfaces.is_empty() {
                 return vec![];
             }

@@ -475,14 +475,21 @@ impl State {
                     continue;
                 }
                 // The interfaces of the pool's advertisements that select
-                // this node (all of them if its Node is not in the store).
+                // this node (all of them if its Node is not in the store) and
+                // a Service holding the address.
                 let own_labels = nodes
                     .iter()
                     .find(|n| n.metadata.name.as_deref() == Some(self.settings.node.as_str()))
                     .and_then(|n| n.metadata.labels.as_ref());
+                let holders: Vec<&ferrolb_core::selector::Labels> = state
+                    .services
+                    .iter()
+                    .filter(|s| s.addresses.contains(&address))
+                    .map(|s| &s.labels)
+                    .collect();
                 let pool_interfaces = config
                     .locate(address)
-                    .map(|(p, _)| config.pools[p].interfaces_on(own_labels))
+                    .map(|(p, _)| config.pools[p].interfaces_for(own_labels, Some(&holders)))
                     .unwrap_or_default();
                 let on = interfaces::for_address(
                     &self.interfaces,

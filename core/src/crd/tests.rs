@@ -99,6 +99,15 @@ fn advertisement_fields() {
     assert!(!p.selects_node(&labels(&[])));
     assert_eq!(p.interfaces_on(None), ["eth0", "bond0"]);
     assert!(p.announces(&labels(&[("edge", "true")]), &labels(&[("expose", "l2")])));
+    let edge = labels(&[("edge", "true")]);
+    let l2 = labels(&[("expose", "l2")]);
+    assert_eq!(
+        p.interfaces_for(Some(&edge), Some(&[&l2])),
+        ["eth0", "bond0"]
+    );
+    // No advertisement for these holders: no interface of its own, so the
+    // answer is empty (the election gives such an address no owner anyway).
+    assert!(p.interfaces_for(Some(&edge), Some(&[])).is_empty());
     assert!(!p.announces(&labels(&[("edge", "true")]), &labels(&[])));
 }
 
