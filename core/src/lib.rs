@@ -11,6 +11,7 @@ pub mod crd;
 pub mod election;
 pub mod membership;
 pub mod packet;
+pub mod ring;
 pub mod selector;
 pub mod service;
 

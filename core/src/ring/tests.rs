@@ -1,0 +1,478 @@
+use super::sim::{Network, Record, Sim};
+use super::*;
+
+const MS: u64 = 1_000_000;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn started(n: usize, seed: u64, loss: f64) -> Sim {
+    let net = Network {
+        loss,
+        ..Network::default()
+    };
+    let mut sim = Sim::new(n, seed, Settings::default(), net);
+    sim.run_for(ms(1500));
+    let all: Vec<u32> = (0..n as u32).collect();
+    assert!(sim.agree_on(&all), "{n} nodes did not converge after start");
+    for i in 0..n as u32 {
+        assert!(sim.member(i).may_announce(), "node {i} not announcing");
+    }
+    sim
+}
+
+/// When each running node other than `node` removed it, measured from
+/// `from`, in milliseconds; `None` for a node that did not.
+fn removal_times(sim: &Sim, node: u32, from: u64) -> Vec<Option<f64>> {
+    (0..sim.len() as u32)
+        .filter(|&i| i != node && sim.is_up(i))
+        .map(|by| {
+            sim.records.iter().find_map(|r| match r {
+                Record::Removed {
+                    at, by: b, node: n, ..
+                } if *b == by && *n == node && *at >= from => Some((*at - from) as f64 / MS as f64),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_small_cluster_forms_and_agrees() {
+    for n in [1, 2, 3, 5, 12] {
+        let sim = started(n, n as u64, 0.0);
+        assert!(sim.removals_since(0).is_empty());
+    }
+}
+
+#[test]
+fn a_killed_node_is_removed_by_everyone_within_the_budget() {
+    for (n, seed) in [(3, 1), (10, 2), (60, 3)] {
+        let mut sim = started(n, seed, 0.0);
+        let t0 = sim.now();
+        sim.kill(0);
+        sim.run_for(ms(400));
+        let times = removal_times(&sim, 0, t0);
+        assert!(
+            times.iter().all(|t| t.is_some_and(|t| t < 200.0)),
+            "{n}: {times:?}"
+        );
+        let rest: Vec<u32> = (1..n as u32).collect();
+        assert!(sim.agree_on(&rest));
+        assert_eq!(
+            sim.removals_since(t0).iter().filter(|r| r.2 != 0).count(),
+            0
+        );
+        assert!(
+            (1..n as u32).all(|i| sim.member(i).may_announce()),
+            "{n}: a survivor is fenced"
+        );
+    }
+}
+
+#[test]
+fn five_percent_loss_removes_no_one() {
+    let mut sim = started(40, 7, 0.05);
+    let t0 = sim.now();
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.removals_since(t0), vec![]);
+    assert!((0..40).all(|i| sim.member(i).may_announce()));
+}
+
+#[test]
+fn a_two_node_cluster_survives_its_peer() {
+    let mut sim = started(2, 9, 0.0);
+    sim.kill(1);
+    sim.run_for(ms(300));
+    assert!(sim.agree_on(&[0]));
+    assert!(sim.member(0).may_announce());
+}
+
+#[test]
+fn the_minority_side_of_a_partition_fences_and_the_majority_takes_over() {
+    for (n, minority, seed) in [
+        (3, 1, 11),
+        (5, 2, 12),
+        (20, 8, 13),
+        (60, 1, 14),
+        (60, 27, 15),
+    ] {
+        let mut sim = started(n, seed, 0.0);
+        let group: Vec<u32> = (0..n).map(|i| u32::from(i < minority)).collect();
+        let t0 = sim.now();
+        sim.partition(group);
+        sim.run_for(ms(250));
+        let small: Vec<u32> = (0..minority as u32).collect();
+        let big: Vec<u32> = (minority as u32..n as u32).collect();
+        for &i in &small {
+            assert!(
+                !sim.member(i).may_announce(),
+                "{n}/{minority}: minority node {i} announces"
+            );
+        }
+        assert!(sim.agree_on(&big), "{n}/{minority}: majority did not agree");
+        for &i in &big {
+            assert!(
+                sim.member(i).may_announce(),
+                "{n}/{minority}: majority node {i} fenced"
+            );
+        }
+        // Never did both sides announce for longer than the budget: every
+        // minority node fenced within 200 ms.
+        for &i in &small {
+            let fenced_at = sim
+                .records
+                .iter()
+                .find_map(|r| match r {
+                    Record::Fenced {
+                        at,
+                        node,
+                        fenced: true,
+                    } if *node == i && *at >= t0 => Some(*at),
+                    _ => None,
+                })
+                .expect("fenced");
+            assert!(
+                fenced_at - t0 < 200 * MS,
+                "{n}/{minority}: node {i} fenced after {} ms",
+                (fenced_at - t0) / MS
+            );
+        }
+        // The minority removed no one.
+        assert!(
+            sim.removals_since(t0)
+                .iter()
+                .all(|(_, by, _)| !small.contains(by))
+        );
+        sim.heal();
+        sim.run_for(Duration::from_secs(3));
+        let all: Vec<u32> = (0..n as u32).collect();
+        assert!(
+            sim.agree_on(&all),
+            "{n}/{minority}: did not re-form after healing"
+        );
+        assert!(all.iter().all(|&i| sim.member(i).may_announce()));
+    }
+}
+
+#[test]
+fn an_even_split_keeps_the_side_with_the_lowest_name() {
+    let mut sim = started(4, 21, 0.0);
+    sim.partition(vec![0, 0, 1, 1]);
+    sim.run_for(ms(300));
+    assert!(sim.agree_on(&[0, 1]));
+    assert!(sim.member(0).may_announce() && sim.member(1).may_announce());
+    assert!(!sim.member(2).may_announce() && !sim.member(3).may_announce());
+}
+
+#[test]
+fn one_way_and_flapping_links_change_nothing() {
+    for (n, seed) in [(3, 31), (30, 32)] {
+        let mut sim = started(n, seed, 0.0);
+        let t0 = sim.now();
+        // 0 hears 1, 1 does not hear 0.
+        sim.block(0, 1);
+        sim.run_for(Duration::from_secs(3));
+        sim.unblock(0, 1);
+        // The link between 1 and 2 flaps every 300 ms.
+        for _ in 0..10 {
+            sim.block(1, 2);
+            sim.block(2, 1);
+            sim.run_for(ms(300));
+            sim.unblock(1, 2);
+            sim.unblock(2, 1);
+            sim.run_for(ms(300));
+        }
+        assert_eq!(sim.removals_since(t0), vec![], "{n} nodes");
+        assert!((0..n as u32).all(|i| sim.member(i).may_announce()));
+    }
+}
+
+#[test]
+fn a_stalled_node_rejoins_before_it_announces_again() {
+    let mut sim = started(10, 41, 0.0);
+    let t0 = sim.now();
+    sim.pause(3, ms(1000));
+    sim.run_for(ms(300));
+    let times = removal_times(&sim, 3, t0);
+    assert!(
+        times.iter().all(|t| t.is_some_and(|t| t < 200.0)),
+        "{times:?}"
+    );
+    sim.run_for(ms(2000));
+    let all: Vec<u32> = (0..10).collect();
+    assert!(sim.agree_on(&all), "the stalled node was not re-admitted");
+    // It re-joined under a new incarnation, and announced again only once
+    // every peer had admitted that incarnation.
+    let rejoined = sim
+        .records
+        .iter()
+        .any(|r| matches!(r, Record::Rejoined { node: 3, .. }));
+    assert!(rejoined);
+    let unfenced_at = sim
+        .records
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            Record::Fenced {
+                at,
+                node: 3,
+                fenced: false,
+            } => Some(*at),
+            _ => None,
+        })
+        .expect("announces again");
+    let readmitted: Vec<u64> = sim
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Added { at, node: 3, .. } if *at > t0 => Some(*at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(readmitted.len(), 9, "{readmitted:?}");
+    assert!(
+        readmitted.iter().all(|&a| a <= unfenced_at),
+        "announced at {unfenced_at}, admitted at {readmitted:?}"
+    );
+    // Removed once, by everyone, and no one else.
+    assert!(sim.removals_since(t0).iter().all(|(_, _, n)| *n == 3));
+}
+
+#[test]
+fn a_graceful_leave_is_applied_at_once() {
+    let mut sim = started(20, 51, 0.0);
+    let t0 = sim.now();
+    sim.leave(5);
+    sim.run_for(ms(50));
+    let rest: Vec<u32> = (0..20).filter(|&i| i != 5).collect();
+    assert!(sim.agree_on(&rest));
+    let last = sim
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Removed {
+                at,
+                node: 5,
+                why: Removal::Left,
+                ..
+            } => Some(*at),
+            _ => None,
+        })
+        .max()
+        .expect("removed");
+    assert!(
+        last - t0 < 5 * MS,
+        "leave applied after {} µs",
+        (last - t0) / 1000
+    );
+    assert!(
+        !sim.is_up(5),
+        "the leave finished with every acknowledgement"
+    );
+}
+
+#[test]
+fn a_restarted_node_rejoins_and_the_cluster_converges() {
+    let mut sim = started(12, 61, 0.0);
+    sim.kill(4);
+    sim.run_for(ms(300));
+    sim.restart(4);
+    sim.run_for(ms(1500));
+    let all: Vec<u32> = (0..12).collect();
+    assert!(sim.agree_on(&all));
+    assert!(sim.member(4).may_announce());
+}
+
+fn message(from: &str, from_inc: u64, seq: u64, to_inc: u64, body: Body) -> Message {
+    Message {
+        from: from.into(),
+        from_inc,
+        seq,
+        to_inc,
+        view_id: 0,
+        body,
+    }
+}
+
+#[test]
+fn replays_and_packets_for_another_incarnation_are_refused() {
+    let t = Instant::now();
+    let mut m = Member::new("a", 100, Settings::default(), t);
+    m.set_candidates(["a".to_owned(), "b".to_owned()].into(), t);
+    // b joins through the handshake.
+    m.handle(message("b", 7, 1, 0, Body::Join), t).unwrap();
+    m.handle(message("b", 7, 2, 100, Body::Hello), t).unwrap();
+    assert!(m.is_member("b"));
+    // A heartbeat addressed to an earlier incarnation of a (recorded
+    // before a restarted) is refused, and so is a replay.
+    assert_eq!(
+        m.handle(message("b", 7, 3, 99, Body::Heartbeat), t),
+        Err(Reject::Replayed)
+    );
+    m.handle(message("b", 7, 5, 100, Body::Heartbeat), t)
+        .unwrap();
+    assert_eq!(
+        m.handle(message("b", 7, 5, 100, Body::Heartbeat), t),
+        Err(Reject::Replayed)
+    );
+    // Reordered but new: accepted once.
+    m.handle(message("b", 7, 4, 100, Body::Heartbeat), t)
+        .unwrap();
+    assert_eq!(
+        m.handle(message("b", 7, 4, 100, Body::Heartbeat), t),
+        Err(Reject::Replayed)
+    );
+    // An older incarnation of b.
+    assert_eq!(
+        m.handle(message("b", 6, 50, 100, Body::Heartbeat), t),
+        Err(Reject::Replayed)
+    );
+    // A join alone (which anyone could replay) admits no one.
+    m.handle(message("c", 3, 1, 0, Body::Join), t).unwrap();
+    assert!(!m.is_member("c"));
+}
+
+#[test]
+fn a_restarted_node_is_not_alive_for_replays_of_its_old_packets() {
+    let t = Instant::now();
+    let mut m = Member::new("a", 100, Settings::default(), t);
+    m.handle(message("b", 7, 1, 100, Body::Hello), t).unwrap();
+    assert!(m.is_member("b"));
+    m.handle(message("b", 7, 2, 100, Body::Leave), t).unwrap();
+    assert!(!m.is_member("b"));
+    // Heartbeats of the incarnation that left, replayed or delayed, do not
+    // bring it back; the sender is told it was removed.
+    m.handle(message("b", 7, 3, 100, Body::Heartbeat), t)
+        .unwrap();
+    assert!(!m.is_member("b"));
+    let told = std::iter::from_fn(|| m.poll()).any(|o| {
+        matches!(o, Output::Send { ref to, msg: Message { body: Body::Removed { incarnation: 7 }, .. } } if to == "b")
+    });
+    assert!(told);
+}
+
+#[test]
+fn the_ring_protocol_costs_the_same_per_node_at_any_size() {
+    let mut per_node = Vec::new();
+    for (n, seed) in [(20, 71), (200, 72)] {
+        let mut sim = started(n, seed, 0.0);
+        let before: Vec<_> = (0..n as u32).map(|i| sim.traffic(i)).collect();
+        sim.run_for(Duration::from_secs(5));
+        let sent: u64 = (0..n as u32)
+            .map(|i| sim.traffic(i).sent - before[i as usize].sent)
+            .sum();
+        per_node.push(sent as f64 / n as f64 / 5.0);
+    }
+    // K = 8 observers, 50 heartbeats a second each.
+    for p in &per_node {
+        assert!(*p <= 8.0 * 50.0 + 5.0, "{per_node:?} packets/s per node");
+    }
+}
+
+/// For each address, the nodes that would answer for it now: running, not
+/// stopped, allowed to announce, and first by the election's ranking among
+/// the members they may elect.
+fn answering(sim: &Sim, addrs: &[std::net::IpAddr]) -> Vec<Vec<u32>> {
+    let now = sim.now_instant();
+    let mut out = vec![Vec::new(); addrs.len()];
+    for i in 0..sim.len() as u32 {
+        if !sim.is_up(i) || sim.is_paused(i) || !sim.member(i).may_announce() {
+            continue;
+        }
+        let electable = sim.member(i).view().electable(now);
+        for (a, addr) in addrs.iter().enumerate() {
+            let ranked = crate::election::rank_nodes(electable.iter().map(String::as_str), *addr);
+            if ranked.first() == Some(&sim.member(i).name()) {
+                out[a].push(i);
+            }
+        }
+    }
+    out
+}
+
+/// Samples `answering` every 5 ms for `d`: panics on two answering nodes,
+/// returns each address's owner changes (between non-empty owners).
+fn watch_owners(
+    sim: &mut Sim,
+    addrs: &[std::net::IpAddr],
+    d: Duration,
+    last: &mut [Option<u32>],
+) -> Vec<usize> {
+    let mut changes = vec![0; addrs.len()];
+    let steps = d.as_millis() / 5;
+    for _ in 0..steps {
+        sim.run_for(ms(5));
+        for (a, who) in answering(sim, addrs).into_iter().enumerate() {
+            assert!(
+                who.len() <= 1,
+                "address {a} answered by {who:?} at {} ms",
+                sim.now() / MS
+            );
+            if let Some(&w) = who.first() {
+                if last[a].is_some_and(|l| l != w) {
+                    changes[a] += 1;
+                }
+                last[a] = Some(w);
+            }
+        }
+    }
+    changes
+}
+
+fn addresses(n: u8) -> Vec<std::net::IpAddr> {
+    (1..=n)
+        .map(|i| std::net::IpAddr::from([192, 0, 2, i]))
+        .collect()
+}
+
+#[test]
+fn after_a_one_second_stall_no_address_has_two_owners_or_moves_twice() {
+    let mut sim = started(8, 81, 0.0);
+    let addrs = addresses(40);
+    let mut last = vec![None; addrs.len()];
+    watch_owners(&mut sim, &addrs, ms(100), &mut last);
+    let owner = answering(&sim, &addrs)[0][0];
+    sim.pause(owner, ms(1000));
+    // Through the stall, the re-join and past the hold-down.
+    let changes = watch_owners(&mut sim, &addrs, Duration::from_secs(15), &mut last);
+    let moved: usize = changes.iter().filter(|c| **c > 0).count();
+    assert!(moved > 0, "the stalled node's addresses moved");
+    // Away once, and back once after the hold-down (not at once).
+    assert!(changes.iter().all(|c| *c <= 2), "{changes:?}");
+    let back_early = {
+        let mut s2 = started(8, 81, 0.0);
+        let mut l2 = vec![None; addrs.len()];
+        watch_owners(&mut s2, &addrs, ms(100), &mut l2);
+        s2.pause(owner, ms(1000));
+        watch_owners(&mut s2, &addrs, Duration::from_secs(5), &mut l2)
+    };
+    assert!(
+        back_early.iter().all(|c| *c <= 1),
+        "moved back within 5 s: {back_early:?}"
+    );
+}
+
+#[test]
+fn a_rolling_restart_moves_each_address_at_most_away_and_back() {
+    let mut sim = started(6, 91, 0.0);
+    let addrs = addresses(30);
+    let mut last = vec![None; addrs.len()];
+    watch_owners(&mut sim, &addrs, ms(100), &mut last);
+    let mut total = vec![0; addrs.len()];
+    for i in 0..6 {
+        sim.leave(i);
+        let c = watch_owners(&mut sim, &addrs, ms(100), &mut last);
+        sim.restart(i);
+        let d = watch_owners(&mut sim, &addrs, ms(1500), &mut last);
+        for a in 0..addrs.len() {
+            total[a] += c[a] + d[a];
+        }
+    }
+    // Each address is owned by one node, which restarts once: away and
+    // back.
+    assert!(total.iter().all(|c| *c <= 2), "{total:?}");
+    let all: Vec<u32> = (0..6).collect();
+    assert!(sim.agree_on(&all));
+}
