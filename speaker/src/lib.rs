@@ -12,4 +12,5 @@ pub mod interfaces;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;
+pub mod ring_runner;
 pub mod sys;

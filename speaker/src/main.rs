@@ -81,6 +81,19 @@ struct RunArgs {
     /// At start, announce after hearing every peer or after this long.
     #[arg(long, default_value = "1s", value_parser = ferrolb_runtime::parse_duration)]
     membership_join_grace: Duration,
+    /// Membership protocol: ring (K observers per node, constant cost, majority rule for
+    /// partitions) or mesh (every speaker heartbeats every other one).
+    #[arg(
+        long,
+        value_enum,
+        env = "FERROLB_MEMBERSHIP_PROTOCOL",
+        default_value = "ring"
+    )]
+    membership_protocol: membership::Protocol,
+    /// Ring protocol: a node removed as failed (or back from a stall) owns no address for this
+    /// long after it re-joins, unless no other node can; its addresses do not flip back at once.
+    #[arg(long, default_value = "10s", value_parser = ferrolb_runtime::parse_duration)]
+    membership_hold_down: Duration,
     /// Secret holding the membership key (in the speaker namespace).
     #[arg(long, default_value = "ferrolb-memberlist")]
     membership_secret_name: String,
@@ -209,6 +222,8 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
             interval: args.membership_interval,
             timeout: args.membership_timeout,
             join_grace: args.membership_join_grace,
+            protocol: args.membership_protocol,
+            hold_down: args.membership_hold_down,
         }),
         node,
         namespace: args

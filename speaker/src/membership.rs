@@ -1,5 +1,7 @@
-//! The membership runner: the UDP socket, timers and peer list around
+//! The membership runners' common types, and the all-to-all ("mesh")
+//! runner: the UDP socket, timers and peer list around
 //! `ferrolb_core::membership` (heartbeats, authentication, the detector).
+//! The ring protocol's runner is `crate::ring_runner`.
 //!
 //! It runs on its own thread with its own single-threaded runtime, so that
 //! a burst of watch events (a relist of thousands of Services) never delays
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::liveness::{self, Liveness};
 
 use ferrolb_core::membership::{self, Detector, Kind, MAX_PACKET, Packet, Reject};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -44,6 +46,22 @@ pub struct Settings {
     /// After this long without hearing from every expected peer, the
     /// speaker counts as joined anyway (the missing ones are dead).
     pub join_grace: Duration,
+    pub protocol: Protocol,
+    /// Ring protocol: how long a node removed as failed may not own
+    /// addresses after it re-joins.
+    pub hold_down: Duration,
+}
+
+/// Which membership protocol runs (docs/membership.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// K observers per node on pseudo-random rings: constant cost per
+    /// node, majority rule for partitions, hold-down after failures.
+    #[default]
+    Ring,
+    /// Every speaker heartbeats every other one: cost per node grows with
+    /// the cluster; no partition rule.
+    Mesh,
 }
 
 /// What the rest of the speaker needs to know.
@@ -78,7 +96,7 @@ pub struct Handle {
     pub applied: watch::Sender<u64>,
     /// The liveness epoch the responders check before answering.
     pub liveness: Arc<Liveness>,
-    leave: mpsc::Sender<oneshot::Sender<LeaveOutcome>>,
+    pub(crate) leave: mpsc::Sender<oneshot::Sender<LeaveOutcome>>,
 }
 
 /// How a graceful leave ended.
@@ -109,6 +127,13 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> io::Result<Handle> {
     let socket = bind(settings.bind)?;
+    if settings.protocol == Protocol::Ring {
+        let live = Arc::new(Liveness::new(liveness::stall_threshold(
+            settings.timeout,
+            settings.interval,
+        )));
+        return crate::ring_runner::start(settings, leave_timeout, metrics, socket, live);
+    }
     let (view_tx, view_rx) = watch::channel(View::default());
     let (peers_tx, peers_rx) = watch::channel(None);
     let (key_tx, key_rx) = watch::channel(None);
@@ -181,7 +206,11 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
         }
         other => other,
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }

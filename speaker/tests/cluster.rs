@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferrolb_core::membership::{self, Kind, MAX_PACKET, Packet};
 use ferrolb_core::packet::MacAddr;
+use ferrolb_core::ring::wire::{self, Body, Message};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -210,23 +210,24 @@ fn forged_membership_packets_change_nothing() {
     let owner = lab.wait_owner(VIP);
     let changes = total(&lab, "ferrolb_ownership_changes_total");
     let failures = total(&lab, "ferrolb_membership_auth_failures_total");
-    let mut buf = [0u8; MAX_PACKET];
     // A leave "from" the owner under the wrong key.
-    let leave = Packet {
-        kind: Kind::Leave,
-        node: NODES[owner].into(),
-        incarnation: u64::MAX,
+    let leave = Message {
+        from: NODES[owner].into(),
+        from_inc: u64::MAX,
         seq: 1,
+        to_inc: 0,
+        view_id: 0,
+        body: Body::Leave,
     };
-    let n = membership::encode(&leave, b"not the key", &mut buf).unwrap();
-    send_to_nodes(&lab, buf[..n].to_vec());
-    // The same, valid under the key but replaying an old incarnation.
-    let replay = Packet {
-        incarnation: 1,
+    send_to_nodes(&lab, wire::encode(&leave, b"not the key").unwrap());
+    // The same, valid under the key, but addressed to an incarnation of
+    // the receivers that is not theirs (a recording from before they
+    // started).
+    let replay = Message {
+        to_inc: 1,
         ..leave.clone()
     };
-    let n = membership::encode(&replay, SECRET, &mut buf).unwrap();
-    send_to_nodes(&lab, buf[..n].to_vec());
+    send_to_nodes(&lab, wire::encode(&replay, SECRET).unwrap());
     // Garbage.
     send_to_nodes(&lab, vec![0x42; 64]);
 

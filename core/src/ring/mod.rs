@@ -332,6 +332,8 @@ pub struct Member {
     left: bool,
     /// Hold-downs: name -> until.
     held: BTreeMap<String, Instant>,
+    /// Nodes removed as failed whose re-admission starts a hold-down.
+    failed: BTreeSet<String>,
     out: VecDeque<Output>,
 }
 
@@ -388,6 +390,7 @@ impl Member {
             leaving: None,
             left: false,
             held: BTreeMap::new(),
+            failed: BTreeSet::new(),
             out: VecDeque::new(),
         };
         m.set_row(
@@ -833,6 +836,9 @@ impl Member {
             },
         );
         self.reports.remove(name);
+        if self.failed.remove(name) {
+            self.held.insert(name.to_owned(), now + self.s.hold_down);
+        }
         if was.is_none_or(|r| !r.alive) {
             self.out.push_back(Output::Added(name.to_owned()));
         }
@@ -841,7 +847,9 @@ impl Member {
     fn remove(&mut self, name: &str, incarnation: u64, why: Removal, now: Instant) {
         self.tombstone(name, incarnation, now);
         if why != Removal::Left {
-            self.held.insert(name.to_owned(), now + self.s.hold_down);
+            // Held from its re-admission on (below), the moment every
+            // member sees at about the same time as the node itself.
+            self.failed.insert(name.to_owned());
         }
         self.out.push_back(Output::Removed(name.to_owned(), why));
     }
