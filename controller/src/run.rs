@@ -374,12 +374,13 @@ impl Writer {
             self.retries.remove(key);
             return;
         }
-        if let Some(busy) = self.inflight.get(key) {
-            if *busy != uid {
-                // A write for an older object of this name: decide again once it is done.
-                self.recheck_after.insert(key.clone());
-            }
-            // Otherwise re-checked when the write completes or the watch shows it.
+        if self.inflight.contains_key(key) {
+            // Decide again once it is done, whether it was for an older
+            // object of this name or for this one: what is wanted may have
+            // changed since it started, and the watch event that said so
+            // may already have been handled (under load it can arrive
+            // before the write's own answer).
+            self.recheck_after.insert(key.clone());
             return;
         }
         if self.written.get(key) == Some(&desired) {

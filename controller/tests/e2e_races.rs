@@ -280,3 +280,36 @@ async fn churn_with_faults_never_shows_one_address_on_two_services() {
         "duplicate addresses seen during the churn: {v:?}"
     );
 }
+
+/// A change to a Service that arrives while the controller's write for that
+/// same Service is in flight is acted on once the write is done. With the
+/// answers to writes delayed, the watch shows the controller's own writes
+/// (and the change) before the write's answer: the change must not be
+/// forgotten (it was, once, in CI under load: the Service kept its old
+/// address).
+#[tokio::test]
+async fn a_change_during_a_write_in_flight_is_not_lost() {
+    let pools = "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.10-192.0.2.12]\n- name: other\n  protocol: layer2\n  addresses: [198.51.100.20/32]\n";
+    let mut h = Harness::new(pools).await;
+    let Some(server) = h.cluster.server() else {
+        eprintln!("needs the test API server's response delay; skipped against a real cluster");
+        return;
+    };
+    let url = server.url();
+    h.start_controller(&[]);
+    h.create_service("warm", json!({})).await;
+    h.expect_ips("warm", &["192.0.2.10"]).await;
+    // Writes land at once, their answers come 300 ms later.
+    admin_post(&url, "answer-delay?ms=300").await;
+    // The controller starts its writes for `a` (finalizer, pool
+    // annotation, status: each answered 300 ms after it landed).
+    h.create_service("a", json!({})).await;
+    // Lands while those writes are in flight.
+    h.patch_service(
+        "a",
+        json!({"metadata": {"annotations": {"ferrolb.io/address-pool": "other"}}}),
+    )
+    .await;
+    h.expect_ips("a", &["198.51.100.20"]).await;
+    admin_post(&url, "answer-delay?ms=0").await;
+}

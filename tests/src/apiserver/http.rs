@@ -255,6 +255,17 @@ impl Query {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && !req.uri().path().starts_with("/admin/");
+    let answer_delay = shared.faults.answer_delay();
+    let response = handle_now(shared, req).await;
+    if write && !answer_delay.is_zero() {
+        tokio::time::sleep(answer_delay).await;
+    }
+    response
+}
+
+async fn handle_now(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if let Some(action) = path.strip_prefix("/admin/") {
         let query = Query::parse(req.uri().query());
@@ -933,6 +944,7 @@ async fn admin(shared: &Arc<Shared>, method: &Method, action: &str, q: &Query) -
                 "openWatches": shared.open_watches.load(Ordering::SeqCst),
                 "failNext": fail.map(|(code, n)| json!({"code": code, "count": n})),
                 "delayMs": shared.faults.delay_ms.load(Ordering::Relaxed),
+                "answerDelayMs": shared.faults.answer_delay_ms.load(Ordering::Relaxed),
                 "injectedFailures": shared.faults.injected.load(Ordering::SeqCst),
             }),
         );
@@ -982,6 +994,15 @@ async fn admin(shared: &Arc<Shared>, method: &Method, action: &str, q: &Query) -
             Ok(ms) => {
                 shared.faults.delay_ms.store(ms, Ordering::Relaxed);
                 ok(format!("API answers are delayed by {ms} ms"))
+            }
+            Err(e) => bad(e),
+        },
+        "answer-delay" => match num("ms", 0) {
+            Ok(ms) => {
+                shared.faults.answer_delay_ms.store(ms, Ordering::Relaxed);
+                ok(format!(
+                    "writes are applied at once and answered {ms} ms later"
+                ))
             }
             Err(e) => bad(e),
         },

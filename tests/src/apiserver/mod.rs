@@ -80,6 +80,9 @@ pub(crate) struct Faults {
     every: Mutex<Option<(u16, u64)>>,
     counted: AtomicU64,
     delay_ms: AtomicU64,
+    /// Writes are applied at once, their answers sent this much later: the
+    /// watch shows a change before its writer hears it landed.
+    answer_delay_ms: AtomicU64,
     /// How many answers were injected failures.
     injected: AtomicU64,
 }
@@ -111,6 +114,10 @@ impl Faults {
 
     fn delay(&self) -> Duration {
         Duration::from_millis(self.delay_ms.load(Ordering::Relaxed))
+    }
+
+    fn answer_delay(&self) -> Duration {
+        Duration::from_millis(self.answer_delay_ms.load(Ordering::Relaxed))
     }
 }
 
