@@ -38,6 +38,7 @@ run 4-layer2 cargo bench --locked -p ferrolb-speaker --bench layer2
 run 5-lab cargo bench --locked -p ferrolb-tests --bench lab
 run 7-endpoints cargo bench --locked -p ferrolb-endpoints --bench next
 run 6-config-rss cargo bench --locked -p ferrolb-core --bench config_rss
+run 8-membership cargo bench --locked -p ferrolb-core --bench membership
 
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 cpu=${cpu:-$(uname -m)}

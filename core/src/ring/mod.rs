@@ -28,6 +28,7 @@ pub mod topology;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::membership::Reject;
@@ -299,7 +300,7 @@ pub struct Member {
     started: Instant,
     last_input: Instant,
     /// Every node known: members and removed ones.
-    table: BTreeMap<String, Row>,
+    table: BTreeMap<Arc<str>, Row>,
     topology: Topology,
     view_id: u64,
     generation: u64,
@@ -413,11 +414,20 @@ impl Member {
         incarnation: u64,
         settings: Settings,
         now: Instant,
-        members: &[(String, u64)],
+        members: &[(Arc<str>, u64)],
     ) -> Member {
         let mut m = Member::new(me, incarnation, settings, now);
         for (name, inc) in members {
-            if *name != m.me {
+            if **name != *m.me {
+                // Shares the caller's name.
+                m.table.insert(
+                    name.clone(),
+                    Row {
+                        incarnation: *inc,
+                        alive: false,
+                        since: now,
+                    },
+                );
                 m.set_row(
                     name,
                     Row {
@@ -428,7 +438,7 @@ impl Member {
                 );
             }
         }
-        m.candidates = members.iter().map(|(n, _)| n.clone()).collect();
+        m.candidates = members.iter().map(|(n, _)| n.to_string()).collect();
         m.unanswered.clear();
         m.joined = true;
         m.next_join = None;
@@ -486,7 +496,7 @@ impl Member {
                 .table
                 .iter()
                 .filter(|(_, r)| r.alive)
-                .map(|(n, r)| (n.clone(), r.since))
+                .map(|(n, r)| (n.to_string(), r.since))
                 .collect(),
             joined: self.joined,
             fenced: self.fenced,
@@ -496,7 +506,7 @@ impl Member {
     }
 
     /// The live members, this node included, sorted by name.
-    pub fn members(&self) -> impl Iterator<Item = &String> {
+    pub fn members(&self) -> impl Iterator<Item = &str> {
         self.topology.members()
     }
 
@@ -594,8 +604,8 @@ impl Member {
         let waiting: BTreeSet<String> = self
             .table
             .iter()
-            .filter(|(n, r)| r.alive && **n != self.me)
-            .map(|(n, _)| n.clone())
+            .filter(|(n, r)| r.alive && ***n != *self.me)
+            .map(|(n, _)| n.to_string())
             .collect();
         for p in &waiting {
             self.send(p, Body::Leave);
@@ -644,7 +654,7 @@ impl Member {
         if let Some(w) = Window::accept(self.accepted.get_mut(&msg.from), msg.from_inc, msg.seq)? {
             self.accepted.insert(msg.from.clone(), w);
         }
-        let known = self.table.get(&msg.from).cloned();
+        let known = self.table.get(msg.from.as_str()).cloned();
         let removed = known
             .as_ref()
             .is_some_and(|r| !r.alive && r.incarnation >= msg.from_inc);
@@ -673,7 +683,7 @@ impl Member {
         }
         let from_member = self
             .table
-            .get(&msg.from)
+            .get(msg.from.as_str())
             .is_some_and(|r| r.alive && r.incarnation == msg.from_inc);
         match msg.body {
             Body::Heartbeat => {
@@ -757,7 +767,7 @@ impl Member {
     fn take_report(&mut self, observer: &str, a: Alert, now: Instant) {
         let current = self
             .table
-            .get(&a.subject)
+            .get(a.subject.as_str())
             .is_some_and(|r| r.alive && r.incarnation == a.incarnation);
         if !current {
             return;
@@ -792,7 +802,7 @@ impl Member {
                 }
                 continue;
             }
-            let mine = self.table.get(&e.name);
+            let mine = self.table.get(e.name.as_str());
             let better = match mine {
                 None => true,
                 Some(r) => {
@@ -912,14 +922,18 @@ impl Member {
 
     /// Sets `name`'s row, keeping the rings and the view id in step.
     fn set_row(&mut self, name: &str, row: Row) {
-        let old = self.table.insert(name.to_owned(), row.clone());
+        let key = self
+            .table
+            .get_key_value(name)
+            .map_or_else(|| Arc::from(name), |(k, _)| k.clone());
+        let old = self.table.insert(key.clone(), row.clone());
         if let Some(o) = old.filter(|o| o.alive) {
             self.view_id ^= row_id(name, o.incarnation);
             self.topology.remove(name);
         }
         if row.alive {
             self.view_id ^= row_id(name, row.incarnation);
-            self.topology.insert(name);
+            self.topology.insert(&key);
         }
     }
 
@@ -1013,7 +1027,11 @@ impl Member {
                 let gone: Vec<(String, u64)> = cut
                     .stable
                     .iter()
-                    .filter_map(|n| self.table.get(n).map(|r| (n.clone(), r.incarnation)))
+                    .filter_map(|n| {
+                        self.table
+                            .get(n.as_str())
+                            .map(|r| (n.clone(), r.incarnation))
+                    })
                     .collect();
                 for (n, inc) in gone {
                     self.remove(&n, inc, Removal::Failed, now);
@@ -1101,9 +1119,15 @@ impl Member {
         let targets: BTreeSet<String> = self
             .candidates
             .iter()
-            .chain(self.table.iter().filter(|(_, r)| r.alive).map(|(n, _)| n))
-            .filter(|n| **n != self.me && !self.welcomed.contains(*n))
-            .cloned()
+            .map(String::as_str)
+            .chain(
+                self.table
+                    .iter()
+                    .filter(|(_, r)| r.alive)
+                    .map(|(n, _)| &**n),
+            )
+            .filter(|n| *n != self.me && !self.welcomed.contains(*n))
+            .map(String::from)
             .collect();
         for t in targets {
             self.send(&t, Body::Join);
@@ -1185,8 +1209,8 @@ impl Member {
         let peers: Vec<String> = self
             .table
             .iter()
-            .filter(|(n, r)| r.alive && **n != self.me)
-            .map(|(n, _)| n.clone())
+            .filter(|(n, r)| r.alive && ***n != *self.me)
+            .map(|(n, _)| n.to_string())
             .collect();
         let room = MAX_DATAGRAM - wire::overhead(&self.me);
         let mut chunks: Vec<Vec<Alert>> = vec![Vec::new()];
@@ -1245,7 +1269,7 @@ impl Member {
             }
             used += len;
             chunks.last_mut().expect("one chunk").push(SyncEntry {
-                name: name.clone(),
+                name: name.to_string(),
                 incarnation: r.incarnation,
                 alive: r.alive,
             });

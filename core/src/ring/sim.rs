@@ -209,7 +209,11 @@ impl Sim {
             });
         }
         if formed {
-            let members: Vec<(String, u64)> = sim.names.iter().map(|n| (n.clone(), 1)).collect();
+            let members: Vec<(std::sync::Arc<str>, u64)> = sim
+                .names
+                .iter()
+                .map(|n| (std::sync::Arc::from(n.as_str()), 1))
+                .collect();
             for i in 0..n {
                 let at = sim.rng.below(20_000_000);
                 let now = base + Duration::from_nanos(at);
@@ -497,7 +501,7 @@ impl Sim {
             .enumerate()
             .filter(|(i, n)| n.up && expect.contains(&(*i as u32)))
             .all(|(_, n)| {
-                let got: Vec<&str> = n.member.members().map(String::as_str).collect();
+                let got: Vec<&str> = n.member.members().collect();
                 got == want
             })
     }

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Bound::{Excluded, Unbounded};
+use std::sync::Arc;
 
 /// The position of `name` on ring `ring`: FNV-1a over the name, mixed
 /// with the ring index by splitmix64. Fixed forever: every speaker version
@@ -35,9 +36,10 @@ pub fn splitmix(mut z: u64) -> u64 {
 #[derive(Clone, Debug, Default)]
 pub struct Topology {
     k: usize,
-    members: BTreeSet<String>,
+    /// Names are shared (`Arc`): the simulator keeps thousands of these.
+    members: BTreeSet<Arc<str>>,
     /// Per ring: (position, name) in ring order.
-    rings: Vec<BTreeSet<(u64, String)>>,
+    rings: Vec<BTreeSet<(u64, Arc<str>)>>,
 }
 
 impl Topology {
@@ -49,7 +51,7 @@ impl Topology {
     {
         let mut t = Topology::empty(k);
         for m in members {
-            t.insert(&m.into());
+            t.insert(&Arc::from(m.into()));
         }
         t
     }
@@ -64,23 +66,23 @@ impl Topology {
     }
 
     /// Adds a member; false if it was one.
-    pub fn insert(&mut self, name: &str) -> bool {
-        if !self.members.insert(name.to_owned()) {
+    pub fn insert(&mut self, name: &Arc<str>) -> bool {
+        if !self.members.insert(name.clone()) {
             return false;
         }
         for (r, ring) in self.rings.iter_mut().enumerate() {
-            ring.insert((position(name, r as u32), name.to_owned()));
+            ring.insert((position(name, r as u32), name.clone()));
         }
         true
     }
 
     /// Removes a member; false if it was none.
     pub fn remove(&mut self, name: &str) -> bool {
-        if !self.members.remove(name) {
+        let Some(name) = self.members.take(name) else {
             return false;
-        }
+        };
         for (r, ring) in self.rings.iter_mut().enumerate() {
-            ring.remove(&(position(name, r as u32), name.to_owned()));
+            ring.remove(&(position(&name, r as u32), name.clone()));
         }
         true
     }
@@ -98,32 +100,27 @@ impl Topology {
     }
 
     /// The members, sorted by name.
-    pub fn members(&self) -> impl Iterator<Item = &String> {
-        self.members.iter()
+    pub fn members(&self) -> impl Iterator<Item = &str> {
+        self.members.iter().map(|m| &**m)
     }
 
     /// The member whose name sorts first.
-    pub fn lowest(&self) -> Option<&String> {
-        self.members.first()
+    pub fn lowest(&self) -> Option<&str> {
+        self.members.first().map(|m| &**m)
     }
 
     fn neighbours(&self, name: &str, forward: bool) -> Vec<&str> {
-        if !self.members.contains(name) {
+        let Some(name) = self.members.get(name) else {
             return Vec::new();
-        }
+        };
         let mut out: Vec<&str> = Vec::with_capacity(self.k);
         if self.members.len() <= self.k + 1 {
             // Every member observes every other one.
-            out.extend(
-                self.members
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|m| *m != name),
-            );
+            out.extend(self.members.iter().map(|m| &**m).filter(|m| *m != &**name));
             return out;
         }
         for (r, ring) in self.rings.iter().enumerate() {
-            let at = (position(name, r as u32), name.to_owned());
+            let at = (position(name, r as u32), name.clone());
             let next = if forward {
                 ring.range((Excluded(&at), Unbounded))
                     .next()
@@ -135,7 +132,7 @@ impl Topology {
             };
             if let Some((_, other)) = next
                 && other != name
-                && !out.contains(&other.as_str())
+                && !out.contains(&&**other)
             {
                 out.push(other);
             }
@@ -182,9 +179,9 @@ mod tests {
             for s in t.members() {
                 let obs = t.observers(s);
                 assert!(!obs.is_empty() && obs.len() <= 8, "{n}: {s} has {obs:?}");
-                assert!(!obs.contains(&s.as_str()));
+                assert!(!obs.contains(&s));
                 for o in obs {
-                    assert!(t.subjects(o).contains(&s.as_str()), "{o} watches {s}");
+                    assert!(t.subjects(o).contains(&s), "{o} watches {s}");
                     *in_degree.entry(o).or_default() += 1;
                 }
             }

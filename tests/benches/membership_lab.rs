@@ -1,0 +1,211 @@
+//! Membership cost with real speakers (docs/membership.md): the lab at 3, 10,
+//! 25 and 50 nodes (test API server, controller, speakers; no backends),
+//! each size with the ring protocol and with the all-to-all mesh in the same
+//! run. Per speaker, at rest: CPU from /proc, membership packets sent per
+//! second (the speaker's own counter), and RSS.
+//!
+//! `cargo bench -p ferrolb-tests --bench membership_lab [-- --nodes 3,10,25,50 --secs 10]`
+//! (root; after `cargo build --release --bins`).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferrolb_tests::lab::{Host, Lab, LabOptions, eventually};
+use ferrolb_tests::procfs::{clock_tick, cpu_ticks, memory};
+
+const CONFIG: &str = "\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  namespace: ferrolb-system
+  name: config
+data:
+  config: |
+    address-pools:
+    - name: default
+      protocol: layer2
+      addresses:
+      - 192.0.2.128/25
+";
+
+fn metrics(lab: &Lab, n: &Host) -> Option<String> {
+    let text = lab.exec_output(
+        &n.ns,
+        &[
+            "curl",
+            "-sf",
+            "--max-time",
+            "2",
+            &format!("http://{}:7473/metrics", n.ip4),
+        ],
+    );
+    (!text.is_empty()).then_some(text)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+struct Row {
+    nodes: usize,
+    protocol: &'static str,
+    cpu: (f64, f64),
+    pps: (f64, f64),
+    rss_kib: f64,
+}
+
+fn mean_max(v: &[f64]) -> (f64, f64) {
+    (
+        v.iter().sum::<f64>() / v.len().max(1) as f64,
+        v.iter().copied().fold(0.0, f64::max),
+    )
+}
+
+fn measure(
+    bin_dir: &std::path::Path,
+    nodes: usize,
+    protocol: &'static str,
+    secs: u64,
+) -> anyhow::Result<Row> {
+    // The lab's speakers inherit this process's environment.
+    // SAFETY: set before any thread of this process reads the environment
+    // (the lab is not up yet; nothing else runs).
+    unsafe { std::env::set_var("FERROLB_MEMBERSHIP_PROTOCOL", protocol) };
+    let config =
+        std::env::temp_dir().join(format!("ferrolb-bench-members-{}.yaml", std::process::id()));
+    std::fs::write(&config, CONFIG)?;
+    let lab = Lab::up(&LabOptions {
+        nodes,
+        bin_dir: bin_dir.to_path_buf(),
+        kubeconfig: None,
+        config: config.clone(),
+        rbac_manifests: None,
+    })?;
+    let _ = std::fs::remove_file(&config);
+    eventually(
+        "every speaker seeing every member",
+        Duration::from_secs(180),
+        || {
+            lab.nodes
+                .iter()
+                .all(|n| {
+                    metrics(&lab, n)
+                        .is_some_and(|m| metric(&m, "ferrolb_members_alive") == nodes as f64)
+                })
+                .then_some(())
+        },
+    )?;
+    // Past the joins.
+    std::thread::sleep(Duration::from_secs(3));
+    let pids: Vec<u32> = lab
+        .nodes
+        .iter()
+        .map(|n| lab.pid(&format!("speaker-{}", n.name)).expect("speaker"))
+        .collect();
+    let sent = |n: &Host| {
+        metric(
+            &metrics(&lab, n).unwrap_or_default(),
+            "ferrolb_membership_packets_sent_total",
+        )
+    };
+    let c0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let s0: Vec<f64> = lab.nodes.iter().map(sent).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let c1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let s1: Vec<f64> = lab.nodes.iter().map(sent).collect();
+    let took = t0.elapsed().as_secs_f64();
+    let tick = clock_tick();
+    let cpu: Vec<f64> = c0
+        .iter()
+        .zip(&c1)
+        .map(|(a, b)| (b - a) as f64 / tick / took * 100.0)
+        .collect();
+    let pps: Vec<f64> = s0.iter().zip(&s1).map(|(a, b)| (b - a) / took).collect();
+    let rss: Vec<f64> = pids.iter().map(|p| memory(*p).0 as f64).collect();
+    Ok(Row {
+        nodes,
+        protocol,
+        cpu: mean_max(&cpu),
+        pps: mean_max(&pps),
+        rss_kib: mean_max(&rss).0,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") || !std::env::args().any(|a| a == "--bench") {
+        return Ok(());
+    }
+    let mut sizes = vec![3, 10, 25, 50];
+    let mut secs = 10;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--nodes" => {
+                sizes = it
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            }
+            "--secs" => secs = it.next().and_then(|x| x.parse().ok()).unwrap_or(secs),
+            _ => {}
+        }
+    }
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_ferrolb-lab"))
+        .parent()
+        .expect("a directory")
+        .to_path_buf();
+    Lab::check_binaries(&bin_dir)?;
+    Lab::clean_stale();
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        for protocol in ["ring", "mesh"] {
+            eprintln!("membership_lab: {n} nodes, {protocol}");
+            rows.push(measure(&bin_dir, n, protocol, secs)?);
+        }
+    }
+    let mut out = String::new();
+    writeln!(out, "## Membership cost with real speakers\n")?;
+    writeln!(
+        out,
+        "Command: `cargo bench -p ferrolb-tests --bench membership_lab -- --nodes {} --secs {secs}` (root). \
+         The lab with N nodes (test API server, controller, N speakers, no backends), once with \
+         `--membership-protocol ring` (the default) and once with `mesh` (all-to-all), in one run. \
+         Per speaker at rest over {secs} s: CPU (user + system from /proc, % of one core), membership \
+         packets sent per second (its `ferrolb_membership_packets_sent_total`), RSS. All N speakers \
+         share this machine's cores.\n",
+        sizes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    )?;
+    writeln!(
+        out,
+        "| nodes | protocol | CPU per speaker (mean / max) | packets/s sent per speaker (mean / max) | RSS per speaker |\n|---|---|---|---|---|"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "| {} | {} | {:.2} % / {:.2} % | {:.0} / {:.0} | {:.1} MiB |",
+            r.nodes,
+            r.protocol,
+            r.cpu.0,
+            r.cpu.1,
+            r.pps.0,
+            r.pps.1,
+            r.rss_kib / 1024.0
+        )?;
+    }
+    print!("{out}");
+    Ok(())
+}
