@@ -317,6 +317,8 @@ pub struct Member {
     /// This node's own reports still being sent.
     mine: BTreeMap<String, Report>,
     reports_changed: Instant,
+    /// The cut for the current reports and members (`None`: recompute).
+    cut_cache: Option<Cut>,
     cut_since: Option<Instant>,
     next_heartbeat: Instant,
     welcomed: BTreeSet<String>,
@@ -378,6 +380,7 @@ impl Member {
             reports: HashMap::new(),
             mine: BTreeMap::new(),
             reports_changed: now,
+            cut_cache: None,
             cut_since: None,
             next_heartbeat: now,
             welcomed: BTreeSet::new(),
@@ -783,6 +786,7 @@ impl Member {
         }
         if changed {
             self.reports_changed = now;
+            self.cut_cache = None;
         }
     }
 
@@ -846,6 +850,7 @@ impl Member {
             },
         );
         self.reports.remove(name);
+        self.cut_cache = None;
         if self.failed.remove(name) {
             self.held.insert(name.to_owned(), now + self.s.hold_down);
         }
@@ -878,12 +883,14 @@ impl Member {
             by.remove(name);
         }
         self.reports.retain(|_, by| !by.is_empty());
+        self.cut_cache = None;
         self.mismatch.remove(name);
     }
 
     /// Recomputes what follows from the member set.
     fn view_changed(&mut self, now: Instant) {
         self.generation += 1;
+        self.cut_cache = None;
         self.observers = self
             .topology
             .observers(&self.me)
@@ -950,6 +957,7 @@ impl Member {
             .cloned()
             .collect();
         self.reports.clear();
+        self.cut_cache = None;
         self.mine.clear();
         self.mismatch.clear();
         self.cut_since = None;
@@ -1004,7 +1012,14 @@ impl Member {
         }
         self.flush_reports(now);
         self.check_sync(now);
-        let cut = self.cut();
+        let cut = match &self.cut_cache {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.cut();
+                self.cut_cache = Some(c.clone());
+                c
+            }
+        };
         let members = self.topology.len();
         let minority = members >= 3 && {
             let lowest = self.topology.lowest();
