@@ -345,6 +345,10 @@ fn row_id(name: &str, incarnation: u64) -> u64 {
     topology::splitmix(topology::position(name, u32::MAX) ^ incarnation)
 }
 
+/// Explicit reports an observer needs against itself before its own silence
+/// counts as an implicit report about its subjects (Rapid's low watermark).
+const IMPLICIT_MIN: usize = 2;
+
 /// Reports that must agree to remove a node with `observers` observers.
 fn threshold(observers: usize) -> usize {
     (observers * 3).div_ceil(4).max(1)
@@ -1090,11 +1094,18 @@ impl Member {
         for (subject, (n, observers)) in &explicit {
             cut.reported.insert((*subject).to_owned());
             let by = &self.reports[*subject];
-            // An observer that is itself reported counts as a report: a
-            // partition silences it too.
+            // An observer that is itself reported by at least two of its
+            // own observers counts as a report: a partition silences it
+            // too. One report is not enough: on the minority side of a
+            // partition, majority nodes each carry one or two reports, and
+            // counting those would let that side assemble a cut of
+            // majority nodes.
             let implicit = observers
                 .iter()
-                .filter(|o| !by.contains_key(**o) && explicit.contains_key(**o))
+                .filter(|o| {
+                    !by.contains_key(**o)
+                        && explicit.get(**o).is_some_and(|(m, _)| *m >= IMPLICIT_MIN)
+                })
                 .count();
             if n + implicit >= threshold(observers.len()) {
                 cut.stable.insert((*subject).to_owned());
