@@ -269,7 +269,12 @@ async fn handle_now(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
     let path = req.uri().path().to_string();
     if let Some(action) = path.strip_prefix("/admin/") {
         let query = Query::parse(req.uri().query());
-        return admin(&shared, req.method(), action, &query).await;
+        let method = req.method().clone();
+        // Read the whole request before answering: a restart drops this
+        // connection shortly after the answer, and a client still writing
+        // its body then (on a loaded machine) would see a broken pipe.
+        let _ = req.into_body().collect().await;
+        return admin(&shared, &method, action, &query).await;
     }
     let delay = shared.faults.delay();
     if !delay.is_zero() {
