@@ -127,11 +127,11 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> io::Result<Handle> {
     let socket = bind(settings.bind)?;
+    let live = Arc::new(Liveness::new(liveness::stall_threshold(
+        settings.timeout,
+        settings.interval,
+    )));
     if settings.protocol == Protocol::Ring {
-        let live = Arc::new(Liveness::new(liveness::stall_threshold(
-            settings.timeout,
-            settings.interval,
-        )));
         return crate::ring_runner::start(settings, leave_timeout, metrics, socket, live);
     }
     let (view_tx, view_rx) = watch::channel(View::default());
@@ -139,10 +139,6 @@ pub fn start(
     let (key_tx, key_rx) = watch::channel(None);
     let (applied_tx, applied_rx) = watch::channel(0);
     let (leave_tx, leave_rx) = mpsc::channel(1);
-    let live = Arc::new(Liveness::new(liveness::stall_threshold(
-        settings.timeout,
-        settings.interval,
-    )));
     let runner_live = live.clone();
     std::thread::Builder::new()
         .name("membership".into())
@@ -195,6 +191,60 @@ pub fn start(
         applied: applied_tx,
         liveness: live,
         leave: leave_tx,
+    })
+}
+
+/// Where a peer's packets go: its Pod IP and the membership port, IPv4 as a
+/// mapped address (the socket is dual-stack).
+pub(crate) fn peer_socket_addr(ip: IpAddr, port: u16) -> SocketAddr {
+    match SocketAddr::new(ip, port) {
+        SocketAddr::V4(v4) => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        v6 => v6,
+    }
+}
+
+/// A gap found in a membership loop's own clock.
+pub(crate) struct Stalled {
+    /// The loop's clock now (boot-based monotonic).
+    pub now: Duration,
+    pub gap: Duration,
+    /// Membership packets that queued up meanwhile, discarded.
+    pub discarded: usize,
+}
+
+/// Compares a membership loop's clock with its previous run (both
+/// runners). A gap longer than the stall threshold makes the liveness
+/// epoch say "not current" at once (before its stamp moves), is counted,
+/// and what queued up in the socket meanwhile is discarded; the caller
+/// then re-joins in its protocol's way.
+pub(crate) fn detect_stall(
+    last_run: &mut Duration,
+    liveness: &Liveness,
+    metrics: &Metrics,
+    socket: &UdpSocket,
+) -> Option<Stalled> {
+    let now = crate::sys::boottime();
+    let (last, gap) = (*last_run, now.saturating_sub(*last_run));
+    *last_run = now;
+    if !liveness::is_stall(last, now, liveness.stall_after()) {
+        return None;
+    }
+    liveness.renew(now, false);
+    metrics.membership_stalls.inc();
+    // Straight from the descriptor: tokio's readiness may not have seen the
+    // queue yet after a stop, and its try_recv would say "empty".
+    let mut scratch = [0u8; 2048];
+    let mut discarded = 0usize;
+    let raw = socket2::SockRef::from(socket);
+    while crate::sys::recv_from(&raw, &mut scratch).is_ok() {
+        discarded += 1;
+    }
+    Some(Stalled {
+        now,
+        gap,
+        discarded,
     })
 }
 
@@ -349,23 +399,19 @@ impl Runner {
     /// current" at once (before its stamp moves), and what queued up in the
     /// socket meanwhile is discarded. True if a stall was just detected.
     fn check_stall(&mut self) -> bool {
-        let now = crate::sys::boottime();
-        let (last, gap) = (self.last_run, now.saturating_sub(self.last_run));
-        self.last_run = now;
-        if !liveness::is_stall(last, now, self.liveness.stall_after()) {
+        let Some(Stalled {
+            now,
+            gap,
+            discarded,
+        }) = detect_stall(
+            &mut self.last_run,
+            &self.liveness,
+            &self.metrics,
+            &self.socket,
+        )
+        else {
             return false;
-        }
-        self.liveness.renew(now, false);
-        self.metrics.membership_stalls.inc();
-        // Straight from the descriptor: tokio's readiness may not have
-        // seen the queue yet after a stop, and its try_recv would say
-        // "empty".
-        let mut scratch = [0u8; 2048];
-        let mut discarded = 0usize;
-        let raw = socket2::SockRef::from(&self.socket);
-        while crate::sys::recv_from(&raw, &mut scratch).is_ok() {
-            discarded += 1;
-        }
+        };
         warn!(
             gap = ?gap,
             discarded,
@@ -405,12 +451,7 @@ impl Runner {
         let Some(n) = membership::encode(&packet, key, &mut buf) else {
             return;
         };
-        let to = match to {
-            SocketAddr::V4(v4) => {
-                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
-            }
-            v6 => v6,
-        };
+        let to = peer_socket_addr(to.ip(), to.port());
         match self.socket.try_send_to(&buf[..n], to) {
             Ok(_) => {
                 self.metrics.membership_packets_sent.inc();

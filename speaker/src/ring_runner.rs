@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +22,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::liveness::{self, Liveness};
-use crate::membership::{Handle, LeaveOutcome, Settings, View};
+use crate::liveness::Liveness;
+use crate::membership::{
+    Handle, LeaveOutcome, Settings, Stalled, View, detect_stall, peer_socket_addr,
+};
 use crate::metrics::Metrics;
 
 /// The ring protocol's settings from the speaker's: the removal time
@@ -77,6 +79,7 @@ pub(crate) fn start(
                     socket,
                     metrics,
                     member: None,
+                    core_view: None,
                     view: view_tx,
                     peers: peers_rx,
                     key: key_rx,
@@ -110,6 +113,10 @@ struct Runner {
     metrics: Arc<Metrics>,
     /// Started once the key and the peer list are known.
     member: Option<Member>,
+    /// What the published view needs from the member's, as last read:
+    /// rebuilt (a walk over the member table) only when the member says
+    /// its view changed, never per packet.
+    core_view: Option<Snapshot>,
     view: watch::Sender<View>,
     peers: watch::Receiver<Option<BTreeMap<String, IpAddr>>>,
     key: watch::Receiver<Option<Vec<u8>>>,
@@ -127,6 +134,17 @@ struct Runner {
     /// the daemon sees the re-join.
     rejoining: Option<Duration>,
     liveness: Arc<Liveness>,
+}
+
+/// The parts of `ferrolb_core::ring::View` the published [`View`] is made of.
+struct Snapshot {
+    joined: bool,
+    fenced: bool,
+    members: usize,
+    /// The members that may own addresses (hold-downs applied). A
+    /// hold-down's end is a view change of its own, so this stays right
+    /// until the next one.
+    electable: BTreeSet<String>,
 }
 
 enum Wake {
@@ -248,25 +266,25 @@ impl Runner {
         );
         m.set_candidates(self.candidates(), now);
         self.member = Some(m);
+        self.core_view = None;
     }
 
     /// A gap in the loop's clock longer than the stall threshold: re-join
     /// (see `crate::membership` for the same rule in the other runner).
     fn check_stall(&mut self) -> bool {
-        let now = crate::sys::boottime();
-        let (last, gap) = (self.last_run, now.saturating_sub(self.last_run));
-        self.last_run = now;
-        if !liveness::is_stall(last, now, self.liveness.stall_after()) {
+        let Some(Stalled {
+            now,
+            gap,
+            discarded,
+        }) = detect_stall(
+            &mut self.last_run,
+            &self.liveness,
+            &self.metrics,
+            &self.socket,
+        )
+        else {
             return false;
-        }
-        self.liveness.renew(now, false);
-        self.metrics.membership_stalls.inc();
-        let mut scratch = [0u8; 2048];
-        let mut discarded = 0usize;
-        let raw = socket2::SockRef::from(&self.socket);
-        while crate::sys::recv_from(&raw, &mut scratch).is_ok() {
-            discarded += 1;
-        }
+        };
         warn!(
             gap = ?gap,
             discarded,
@@ -314,12 +332,7 @@ impl Runner {
         let Some(bytes) = wire::encode(msg, key) else {
             return;
         };
-        let to = match SocketAddr::new(ip, port) {
-            SocketAddr::V4(v4) => {
-                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
-            }
-            v6 => v6,
-        };
+        let to = peer_socket_addr(ip, port);
         match self.socket.try_send_to(&bytes, to) {
             Ok(_) => {
                 self.metrics.membership_packets_sent.inc();
@@ -340,7 +353,7 @@ impl Runner {
                         self.send(&to, &msg, k);
                     }
                 }
-                Output::ViewChanged => {}
+                Output::ViewChanged => self.core_view = None,
                 Output::Added(n) => debug!(node = %n, "member added"),
                 Output::Removed(n, why) => info!(node = %n, ?why, "member removed"),
                 Output::PeerLeft { node, incarnation } => {
@@ -379,7 +392,16 @@ impl Runner {
             self.liveness.renew(self.last_run, false);
             return;
         };
-        let v = m.view();
+        let fresh = self.core_view.is_none();
+        let v = self.core_view.get_or_insert_with(|| {
+            let v = m.view();
+            Snapshot {
+                joined: v.joined,
+                fenced: v.fenced,
+                members: v.members.len(),
+                electable: v.electable(now),
+            }
+        });
         let joined = v.joined && !self.left;
         if let Some(since) = self.rejoining
             && joined
@@ -388,20 +410,19 @@ impl Runner {
             info!("re-joined");
             self.rejoining = None;
         }
-        let alive = v.electable(now);
-        self.metrics.members_alive.set(v.members.len() as i64);
+        self.metrics.members_alive.set(v.members as i64);
         let rejoining = self.rejoining.is_some();
         self.liveness
             .renew(self.last_run, joined && !rejoining && !v.fenced);
         self.view.send_if_modified(|view| {
             let mut changed = false;
-            if view.alive != alive {
+            if fresh && view.alive != v.electable {
                 if view.joined {
-                    let gone: Vec<_> = view.alive.difference(&alive).collect();
-                    let new: Vec<_> = alive.difference(&view.alive).collect();
+                    let gone: Vec<_> = view.alive.difference(&v.electable).collect();
+                    let new: Vec<_> = v.electable.difference(&view.alive).collect();
                     info!(?gone, ?new, "members that may own addresses changed");
                 }
-                view.alive = alive;
+                view.alive = v.electable.clone();
                 view.generation += 1;
                 changed = true;
             }
