@@ -427,16 +427,8 @@ impl Member {
         for (name, inc) in members {
             if **name != *m.me {
                 // Shares the caller's name.
-                m.table.insert(
+                m.set_row_key(
                     name.clone(),
-                    Row {
-                        incarnation: *inc,
-                        alive: false,
-                        since: now,
-                    },
-                );
-                m.set_row(
-                    name,
                     Row {
                         incarnation: *inc,
                         alive: true,
@@ -608,12 +600,7 @@ impl Member {
         if self.leaving.is_some() || self.left {
             return;
         }
-        let waiting: BTreeSet<String> = self
-            .table
-            .iter()
-            .filter(|(n, r)| r.alive && ***n != *self.me)
-            .map(|(n, _)| n.to_string())
-            .collect();
+        let waiting: BTreeSet<String> = self.peers().into_iter().collect();
         for p in &waiting {
             self.send(p, Body::Leave);
         }
@@ -937,13 +924,17 @@ impl Member {
             .table
             .get_key_value(name)
             .map_or_else(|| Arc::from(name), |(k, _)| k.clone());
+        self.set_row_key(key, row);
+    }
+
+    fn set_row_key(&mut self, key: Arc<str>, row: Row) {
         let old = self.table.insert(key.clone(), row.clone());
         if let Some(o) = old.filter(|o| o.alive) {
-            self.view_id ^= row_id(name, o.incarnation);
-            self.topology.remove(name);
+            self.view_id ^= row_id(&key, o.incarnation);
+            self.topology.remove(&key);
         }
         if row.alive {
-            self.view_id ^= row_id(name, row.incarnation);
+            self.view_id ^= row_id(&key, row.incarnation);
             self.topology.insert(&key);
         }
     }
@@ -1121,6 +1112,15 @@ impl Member {
         self.seq
     }
 
+    /// The live members other than this node.
+    fn peers(&self) -> Vec<String> {
+        self.table
+            .iter()
+            .filter(|(n, r)| r.alive && ***n != *self.me)
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
     fn send_to_inc(&mut self, to: &str, to_inc: u64, body: Body) {
         let msg = Message {
             from: self.me.clone(),
@@ -1232,12 +1232,7 @@ impl Member {
         if due.is_empty() || self.leaving.is_some() {
             return;
         }
-        let peers: Vec<String> = self
-            .table
-            .iter()
-            .filter(|(n, r)| r.alive && ***n != *self.me)
-            .map(|(n, _)| n.to_string())
-            .collect();
+        let peers = self.peers();
         let room = MAX_DATAGRAM - wire::overhead(&self.me);
         let mut chunks: Vec<Vec<Alert>> = vec![Vec::new()];
         let mut used = 0;

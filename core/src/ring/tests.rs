@@ -365,10 +365,19 @@ fn the_ring_protocol_costs_the_same_per_node_at_any_size() {
             .sum();
         per_node.push(sent as f64 / n as f64 / 5.0);
     }
-    // K = 8 observers, 50 heartbeats a second each.
-    for p in &per_node {
-        assert!(*p <= 8.0 * 50.0 + 5.0, "{per_node:?} packets/s per node");
-    }
+    // K = 8 observers, 50 heartbeats a second each: never more than 400.
+    // Where two rings give a node the same successor it has fewer distinct
+    // observers, which happens more in small clusters (measured: 335 at 20
+    // nodes, 394 at 200); heartbeats must flow, so there is a floor too.
+    let (small, large) = (per_node[0], per_node[1]);
+    assert!(
+        (250.0..=405.0).contains(&small),
+        "{per_node:?} packets/s per node"
+    );
+    assert!(
+        (360.0..=405.0).contains(&large),
+        "{per_node:?} packets/s per node"
+    );
 }
 
 /// For each address, the nodes that would answer for it now: running, not
