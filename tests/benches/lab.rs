@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use ferrolb_tests::lab::{Host, Lab, LabOptions, eventually};
+use ferrolb_tests::lab::{Host, Lab, LabOptions, eventually, metric};
 use ferrolb_tests::procfs::{clock_tick, cpu_ticks, memory};
 use serde_json::{Value, json};
 
@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     eventually("every speaker ready", Duration::from_secs(60), || {
         lab.nodes
             .iter()
-            .all(|n| speaker_metrics(&lab, n).is_some())
+            .all(|n| lab.speaker_metrics(n).is_some())
             .then_some(())
     })?;
 
@@ -273,7 +273,7 @@ fn scale(lab: &Lab, out: &mut String) -> anyhow::Result<()> {
         lab.nodes
             .iter()
             .map(|n| {
-                let m = speaker_metrics(lab, n).unwrap_or_default();
+                let m = lab.speaker_metrics(n).unwrap_or_default();
                 (
                     metric(&m, "ferrolb_membership_packets_sent_total"),
                     metric(&m, "ferrolb_ownership_changes_total"),
@@ -354,34 +354,9 @@ fn scale(lab: &Lab, out: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn speaker_metrics(lab: &Lab, n: &Host) -> Option<String> {
-    let text = lab.exec_output(
-        &n.ns,
-        &[
-            "curl",
-            "-sf",
-            "--max-time",
-            "2",
-            &format!("http://{}:7473/metrics", n.ip4),
-        ],
-    );
-    (!text.is_empty()).then_some(text)
-}
-
 fn announced(lab: &Lab, n: &Host) -> f64 {
     metric(
-        &speaker_metrics(lab, n).unwrap_or_default(),
+        &lab.speaker_metrics(n).unwrap_or_default(),
         "ferrolb_announced_addresses",
     )
-}
-
-/// The sum of a metric's samples (lines `name value` or `name{...} value`).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ferrolb_tests::lab::{Host, Lab, LabOptions, eventually};
+use ferrolb_tests::lab::{Host, Lab, LabOptions, eventually, metric};
 use ferrolb_tests::procfs::{clock_tick, cpu_ticks, memory};
 
 const CONFIG: &str = "\
@@ -28,30 +28,6 @@ data:
       addresses:
       - 192.0.2.128/25
 ";
-
-fn metrics(lab: &Lab, n: &Host) -> Option<String> {
-    let text = lab.exec_output(
-        &n.ns,
-        &[
-            "curl",
-            "-sf",
-            "--max-time",
-            "2",
-            &format!("http://{}:7473/metrics", n.ip4),
-        ],
-    );
-    (!text.is_empty()).then_some(text)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 struct Row {
     nodes: usize,
@@ -96,7 +72,7 @@ fn measure(
             lab.nodes
                 .iter()
                 .all(|n| {
-                    metrics(&lab, n)
+                    lab.speaker_metrics(n)
                         .is_some_and(|m| metric(&m, "ferrolb_members_alive") == nodes as f64)
                 })
                 .then_some(())
@@ -111,7 +87,7 @@ fn measure(
         .collect();
     let sent = |n: &Host| {
         metric(
-            &metrics(&lab, n).unwrap_or_default(),
+            &lab.speaker_metrics(n).unwrap_or_default(),
             "ferrolb_membership_packets_sent_total",
         )
     };

@@ -506,6 +506,22 @@ impl Lab {
         )
     }
 
+    /// A speaker's /metrics text, read from inside its node; `None` if it
+    /// does not answer (yet).
+    pub fn speaker_metrics(&self, n: &Host) -> Option<String> {
+        let text = self.exec_output(
+            &n.ns,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://{}:7473/metrics", n.ip4),
+            ],
+        );
+        (!text.is_empty()).then_some(text)
+    }
+
     /// Starts a process inside a namespace; its output goes to `<dir>/<what>.log`.
     pub fn spawn(
         &mut self,
@@ -730,4 +746,16 @@ impl Drop for Lab {
             let _ = run("ip", &["netns", "del", ns]);
         }
     }
+}
+
+/// The sum of a metric's samples in Prometheus text (lines `name value` or
+/// `name{...} value`).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
