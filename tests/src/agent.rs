@@ -26,14 +26,19 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use crate::podexec::{self, ImageMapping};
+
 /// The only image the agent runs (with any tag or digest).
 pub const LAB_IMAGE: &str = "ferrolb.io/lab-echo";
 
 /// The reason the agent writes on Pods it will not run.
 pub const REFUSED_REASON: &str = "LabImageOnly";
 
-/// The port the echo server listens on when a Pod declares none.
-pub const DEFAULT_PORT: u16 = 8080;
+/// The port the echo server listens on when a Pod declares none: 80, as a
+/// web server image would, so that `kubectl create deployment web
+/// --image=ferrolb.io/lab-echo` and `kubectl expose deployment web --port=80`
+/// work without a target port.
+pub const DEFAULT_PORT: u16 = 80;
 
 /// How often the Lease and the Ready heartbeat are renewed.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -139,12 +144,15 @@ pub enum PodAction {
     Remove,
     /// Every container is the lab image: run the echo server on these TCP ports.
     Run { ports: Vec<u16> },
+    /// Every container uses a mapped image (ferrolb's own): run the
+    /// containers' commands as processes ([`crate::podexec`]).
+    Exec { host_network: bool },
     /// Not runnable here: the reason and message written to its status.
     Refuse { message: String },
 }
 
-/// The decision for a Pod (pure).
-pub fn decide(pod: &Pod) -> PodAction {
+/// The decision for a Pod (pure); `images` are the images run as processes.
+pub fn decide(pod: &Pod, images: &[ImageMapping]) -> PodAction {
     if pod.metadata.deletion_timestamp.is_some() {
         return PodAction::Remove;
     }
@@ -153,6 +161,14 @@ pub fn decide(pod: &Pod) -> PodAction {
             message: "the Pod has no spec".into(),
         };
     };
+    if podexec::is_exec_pod(pod, images) {
+        return match podexec::refusal(pod) {
+            Some(message) => PodAction::Refuse { message },
+            None => PodAction::Exec {
+                host_network: spec.host_network == Some(true),
+            },
+        };
+    }
     if spec.host_network == Some(true) {
         return PodAction::Refuse {
             message: "the ferrolb lab node agent does not run hostNetwork Pods".into(),
@@ -202,8 +218,15 @@ pub fn container_id(pod_uid: &str, container: &str) -> String {
 }
 
 /// The status of a running lab Pod (a merge patch of `status`), as kubelet
-/// writes it once every container is started and ready (pure).
-pub fn running_status(pod: &Pod, pod_ips: &[IpAddr], host_ips: &[IpAddr], now: &str) -> Value {
+/// writes it once every container is started, with every container ready or
+/// none (pure).
+pub fn running_status(
+    pod: &Pod,
+    pod_ips: &[IpAddr],
+    host_ips: &[IpAddr],
+    now: &str,
+    ready: bool,
+) -> Value {
     let uid = pod.metadata.uid.as_deref().unwrap_or("");
     let start = pod
         .status
@@ -220,9 +243,9 @@ pub fn running_status(pod: &Pod, pod_ips: &[IpAddr], host_ips: &[IpAddr], now: &
             json!({
                 "name": c.name,
                 "image": image,
-                "imageID": format!("{}@lab", image.split(['@', ':']).next().unwrap_or(LAB_IMAGE)),
+                "imageID": format!("{}@lab", podexec::image_name(&image)),
                 "containerID": container_id(uid, &c.name),
-                "ready": true,
+                "ready": ready,
                 "started": true,
                 "restartCount": 0,
                 "state": {"running": {"startedAt": start}},
@@ -230,9 +253,16 @@ pub fn running_status(pod: &Pod, pod_ips: &[IpAddr], host_ips: &[IpAddr], now: &
         })
         .collect();
     let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+    let ready_cond = |t: &str| {
+        if ready {
+            cond(t)
+        } else {
+            json!({"type": t, "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": now})
+        }
+    };
     json!({"status": {
         "phase": "Running",
-        "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("ContainersReady"), cond("Ready"), cond("PodScheduled")],
+        "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), ready_cond("ContainersReady"), ready_cond("Ready"), cond("PodScheduled")],
         "podIP": pod_ips.first().map(ToString::to_string),
         "podIPs": ip_list(pod_ips),
         "hostIP": host_ips.first().map(ToString::to_string),
@@ -394,12 +424,37 @@ pub struct AgentConfig {
     pub pod_ranges: Vec<PodRange>,
     /// The interface the Pod IPs are added to.
     pub interface: String,
+    /// Images whose Pods run as processes (ferrolb's own).
+    pub images: Vec<ImageMapping>,
+    /// Prefix of the network namespaces of non-hostNetwork process Pods
+    /// (without it such Pods are refused).
+    pub pod_netns_prefix: Option<String>,
+    /// Where process Pods' logs and credentials go.
+    pub state_dir: std::path::PathBuf,
 }
 
 struct RunningPod {
     name: String,
     ips: Vec<IpAddr>,
-    child: tokio::process::Child,
+    what: Running,
+}
+
+enum Running {
+    /// The echo process of a lab-echo Pod.
+    Echo(tokio::process::Child),
+    /// The processes of a Pod of mapped images.
+    Exec(ExecPod),
+}
+
+struct ExecPod {
+    /// Set to true to stop the containers (SIGTERM, then SIGKILL after the grace period).
+    stop: tokio::sync::watch::Sender<bool>,
+    supervisors: Vec<tokio::task::JoinHandle<()>>,
+    probe: Option<tokio::task::JoinHandle<()>>,
+    /// Its own network namespace and the host end of its veth, if not hostNetwork.
+    netns: Option<(String, String)>,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dir: std::path::PathBuf,
 }
 
 /// Runs `ip` with `args` (the agent is already in the node's namespace).
@@ -662,7 +717,7 @@ impl Agent {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.pods.clone().into_client(), &ns);
-        match decide(pod) {
+        match decide(pod, &self.cfg.images) {
             PodAction::Remove => {
                 self.stop(&uid).await;
                 let dp = DeleteParams {
@@ -688,27 +743,48 @@ impl Agent {
                 }
             }
             PodAction::Run { ports } => {
-                let ready = pod.status.as_ref().is_some_and(|s| {
-                    s.phase.as_deref() == Some("Running")
-                        && s.conditions
-                            .iter()
-                            .flatten()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                });
-                if let Some(r) = self.running.get(&uid) {
-                    if ready && status_ips(pod) == r.ips {
-                        return Ok(());
-                    }
-                } else {
+                if !self.running.contains_key(&uid) {
                     self.start(pod, &uid, &name, &ports).await?;
                 }
-                let ips = self.running[&uid].ips.clone();
-                let st = running_status(pod, &ips, &self.cfg.internal_ips, &now_time());
-                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
-                    .await?;
-                tracing::info!("pod {ns}/{name}: running on {ips:?} ports {ports:?}");
+                self.write_running(&api, pod, &uid).await?;
+            }
+            PodAction::Exec { host_network } => {
+                if !self.running.contains_key(&uid)
+                    && let Err(e) = self.start_exec(pod, &uid, &name, host_network).await
+                {
+                    let message = format!("{e:#}");
+                    let st = refused_status(pod, &message, &self.cfg.internal_ips, &now_time());
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
+                        .await?;
+                    return Err(e);
+                }
+                self.write_running(&api, pod, &uid).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Writes the running status unless the Pod already has it.
+    async fn write_running(
+        &self,
+        api: &kube::Api<Pod>,
+        pod: &Pod,
+        uid: &str,
+    ) -> anyhow::Result<()> {
+        use kube::api::{Patch, PatchParams};
+        let r = &self.running[uid];
+        let ready = match &r.what {
+            Running::Echo(_) => true,
+            Running::Exec(e) => e.ready.load(std::sync::atomic::Ordering::SeqCst),
+        };
+        if has_running_status(pod, &r.ips, ready) {
+            return Ok(());
+        }
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let st = running_status(pod, &r.ips, &self.cfg.internal_ips, &now_time(), ready);
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
+            .await?;
+        tracing::info!("pod {name}: running on {:?}, ready {ready}", r.ips);
         Ok(())
     }
 
@@ -785,22 +861,513 @@ impl Agent {
             RunningPod {
                 name: name.to_owned(),
                 ips,
-                child,
+                what: Running::Echo(child),
             },
         );
         Ok(())
     }
 
+    /// Runs a Pod of mapped images: its IPs (the node's for hostNetwork, else
+    /// its own network namespace with an IPv4 address), a token of its
+    /// ServiceAccount, one supervised process per container, and its
+    /// readiness probe.
+    async fn start_exec(
+        &mut self,
+        pod: &Pod,
+        uid: &str,
+        name: &str,
+        host_network: bool,
+    ) -> anyhow::Result<()> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let (ips, netns) = if host_network {
+            (self.cfg.internal_ips.clone(), None)
+        } else {
+            let prefix = self.cfg.pod_netns_prefix.as_deref().context(
+                "this agent runs no non-hostNetwork process Pods (no --pod-netns-prefix)",
+            )?;
+            let range = self
+                .cfg
+                .pod_ranges
+                .iter()
+                .find(|r| r.addresses().next().is_some_and(|a| a.is_ipv4()))
+                .context("no IPv4 Pod range")?;
+            let ip = allocate(range, &self.used(), &status_ips(pod))
+                .with_context(|| format!("no free address in {range}"))?;
+            let (netns, veth) = podexec::pod_netns_names(prefix, uid);
+            pod_netns_up(&netns, &veth, &self.cfg.interface, ip).await?;
+            (vec![ip], Some((netns, veth)))
+        };
+        let result = self
+            .spawn_exec(pod, uid, name, &ns, &ips, netns.clone())
+            .await;
+        if result.is_err()
+            && let Some((n, _)) = &netns
+        {
+            pod_netns_down(n).await;
+        }
+        result
+    }
+
+    async fn spawn_exec(
+        &mut self,
+        pod: &Pod,
+        uid: &str,
+        name: &str,
+        ns: &str,
+        ips: &[IpAddr],
+        netns: Option<(String, String)>,
+    ) -> anyhow::Result<()> {
+        let plan = podexec::plan(pod, &self.cfg.images, ips, &self.cfg.internal_ips)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let dir = self.cfg.state_dir.join(format!("{ns}_{name}"));
+        std::fs::create_dir_all(&dir)?;
+        // The ServiceAccount token, bound to the Pod, in a kubeconfig: the
+        // lab's stand-in for the projected token volume.
+        let kubeconfig = dir.join("kubeconfig");
+        let token = self.token(ns, &plan.service_account, name, uid).await?;
+        write_pod_kubeconfig(
+            &self.cfg.kubeconfig,
+            &kubeconfig,
+            &token,
+            &plan.service_account,
+        )?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut supervisors = Vec::new();
+        let mut probe = None;
+        for c in &plan.containers {
+            let user = c.user;
+            if let Some((uid, gid)) = user {
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+                std::os::unix::fs::chown(&kubeconfig, Some(uid), Some(gid))?;
+            }
+            let log = self
+                .cfg
+                .state_dir
+                .join(format!("{ns}_{name}_{}.log", c.name));
+            supervisors.push(tokio::spawn(supervise(
+                c.clone(),
+                name.to_owned(),
+                netns.as_ref().map(|(n, _)| n.clone()),
+                kubeconfig.clone(),
+                log,
+                plan.grace,
+                stop_rx.clone(),
+            )));
+        }
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            plan.containers.iter().all(|c| c.readiness.is_none()),
+        ));
+        let probes: Vec<podexec::HttpProbe> = plan
+            .containers
+            .iter()
+            .filter_map(|c| c.readiness.clone())
+            .collect();
+        if !probes.is_empty() {
+            let api: kube::Api<Pod> = kube::Api::namespaced(self.pods.clone().into_client(), ns);
+            probe = Some(tokio::spawn(readiness(
+                api,
+                pod.clone(),
+                ips.to_vec(),
+                self.cfg.internal_ips.clone(),
+                probes,
+                ready.clone(),
+            )));
+        }
+        tracing::info!(
+            "pod {ns}/{name}: started {} as processes{}",
+            plan.containers
+                .iter()
+                .map(|c| c.program.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if plan.host_network {
+                " (host network)"
+            } else {
+                ""
+            }
+        );
+        self.running.insert(
+            uid.to_owned(),
+            RunningPod {
+                name: name.to_owned(),
+                ips: ips.to_vec(),
+                what: Running::Exec(ExecPod {
+                    stop,
+                    supervisors,
+                    probe,
+                    netns,
+                    ready,
+                    dir,
+                }),
+            },
+        );
+        Ok(())
+    }
+
+    /// A token of `sa` bound to the Pod (TokenRequest), valid for a day.
+    async fn token(&self, ns: &str, sa: &str, pod: &str, uid: &str) -> anyhow::Result<String> {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let api: kube::Api<ServiceAccount> =
+            kube::Api::namespaced(self.pods.clone().into_client(), ns);
+        let req = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(86400),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(pod.to_owned()),
+                    uid: Some(uid.to_owned()),
+                }),
+            },
+            ..TokenRequest::default()
+        };
+        let got = api
+            .create_token_request(sa, &kube::api::PostParams::default(), &req)
+            .await
+            .with_context(|| format!("requesting a token of ServiceAccount {ns}/{sa}"))?;
+        got.status
+            .map(|s| s.token)
+            .context("the TokenRequest has no token")
+    }
+
     /// Stops the Pod's process and removes its addresses (if it runs here).
     async fn stop(&mut self, uid: &str) {
-        if let Some(mut p) = self.running.remove(uid) {
-            let _ = p.child.kill().await;
-            for ip in &p.ips {
-                del_address(&self.cfg.interface, *ip).await;
+        let Some(p) = self.running.remove(uid) else {
+            return;
+        };
+        match p.what {
+            Running::Echo(mut child) => {
+                let _ = child.kill().await;
+                for ip in &p.ips {
+                    del_address(&self.cfg.interface, *ip).await;
+                }
             }
-            tracing::info!("pod {}: stopped, {:?} freed", p.name, p.ips);
+            Running::Exec(e) => {
+                let _ = e.stop.send(true);
+                for s in e.supervisors {
+                    let _ = s.await;
+                }
+                if let Some(probe) = e.probe {
+                    probe.abort();
+                }
+                if let Some((ns, _)) = &e.netns {
+                    pod_netns_down(ns).await;
+                }
+                let _ = std::fs::remove_file(e.dir.join("kubeconfig"));
+            }
+        }
+        tracing::info!("pod {}: stopped, {:?} freed", p.name, p.ips);
+    }
+}
+
+/// Whether the Pod's status already says Running with these IPs and this readiness (pure).
+pub fn has_running_status(pod: &Pod, ips: &[IpAddr], ready: bool) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.phase.as_deref() == Some("Running")
+            && s.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && (c.status == "True") == ready)
+    }) && status_ips(pod) == ips
+}
+
+/// A kubeconfig for a Pod's process: the agent's API server and CA, the Pod's token.
+fn write_pod_kubeconfig(
+    agent_kubeconfig: &Path,
+    out: &Path,
+    token: &str,
+    user: &str,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let kc = kube::config::Kubeconfig::read_from(agent_kubeconfig)?;
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .context("the agent's kubeconfig has no cluster")?;
+    let server = cluster
+        .server
+        .context("the agent's kubeconfig has no server")?;
+    let ca = match cluster.certificate_authority_data {
+        Some(d) => base64::engine::general_purpose::STANDARD.decode(d.trim())?,
+        None => std::fs::read(
+            cluster
+                .certificate_authority
+                .context("the agent's kubeconfig has no certificate authority")?,
+        )?,
+    };
+    std::fs::write(out, crate::kube::kubeconfig_text(&server, &ca, token, user))?;
+    Ok(())
+}
+
+async fn run_in(netns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut full = vec!["-n", netns];
+    full.extend_from_slice(args);
+    run_ip(&full).await
+}
+
+/// A Pod's own network namespace: a veth to the node, the Pod's IPv4 address,
+/// a default route via the node (169.254.1.1, an address of the node's end
+/// of the veth), a host route to the Pod on the node, and proxy ARP on the
+/// node's `interface` so that the segment reaches the Pod through the node.
+async fn pod_netns_up(netns: &str, veth: &str, interface: &str, ip: IpAddr) -> anyhow::Result<()> {
+    let _ = run_ip(&["netns", "del", netns]).await;
+    run_ip(&["netns", "add", netns]).await?;
+    let steps = async {
+        run_ip(&[
+            "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns,
+        ])
+        .await?;
+        // The Pod's gateway: an address of the node's end (the same on every
+        // Pod's veth, as each is its own link).
+        run_ip(&[
+            "addr",
+            "add",
+            "169.254.1.1/32",
+            "dev",
+            veth,
+            "scope",
+            "link",
+        ])
+        .await?;
+        run_ip(&["link", "set", veth, "up"]).await?;
+        run_in(netns, &["link", "set", "lo", "up"]).await?;
+        run_in(netns, &["addr", "add", &host_cidr(ip), "dev", "eth0"]).await?;
+        run_in(netns, &["link", "set", "eth0", "up"]).await?;
+        run_in(
+            netns,
+            &[
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ],
+        )
+        .await?;
+        run_in(
+            netns,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ],
+        )
+        .await?;
+        run_ip(&["route", "replace", &host_cidr(ip), "dev", veth]).await?;
+        // The node answers ARP on the segment for addresses it routes out of
+        // another interface: its Pods' (it has no default route). Unlike
+        // per-address proxy entries, this survives the link going down and up.
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{interface}/proxy_arp"),
+            "1",
+        )
+        .context("enabling proxy ARP on the node's interface")
+    };
+    if let Err(e) = steps.await {
+        let _ = run_ip(&["netns", "del", netns]).await;
+        return Err(e.context(format!("setting up the Pod's network namespace {netns}")));
+    }
+    Ok(())
+}
+
+async fn pod_netns_down(netns: &str) {
+    // Deleting the namespace deletes the veth pair and with it the host route.
+    if let Err(e) = run_ip(&["netns", "del", netns]).await {
+        tracing::warn!("deleting {netns}: {e:#}");
+    }
+}
+
+/// Runs one container's process until stopped; restarts it when it exits
+/// (restartPolicy Always), after 1, 2, 4 ... up to 30 s.
+async fn supervise(
+    c: podexec::ContainerPlan,
+    pod: String,
+    netns: Option<String>,
+    kubeconfig: std::path::PathBuf,
+    log: std::path::PathBuf,
+    grace: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let mut child = match spawn_container(&c, &pod, netns.as_deref(), &kubeconfig, &log) {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!("pod {pod}: container {}: {e:#}", c.name);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                tracing::warn!("pod {pod}: container {} exited ({status:?}); restarting in {backoff:?}", c.name);
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            _ = stop.changed() => {
+                if let Some(pid) = child.id() {
+                    // SAFETY: kill with a pid of our own running child.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+                if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    tracing::warn!("pod {pod}: container {} still running after {grace:?}: killed", c.name);
+                    let _ = child.kill().await;
+                }
+                return;
+            }
         }
     }
+}
+
+fn spawn_container(
+    c: &podexec::ContainerPlan,
+    pod: &str,
+    netns: Option<&str>,
+    kubeconfig: &Path,
+    log: &Path,
+) -> anyhow::Result<tokio::process::Child> {
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["ip", "netns", "exec", ns].map(Into::into));
+    }
+    if let Some((uid, gid)) = c.user {
+        argv.push("setpriv".into());
+        argv.push(format!("--reuid={uid}").into());
+        argv.push(format!("--regid={gid}").into());
+        argv.push("--clear-groups".into());
+        // A change of user clears the parent-death signal: set it again.
+        argv.push("--pdeathsig=KILL".into());
+        argv.push("--".into());
+    }
+    argv.push(c.program.clone().into());
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).args(&c.args);
+    // A container's environment: its own variables, the hostname, a PATH,
+    // and the kubeconfig holding its ServiceAccount token.
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOSTNAME", pod)
+        .env("KUBECONFIG", kubeconfig)
+        .envs(c.env.iter().map(|(k, v)| (k, v)));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; the process dies with the agent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", c.program.display()))
+}
+
+/// The readiness probes of a process Pod: every probe's GET must answer 2xx
+/// or 3xx; the Pod's Ready condition is written when that changes.
+async fn readiness(
+    api: kube::Api<Pod>,
+    pod: Pod,
+    ips: Vec<IpAddr>,
+    host_ips: Vec<IpAddr>,
+    probes: Vec<podexec::HttpProbe>,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use kube::api::{Patch, PatchParams};
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let period = probes
+        .iter()
+        .map(|p| p.period)
+        .min()
+        .unwrap_or(Duration::from_secs(10));
+    let Some(ip) = ips.first().copied() else {
+        return;
+    };
+    let mut written: Option<bool> = None;
+    loop {
+        let mut ok = true;
+        for p in &probes {
+            ok &= http_ok(SocketAddr::new(ip, p.port), &p.path).await;
+        }
+        ready.store(ok, std::sync::atomic::Ordering::SeqCst);
+        if written != Some(ok) {
+            let st = running_status(&pod, &ips, &host_ips, &now_time(), ok);
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!("pod {name}: ready {ok}");
+                    written = Some(ok);
+                }
+                Err(e) => tracing::warn!("pod {name}: writing readiness: {e}"),
+            }
+        }
+        // Until first ready, probe often: a lab should not wait 10 s for a start.
+        let wait = if written == Some(true) || ok {
+            period
+        } else {
+            Duration::from_millis(500).min(period)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One HTTP/1.0 GET with a 1 s timeout: whether the status is 2xx or 3xx.
+async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut head = [0u8; 16];
+        let n = s.read(&mut head).await.ok()?;
+        let line = std::str::from_utf8(&head[..n]).ok()?;
+        let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some((200..400).contains(&code))
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// The echo server: every request on every address gets `pod=NAME node=NODE`.
@@ -916,14 +1483,14 @@ mod tests {
     #[test]
     fn decisions() {
         assert_eq!(
-            decide(&lab_pod()),
+            decide(&lab_pod(), &[]),
             PodAction::Run {
                 ports: vec![8080, 8081]
             }
         );
         let mut p = lab_pod();
         p.spec.as_mut().unwrap().containers[1].image = Some("nginx:1".into());
-        match decide(&p) {
+        match decide(&p, &[]) {
             PodAction::Refuse { message } => {
                 assert!(message.contains("side (nginx:1)"), "{message}")
             }
@@ -931,7 +1498,7 @@ mod tests {
         }
         let mut p = lab_pod();
         p.spec.as_mut().unwrap().host_network = Some(true);
-        assert!(matches!(decide(&p), PodAction::Refuse { .. }));
+        assert!(matches!(decide(&p, &[]), PodAction::Refuse { .. }));
         let mut p = lab_pod();
         p.spec
             .as_mut()
@@ -940,7 +1507,7 @@ mod tests {
             .iter_mut()
             .for_each(|c| c.ports = None);
         assert_eq!(
-            decide(&p),
+            decide(&p, &[]),
             PodAction::Run {
                 ports: vec![DEFAULT_PORT]
             }
@@ -949,7 +1516,7 @@ mod tests {
         p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             "2026-01-01T00:00:00Z".parse().unwrap(),
         ));
-        assert_eq!(decide(&p), PodAction::Remove);
+        assert_eq!(decide(&p, &[]), PodAction::Remove);
     }
 
     #[test]
@@ -957,7 +1524,7 @@ mod tests {
         let p = lab_pod();
         let ips: Vec<IpAddr> = vec!["192.0.2.128".parse().unwrap()];
         let host: Vec<IpAddr> = vec!["192.0.2.11".parse().unwrap()];
-        let st = running_status(&p, &ips, &host, "2026-01-01T00:00:00Z");
+        let st = running_status(&p, &ips, &host, "2026-01-01T00:00:00Z", true);
         let s = &st["status"];
         assert_eq!(s["phase"], "Running");
         assert_eq!(s["podIP"], "192.0.2.128");

@@ -33,9 +33,12 @@ pub const SERVICE_CIDRS: &str = "10.96.0.0/16,fd00:10:96::/108";
 pub const DOC_SERVICE_CIDRS: &str = "198.51.100.0/24,2001:db8:96::/108";
 
 /// The controllers kube-controller-manager runs: what Deployments, DaemonSets,
-/// EndpointSlices, namespaces and ServiceAccounts need, and nothing that
-/// needs a cloud or a kubelet.
-pub const CONTROLLERS: &str = "endpointslice,endpointslicemirroring,namespace,garbagecollector,replicaset,deployment,daemonset,serviceaccount,serviceaccount-token,root-ca-cert-publisher,podgc";
+/// EndpointSlices, namespaces and ServiceAccounts need, and the node
+/// lifecycle (a Node whose heartbeats stop turns NotReady after the
+/// node-monitor grace period, 50 s, and its Pods stop being ready
+/// endpoints; the lab's node agents send the heartbeats); nothing that needs
+/// a cloud.
+pub const CONTROLLERS: &str = "endpointslice,endpointslicemirroring,namespace,garbagecollector,replicaset,deployment,daemonset,serviceaccount,serviceaccount-token,root-ca-cert-publisher,podgc,nodelifecycle";
 
 /// The identities the static token file knows (token, user, groups).
 const USERS: &[(&str, &str, &str)] = &[
@@ -57,7 +60,21 @@ pub struct ControlPlaneOptions {
     pub address: Option<std::net::IpAddr>,
     /// The Service ranges; default [`SERVICE_CIDRS`].
     pub service_cidrs: Option<String>,
+    /// Audit (at the Metadata level) every request of the ServiceAccounts of
+    /// `ferrolb-system` to [`ControlPlane::audit_log`]: who asked for what,
+    /// and what the RBAC authorizer answered.
+    pub audit: bool,
 }
+
+/// The audit policy of [`ControlPlaneOptions::audit`].
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  userGroups: [\"system:serviceaccounts:ferrolb-system\"]
+- level: None
+";
 
 /// The control plane's binaries.
 #[derive(Clone, Debug)]
@@ -173,6 +190,11 @@ impl ControlPlane {
         };
         cp.boot().inspect_err(|_| cp.keep_dir())?;
         Ok(cp)
+    }
+
+    /// The audit log ([`ControlPlaneOptions::audit`]): one JSON event per line.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
     }
 
     /// Keeps the work directory (logs) after drop.
@@ -291,6 +313,17 @@ impl ControlPlane {
             .service_cidrs
             .clone()
             .unwrap_or_else(|| SERVICE_CIDRS.to_owned());
+        let audit: Vec<String> = if self.opts.audit {
+            fs::write(d.join("audit-policy.yaml"), AUDIT_POLICY)?;
+            vec![
+                format!("--audit-policy-file={}", path("audit-policy.yaml")),
+                format!("--audit-log-path={}", self.audit_log().display()),
+                "--audit-log-format=json".into(),
+                "--audit-log-mode=blocking".into(),
+            ]
+        } else {
+            vec![]
+        };
         self.spawn(
             "kube-apiserver",
             &[
@@ -311,7 +344,10 @@ impl ControlPlane {
                 "--allow-privileged=true".into(),
                 "--enable-priority-and-fairness=false".into(),
                 "--profiling=false".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(audit)
+            .collect::<Vec<String>>(),
         )?;
         // The API server writes its self-signed certificate (and CA) first.
         let ca_path = d.join("apiserver-certs/apiserver.crt");

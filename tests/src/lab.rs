@@ -47,7 +47,26 @@ pub struct LabOptions {
     /// rules of `<dir>/controller-rbac.yaml` and `<dir>/speaker-rbac.yaml`, which
     /// the test API server enforces (`GET /admin/rbac` reports).
     pub rbac_manifests: Option<PathBuf>,
+    /// Run on a real control plane ([`RealOptions`]) instead of the test API server.
+    pub real: Option<RealOptions>,
 }
+
+/// The lab on a real control plane: etcd, kube-apiserver,
+/// kube-controller-manager and kube-scheduler in the `cp` namespace; on every
+/// node the node agent (the stand-in for kubelet, docs/lab-agent.md) and a
+/// real kube-proxy; ferrolb deployed from a kustomization as a user would.
+#[derive(Clone, Debug)]
+pub struct RealOptions {
+    pub kube: crate::kube::KubeBinaries,
+    pub proxy_mode: crate::kubeproxy::ProxyMode,
+    /// The kustomization to deploy ferrolb from (`manifests/`); its images
+    /// run as processes from `bin_dir`.
+    pub manifests: PathBuf,
+}
+
+/// The lab's Pod network: one block per node, reached on the segment through
+/// the node (every host routes it on `eth0`, the node answers ARP for its Pods).
+pub const POD_NETWORK_V4: &str = "203.0.113.0/24";
 
 struct Proc {
     what: String,
@@ -66,6 +85,11 @@ pub struct Lab {
     impersonate: bool,
     namespaces: Vec<String>,
     procs: Vec<Proc>,
+    /// The real control plane, if the lab runs on one.
+    pub control_plane: Option<crate::kube::ControlPlane>,
+    /// The kubectl the lab runs (the built one on a real control plane).
+    pub kubectl_bin: String,
+    prefix: String,
 }
 
 /// Runs a command, failing with its output when it fails.
@@ -146,6 +170,7 @@ impl Lab {
             "ferrolb-speaker",
             "ferrolb-test-apiserver",
             "ferrolb-lab",
+            "ferrolb-node-agent",
         ] {
             if !bin_dir.join(b).exists() {
                 bail!(
@@ -208,8 +233,22 @@ impl Lab {
             dir,
             namespaces: vec![],
             procs: vec![],
+            control_plane: None,
+            kubectl_bin: match &opts.real {
+                Some(r) => r.kube.path("kubectl").to_string_lossy().into_owned(),
+                None => "kubectl".to_owned(),
+            },
+            prefix: prefix.clone(),
         };
         lab.network()?;
+        if let Some(real) = &opts.real {
+            if opts.kubeconfig.is_some() || opts.rbac_manifests.is_some() {
+                bail!("a lab on a real control plane starts its own (no --kubeconfig, no --rbac)");
+            }
+            lab.check_pools(&opts.config)?;
+            lab.real_cluster(real, &opts.config)?;
+            return Ok(lab);
+        }
         if opts.kubeconfig.is_none() {
             lab.start_api_server(opts.rbac_manifests.as_deref())?;
         } else if opts.rbac_manifests.is_some() {
@@ -236,6 +275,171 @@ impl Lab {
             }
         }
         Ok(lab)
+    }
+
+    /// The real control plane, a node agent and kube-proxy on every node,
+    /// then ferrolb from the kustomization: `kubectl apply -k`, the
+    /// membership Secret and the lab's config, as the README's install does.
+    fn real_cluster(&mut self, real: &RealOptions, config: &Path) -> anyhow::Result<()> {
+        use crate::kube::{ControlPlane, ControlPlaneOptions, DOC_SERVICE_CIDRS};
+        use crate::nodenet::sysctl;
+        let hosts: Vec<Host> = [self.cp.clone(), self.client.clone()]
+            .into_iter()
+            .chain(self.nodes.clone())
+            .collect();
+        for h in &hosts {
+            run(
+                "ip",
+                &["-n", &h.ns, "route", "add", POD_NETWORK_V4, "dev", "eth0"],
+            )?;
+        }
+        for n in &self.nodes {
+            // Inside the node namespaces only: forward to Pods (on other
+            // nodes, in the Pods' own namespaces), and no ICMP redirects to
+            // the client (the DNAT target is on the same segment).
+            for (k, v) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+                ("net.ipv4.conf.all.send_redirects", "0"),
+                ("net.ipv4.conf.eth0.send_redirects", "0"),
+            ] {
+                sysctl(&n.ns, k, v)?;
+            }
+        }
+        let mut cp = ControlPlane::start_with(
+            real.kube.clone(),
+            &self.dir,
+            ControlPlaneOptions {
+                netns: Some(self.cp.ns.clone()),
+                address: Some(std::net::IpAddr::V4(self.cp.ip4)),
+                service_cidrs: Some(DOC_SERVICE_CIDRS.to_owned()),
+                audit: true,
+            },
+        )?;
+        cp.keep_dir();
+        self.kubeconfig = cp.kubeconfig.clone();
+        let proxy_kubeconfig = cp.proxy_kubeconfig.clone();
+        self.control_plane = Some(cp);
+
+        // The images of the rendered manifests run as processes from bin_dir.
+        let manifests = real.manifests.to_string_lossy().into_owned();
+        let rendered = run(&self.kubectl_bin, &["kustomize", &manifests])
+            .with_context(|| format!("rendering {manifests}"))?;
+        let mut images: Vec<String> = rendered
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("image: "))
+            .map(|i| crate::podexec::image_name(i.trim_matches('"')).to_owned())
+            .collect();
+        images.sort();
+        images.dedup();
+        let agent = self.bin("ferrolb-node-agent");
+        let bin_dir = self.bin_dir.to_string_lossy().into_owned();
+        let blocks = pod_blocks(self.nodes.len());
+        for (i, n) in self.nodes.clone().iter().enumerate() {
+            let state = self.dir.join(format!("pods-{}", n.name));
+            std::fs::create_dir_all(&state)?;
+            let v6 = format!("2001:db8::1:{:x}:0/112", i + 1);
+            let mut args: Vec<String> = [
+                "run",
+                "--node",
+                &n.name,
+                "--kubeconfig",
+                &self.kubeconfig.to_string_lossy(),
+                "--internal-ip",
+                &n.ip4.to_string(),
+                "--internal-ip",
+                &n.ip6.to_string(),
+                "--pod-range",
+                &blocks[i],
+                "--pod-range",
+                &v6,
+                "--pod-netns-prefix",
+                &format!("{}-pod", self.prefix),
+                "--state-dir",
+                &state.to_string_lossy(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            for image in &images {
+                args.push("--run-image".into());
+                args.push(format!("{image}={bin_dir}"));
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.spawn(
+                &n.ns,
+                &format!("agent-{}", n.name),
+                &[("RUST_LOG", "info")],
+                &agent,
+                &args,
+            )?;
+        }
+        let nodes = self.nodes.len();
+        eventually(
+            "every Node registered and Ready",
+            Duration::from_secs(60),
+            || {
+                let out = self
+                .kubectl(&["get", "nodes", "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}"])
+                .ok()?;
+                (out.lines().filter(|l| *l == "True").count() == nodes).then_some(())
+            },
+        )?;
+        for n in self.nodes.clone() {
+            let proxy = crate::kubeproxy::KubeProxy {
+                node: n.name.clone(),
+                address: std::net::IpAddr::V4(n.ip4),
+                kubeconfig: proxy_kubeconfig.clone(),
+                mode: real.proxy_mode,
+            };
+            let program = proxy.program(&real.kube.dir)?;
+            let args = proxy.args();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.spawn(
+                &n.ns,
+                &format!("kube-proxy-{}", n.name),
+                &[],
+                &program.to_string_lossy(),
+                &args,
+            )?;
+        }
+
+        // ferrolb, as the README installs it.
+        self.kubectl(&["apply", "-k", &manifests])?;
+        let mut key = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)
+            .context("reading /dev/urandom")?;
+        use base64::Engine as _;
+        self.kubectl(&[
+            "-n",
+            "ferrolb-system",
+            "create",
+            "secret",
+            "generic",
+            "ferrolb-memberlist",
+            &format!(
+                "--from-literal=secretkey={}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            ),
+        ])?;
+        self.kubectl(&["apply", "-f", &config.to_string_lossy()])?;
+        eventually(
+            "a ready speaker on every node and a ready controller",
+            Duration::from_secs(120),
+            || {
+                let ready = |component: &str| -> Option<usize> {
+                    let out = self
+                        .kubectl(&[
+                            "get", "pods", "-n", "ferrolb-system", "-l",
+                            &format!("app.kubernetes.io/component={component}"),
+                            "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+                        ])
+                        .ok()?;
+                    Some(out.lines().filter(|l| *l == "True").count())
+                };
+                (ready("speaker")? == nodes && ready("controller")? >= 1).then_some(())
+            },
+        )?;
+        Ok(())
     }
 
     fn bin(&self, name: &str) -> String {
@@ -596,7 +800,7 @@ impl Lab {
             "netns",
             "exec",
             &self.cp.ns,
-            "kubectl",
+            &self.kubectl_bin,
             "--kubeconfig",
             &kubeconfig,
         ];
@@ -612,7 +816,7 @@ impl Lab {
                 "netns",
                 "exec",
                 &self.cp.ns,
-                "kubectl",
+                &self.kubectl_bin,
                 "--kubeconfig",
                 &kubeconfig,
                 "apply",
@@ -728,6 +932,93 @@ impl Lab {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// The processes in a lab namespace whose command name is `comm`
+    /// (e.g. the speaker the node agent started).
+    pub fn pids_in(&self, ns: &str, comm: &str) -> Vec<u32> {
+        run("ip", &["netns", "pids", ns])
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim_end() == comm)
+            })
+            .collect()
+    }
+
+    /// Waits until `witness` counts every node alive, stops a speaker
+    /// (SIGSTOP) until the witness counts it out (`ferrolb_members_alive`),
+    /// then lets it run again: a stall
+    /// longer than the membership timeout. Waits until the stalled speaker
+    /// has counted the stall (`ferrolb_membership_stalls_total`).
+    pub fn stall_speaker(&self, pid: u32, node: &Host, witness: &Host) -> anyhow::Result<()> {
+        let alive = |h: &Host| {
+            self.speaker_metrics(h)
+                .map(|m| metric(&m, "ferrolb_members_alive"))
+        };
+        // Every node counted first (a restarted or re-admitted speaker may
+        // not be yet: joining, hold-down).
+        let all = self.nodes.len() as f64;
+        let before = eventually(
+            "every node counted by the witness",
+            Duration::from_secs(60),
+            || alive(witness).filter(|a| *a == all),
+        )?;
+        let stalls = |h: &Host| {
+            self.speaker_metrics(h)
+                .map(|m| metric(&m, "ferrolb_membership_stalls_total"))
+        };
+        let stalls_before =
+            eventually("the speaker's stall count", Duration::from_secs(30), || {
+                stalls(node)
+            })?;
+        run("kill", &["-STOP", &pid.to_string()])?;
+        let counted_out = eventually(
+            "the stopped speaker counted out",
+            Duration::from_secs(30),
+            || alive(witness).filter(|a| *a < before).map(|_| ()),
+        );
+        run("kill", &["-CONT", &pid.to_string()])?;
+        counted_out?;
+        eventually(
+            "the speaker noticing its stall",
+            Duration::from_secs(30),
+            || stalls(node).filter(|s| *s > stalls_before).map(|_| ()),
+        )
+    }
+
+    /// Pulls the node's cable: its port on the switch goes down (the node's
+    /// `eth0` loses its carrier but keeps its addresses and routes).
+    pub fn unplug(&self, node: &str) -> anyhow::Result<()> {
+        self.set_port(node, "down")
+    }
+
+    /// Plugs the node's cable back in ([`Lab::unplug`]).
+    pub fn plug(&self, node: &str) -> anyhow::Result<()> {
+        self.set_port(node, "up")
+    }
+
+    fn set_port(&self, node: &str, state: &str) -> anyhow::Result<()> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .with_context(|| format!("no node {node}"))?;
+        // Ports are numbered in the order of `network`: cp, client, nodes.
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.switch,
+                "link",
+                "set",
+                &format!("p{}", i + 2),
+                state,
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Takes `eth0` of a node down: its link is cut.
     pub fn cut_link(&self, node: &str) -> anyhow::Result<()> {
         let n = self.node(node).with_context(|| format!("no node {node}"))?;
@@ -742,10 +1033,41 @@ impl Drop for Lab {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
+        if let Some(mut cp) = self.control_plane.take() {
+            cp.keep_dir();
+            cp.stop();
+        }
+        // The Pods' own namespaces, made by the node agents.
+        if let Ok(list) = run("ip", &["netns", "list"]) {
+            let pods = format!("{}-pod-", self.prefix);
+            for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+                if name.starts_with(&pods) {
+                    // Their processes die with their agent; this is for any
+                    // that did not (a namespace outlives no process in it).
+                    if let Ok(pids) = run("ip", &["netns", "pids", name]) {
+                        for pid in pids.split_whitespace() {
+                            let _ = run("kill", &["-KILL", pid]);
+                        }
+                    }
+                    let _ = run("ip", &["netns", "del", name]);
+                }
+            }
+        }
         for ns in self.namespaces.iter().rev() {
             let _ = run("ip", &["netns", "del", ns]);
         }
     }
+}
+
+/// Each node's IPv4 Pod block in [`POD_NETWORK_V4`]: the /24 split into the
+/// largest equal power-of-two blocks, at most 32 addresses each (pure).
+pub fn pod_blocks(nodes: usize) -> Vec<String> {
+    let per = (256 / nodes.max(1)).clamp(1, 32);
+    let size = 1usize << (usize::BITS - 1 - per.leading_zeros());
+    let prefix = 32 - size.trailing_zeros();
+    (0..nodes)
+        .map(|i| format!("203.0.113.{}/{prefix}", i * size))
+        .collect()
 }
 
 /// The sum of a metric's samples in Prometheus text (lines `name value` or

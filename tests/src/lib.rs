@@ -8,6 +8,7 @@ pub mod kube;
 pub mod kubeproxy;
 pub mod lab;
 pub mod nodenet;
+pub mod podexec;
 pub mod procfs;
 
 pub use apiserver::{Contents, ServerOptions, TestApiServer};

@@ -50,6 +50,7 @@ fn lab_with(nodes: usize, rbac_manifests: Option<PathBuf>) -> Lab {
         kubeconfig: None,
         config,
         rbac_manifests,
+        real: None,
     })
     .expect("the lab comes up")
 }
@@ -487,6 +488,15 @@ fn the_manifests_grant_exactly_what_the_controller_and_speakers_use() {
     lab.wait_exit(&what, LIMIT).unwrap();
     let node = lab.node(&owner).unwrap().clone();
     lab.start_speaker(&node).unwrap();
+    // A stall (SIGSTOP until its peer counts it out): the speaker reads its
+    // own Node before it answers again.
+    let witness = lab.nodes.iter().find(|n| n.name != owner).unwrap().clone();
+    eventually("the restarted speaker's metrics", LIMIT, || {
+        lab.speaker_metrics(&node)
+    })
+    .unwrap();
+    lab.stall_speaker(lab.pid(&what).unwrap(), &node, &witness)
+        .unwrap();
     let report = || -> serde_json::Value {
         serde_json::from_str(&lab.kubectl(&["get", "--raw", "/admin/rbac"]).unwrap()).unwrap()
     };
@@ -525,6 +535,7 @@ fn a_pool_overlapping_the_labs_own_addresses_is_refused() {
         kubeconfig: None,
         config,
         rbac_manifests: None,
+        real: None,
     })
     .err()
     .expect("a pool containing the lab's own addresses is refused");

@@ -144,6 +144,10 @@ fn lb_chain_has(rules: &str, endpoints: &[String]) -> bool {
 #[test]
 fn agents_and_kube_proxy_serve_a_load_balancer_ip() {
     let Some(bins) = KubeBinaries::from_env() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{KUBE_BIN_ENV} must be set in CI (scripts/test.sh sets it)"
+        );
         eprintln!(
             "real_lab skipped: {KUBE_BIN_ENV} is unset. Run it as root with the real Kubernetes binaries:\n  \
              {KUBE_BIN_ENV}=$(scripts/build-kube.sh | tail -n1) cargo test -p ferrolb-tests --test real_lab"
@@ -179,6 +183,7 @@ fn agents_and_kube_proxy_serve_a_load_balancer_ip() {
                 netns: Some(cp_host.ns.clone()),
                 address: Some(IpAddr::V4(cp_host.ip4)),
                 service_cidrs: Some(DOC_SERVICE_CIDRS.to_owned()),
+                audit: false,
             },
         )
         .expect("the control plane");

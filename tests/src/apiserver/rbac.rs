@@ -337,3 +337,57 @@ mod tests {
         assert!(p.check(&a).is_err());
     }
 }
+
+/// A request of a real API server's audit log (one JSON event, `--audit-log-format=json`)
+/// as the authorizer's attributes, with the response code; `None` for other lines.
+pub fn audit_request(line: &str) -> Option<(Attributes, u16)> {
+    let ev: Value = serde_json::from_str(line).ok()?;
+    if ev.get("kind")?.as_str()? != "Event" {
+        return None;
+    }
+    let obj = ev.get("objectRef")?;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let mut resource = text(obj.get("resource"))?;
+    if let Some(sub) = text(obj.get("subresource")) {
+        resource = format!("{resource}/{sub}");
+    }
+    let code = ev
+        .pointer("/responseStatus/code")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .unwrap_or(0);
+    Some((
+        Attributes {
+            user: text(ev.pointer("/user/username"))?,
+            verb: text(ev.get("verb"))?,
+            api_group: text(obj.get("apiGroup")).unwrap_or_default(),
+            resource,
+            namespace: text(obj.get("namespace")),
+            name: text(obj.get("name")),
+        },
+        code,
+    ))
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+
+    #[test]
+    fn audit_events_become_attributes() {
+        let line = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","stage":"ResponseComplete","verb":"patch","user":{"username":"system:serviceaccount:ferrolb-system:ferrolb-controller"},"objectRef":{"resource":"services","namespace":"default","name":"web","apiVersion":"v1","subresource":"status"},"responseStatus":{"code":200}}"#;
+        let (a, code) = audit_request(line).unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(a.resource, "services/status");
+        assert_eq!(a.api_group, "");
+        assert_eq!(a.verb, "patch");
+        assert_eq!(a.namespace.as_deref(), Some("default"));
+        let lease = r#"{"kind":"Event","verb":"update","user":{"username":"u"},"objectRef":{"resource":"leases","apiGroup":"coordination.k8s.io"},"responseStatus":{"code":403}}"#;
+        let (a, code) = audit_request(lease).unwrap();
+        assert_eq!((a.api_group.as_str(), code), ("coordination.k8s.io", 403));
+        assert!(audit_request("not json").is_none());
+        assert!(
+            audit_request(r#"{"kind":"Event","verb":"get","user":{"username":"u"}}"#).is_none()
+        );
+    }
+}

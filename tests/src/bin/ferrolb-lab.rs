@@ -1,20 +1,27 @@
 //! ferrolb-lab: the whole system on simulated nodes in network namespaces.
 //!
-//! `ferrolb-lab` (needs root) brings up a control plane (test API server,
-//! controller), N nodes (speaker, backend, kube-proxy-style DNAT) and a client on
-//! one layer-2 segment; creates a LoadBalancer Service; shows the client
-//! reaching it and which node answered ARP; cuts the owner node's link and
+//! `ferrolb-lab` (needs root) brings up, by default, a real Kubernetes control
+//! plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler), N
+//! nodes (the lab's node agent in place of kubelet, and a real kube-proxy)
+//! and a client on one layer-2 segment; deploys ferrolb from `manifests/`;
+//! creates a Deployment and a LoadBalancer Service; shows the client reaching
+//! every replica and which node answered ARP; cuts the owner node's link and
 //! measures how long the client's traffic stopped; tears everything down.
+//! `--control-plane test` runs the older lab on the test API server (the
+//! controller and speakers started directly, a DNAT rule per node in place
+//! of kube-proxy).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use ferrolb_tests::lab::{Lab, LabOptions, eventually};
+use ferrolb_tests::kube::KubeBinaries;
+use ferrolb_tests::kubeproxy::ProxyMode;
+use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, eventually};
 
 #[derive(Parser)]
 #[command(
@@ -51,10 +58,69 @@ struct DemoArgs {
     #[arg(long)]
     keep: bool,
     /// Run the controller and speakers as their service accounts under manifests/'s RBAC
-    /// rules, enforced by the test API server (`kubectl get --raw /admin/rbac` reports).
+    /// rules, enforced by the test API server (`kubectl get --raw /admin/rbac` reports;
+    /// only with `--control-plane test`: the real control plane always runs RBAC).
     #[arg(long)]
     rbac: bool,
+    /// `real`: Kubernetes components built by scripts/build-kube.sh, kube-proxy on
+    /// every node, ferrolb deployed from the manifests. `test`: the test API server.
+    #[arg(long, value_enum, default_value = "real")]
+    control_plane: ControlPlaneKind,
+    /// Where the Kubernetes binaries are (the last line of scripts/build-kube.sh).
+    #[arg(long, env = "FERROLB_KUBE_BIN")]
+    kube_bin: Option<PathBuf>,
+    /// kube-proxy's mode on the real control plane.
+    #[arg(long, value_enum, default_value = "nftables")]
+    proxy_mode: ProxyModeArg,
+    /// Deploy ferrolb from this kustomization (default: the manifests/ built
+    /// into this binary, written to the lab's directory).
+    #[arg(long)]
+    manifests: Option<PathBuf>,
 }
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ControlPlaneKind {
+    Real,
+    Test,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ProxyModeArg {
+    Nftables,
+    Iptables,
+}
+
+/// manifests/, built in: the lab deploys what a user would.
+const MANIFESTS: [(&str, &str); 7] = [
+    (
+        "kustomization.yaml",
+        include_str!("../../../manifests/kustomization.yaml"),
+    ),
+    (
+        "namespace.yaml",
+        include_str!("../../../manifests/namespace.yaml"),
+    ),
+    (
+        "controller-rbac.yaml",
+        include_str!("../../../manifests/controller-rbac.yaml"),
+    ),
+    (
+        "speaker-rbac.yaml",
+        include_str!("../../../manifests/speaker-rbac.yaml"),
+    ),
+    (
+        "controller.yaml",
+        include_str!("../../../manifests/controller.yaml"),
+    ),
+    (
+        "speaker.yaml",
+        include_str!("../../../manifests/speaker.yaml"),
+    ),
+    (
+        "config.yaml",
+        include_str!("../../../manifests/config.yaml"),
+    ),
+];
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -166,7 +232,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         bail!("the lab creates network namespaces: run it as root (sudo)");
     }
     ctrlc::set_handler(ferrolb_tests::lab::interrupt).context("installing the Ctrl-C handler")?;
-    let bin_dir = match args.bin_dir {
+    let bin_dir = match args.bin_dir.clone() {
         Some(d) => d,
         None => std::env::current_exe()?
             .parent()
@@ -190,28 +256,65 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
             default_config.clone()
         }
     };
+    let manifests = match &args.manifests {
+        Some(d) => d.clone(),
+        None => {
+            let d =
+                std::env::temp_dir().join(format!("ferrolb-lab-{}-manifests", std::process::id()));
+            std::fs::create_dir_all(&d)?;
+            for (name, text) in MANIFESTS {
+                std::fs::write(d.join(name), text)?;
+            }
+            d
+        }
+    };
+    let real = match args.control_plane {
+        ControlPlaneKind::Test => None,
+        ControlPlaneKind::Real => {
+            let dir = args.kube_bin.clone().context(
+                "the real control plane needs the Kubernetes binaries: run scripts/build-kube.sh and pass the directory it prints last with --kube-bin (or FERROLB_KUBE_BIN), or use --control-plane test",
+            )?;
+            Some(RealOptions {
+                kube: KubeBinaries::at(&dir)?,
+                proxy_mode: match args.proxy_mode {
+                    ProxyModeArg::Nftables => ProxyMode::Nftables,
+                    ProxyModeArg::Iptables => ProxyMode::Iptables,
+                },
+                manifests: manifests.clone(),
+            })
+        }
+    };
+    let result = match real {
+        Some(real) => real_demo(&args, real, &bin_dir, &config),
+        None => test_demo(&args, &bin_dir, &config, &manifests),
+    };
+    let _ = std::fs::remove_file(&default_config);
+    if args.manifests.is_none() {
+        let _ = std::fs::remove_dir_all(&manifests);
+    }
+    result
+}
+
+fn test_demo(
+    args: &DemoArgs,
+    bin_dir: &Path,
+    config: &Path,
+    manifests: &Path,
+) -> anyhow::Result<()> {
     step(
-        "bringing up the lab: a bridge, a control plane, {} nodes and a client, in network namespaces",
+        "bringing up the lab: a bridge, the test API server, {} nodes and a client, in network namespaces",
         &[&args.nodes],
     );
     let lab = Lab::up(&LabOptions {
         nodes: args.nodes,
-        bin_dir,
+        bin_dir: bin_dir.to_path_buf(),
         kubeconfig: args.kubeconfig.clone(),
-        config: config.clone(),
-        rbac_manifests: args
-            .rbac
-            .then(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests"))),
+        config: config.to_path_buf(),
+        rbac_manifests: args.rbac.then(|| manifests.to_path_buf()),
+        real: None,
     })?;
     println!("    logs and kubeconfig: {}", lab.dir.display());
-    println!(
-        "    nodes: {}",
-        lab.nodes
-            .iter()
-            .map(|n| format!("{} ({}, {})", n.name, n.ip4, n.mac))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    print_nodes(&lab);
 
     step(
         "creating Service default/web (type LoadBalancer, port 80) with a backend on every node",
@@ -239,13 +342,210 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         Duration::from_secs(30),
         || client_ask(&lab, target),
     )?;
-    let mac = lab.client_neighbour(&ip).unwrap_or_default();
-    let owner = lab
-        .node_by_mac(&mac)
-        .map(|n| n.name.clone())
-        .unwrap_or_else(|| format!("unknown MAC {mac}"));
-    println!("    answered by the backend on {served}; ARP for {ip} answered by {owner} ({mac})");
+    let owner = owner_of(&lab, &ip);
+    println!("    answered by the backend on {served}; ARP for {ip} answered by {owner}");
+    failover(&lab, &ip, target, false)?;
+    if args.keep {
+        step("the lab stays up; Ctrl-C tears it down", &[]);
+        let kubectl = format!(
+            "ip netns exec {} kubectl --kubeconfig {}",
+            lab.cp.ns,
+            lab.kubeconfig.display()
+        );
+        println!("    {kubectl} describe svc web");
+        println!("    {kubectl} get svc web -o jsonpath='{{.status.loadBalancer.ingress}}'");
+        println!(
+            "    (the test API server prints no table columns: `get svc` shows only NAME and AGE; use describe or -o jsonpath)"
+        );
+        wait_for_interrupt();
+    }
+    teardown(lab, args.keep_logs);
+    Ok(())
+}
 
+fn real_demo(
+    args: &DemoArgs,
+    real: RealOptions,
+    bin_dir: &Path,
+    config: &Path,
+) -> anyhow::Result<()> {
+    let mode = real.proxy_mode.flag();
+    step(
+        "bringing up the lab: a bridge; a Kubernetes v1.36 control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler); {} nodes, each with the lab's node agent (in place of kubelet) and kube-proxy in {} mode; a client",
+        &[&args.nodes, &mode],
+    );
+    step(
+        "then ferrolb as the README installs it: kubectl apply -k manifests/, the membership Secret, the config",
+        &[],
+    );
+    let lab = Lab::up(&LabOptions {
+        nodes: args.nodes,
+        bin_dir: bin_dir.to_path_buf(),
+        kubeconfig: None,
+        config: config.to_path_buf(),
+        rbac_manifests: None,
+        real: Some(real),
+    })?;
+    println!("    logs: {}", lab.dir.display());
+    print_nodes(&lab);
+    println!(
+        "    {}",
+        lab.kubectl(&["get", "pods", "-n", "ferrolb-system", "-o", "wide"])?
+            .trim_end()
+            .replace('\n', "\n    ")
+    );
+
+    let replicas = 3.to_string();
+    step(
+        "kubectl create deployment demo --image=ferrolb.io/lab-echo --replicas={}; kubectl expose deployment demo --type=LoadBalancer --port=80",
+        &[&replicas],
+    );
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "demo",
+        "--image=ferrolb.io/lab-echo",
+        &format!("--replicas={replicas}"),
+    ])?;
+    lab.kubectl(&[
+        "expose",
+        "deployment",
+        "demo",
+        "--type=LoadBalancer",
+        "--port=80",
+    ])?;
+    let ip = eventually("an EXTERNAL-IP for demo", Duration::from_secs(60), || {
+        lab.external_ips("demo").into_iter().next()
+    })?;
+    println!(
+        "    {}",
+        lab.kubectl(&["get", "svc", "demo"])?
+            .trim_end()
+            .replace('\n', "\n    ")
+    );
+    let target: SocketAddr = format!("{ip}:80").parse()?;
+    step(
+        "the client sends requests to {}:80 until every replica has answered",
+        &[&ip],
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let mut sent = 0;
+    eventually(
+        "an answer from every replica",
+        Duration::from_secs(90),
+        || {
+            for answer in client_asks(&lab, target, 20) {
+                sent += 1;
+                if let Some(a) = answer {
+                    seen.insert(a);
+                }
+            }
+            (seen.len() >= 3).then_some(())
+        },
+    )?;
+    for who in &seen {
+        println!("    {who}");
+    }
+    println!(
+        "    ({} replicas answered within {sent} requests; ARP for {ip} answered by {})",
+        seen.len(),
+        owner_of(&lab, &ip)
+    );
+
+    step(
+        "externalTrafficPolicy: Local, so that a node forwards only to its own Pods: with Cluster, the cut node's Pod stays an endpoint (and gets a third of the connections) until Kubernetes marks the node NotReady, 50 s later (kube-controller-manager's node-monitor grace period)",
+        &[],
+    );
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        "demo",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+    ])?;
+    // Settled: 20 answers in a row.
+    eventually(
+        "the Service answering with Local",
+        Duration::from_secs(60),
+        || {
+            client_asks(&lab, target, 20)
+                .iter()
+                .all(Option::is_some)
+                .then_some(())
+        },
+    )?;
+    let unplugged = failover(&lab, &ip, target, true)?;
+    if let Some(node) = &unplugged {
+        lab.plug(node)?;
+        println!("    {node}'s cable is plugged back in");
+    }
+    if args.keep {
+        step(
+            "the lab stays up; Ctrl-C tears it down. Try the README's quickstart (paste into a root shell):",
+            &[],
+        );
+        let kubectl = format!(
+            "ip netns exec {} {} --kubeconfig {}",
+            lab.cp.ns,
+            lab.kubectl_bin,
+            lab.kubeconfig.display()
+        );
+        println!("    alias kubectl='{kubectl}'");
+        println!("    kubectl create deployment web --image=ferrolb.io/lab-echo --replicas=3");
+        println!("    kubectl expose deployment web --type=LoadBalancer --port=80");
+        println!("    kubectl get svc web");
+        println!(
+            "    for i in $(seq 6); do ip netns exec {} curl -s http://$(kubectl get svc web -o jsonpath='{{.status.loadBalancer.ingress[0].ip}}')/; done",
+            lab.client.ns
+        );
+        println!(
+            "    (the demo left behind: Deployment and Service demo, with externalTrafficPolicy Local)"
+        );
+        println!(
+            "    logs: {} (ferrolb's Pods: pods-<node>/ferrolb-system_<pod>_<container>.log)",
+            lab.dir.display()
+        );
+        wait_for_interrupt();
+    }
+    teardown(lab, args.keep_logs);
+    Ok(())
+}
+
+fn print_nodes(lab: &Lab) {
+    println!(
+        "    nodes: {}",
+        lab.nodes
+            .iter()
+            .map(|n| format!("{} ({}, {})", n.name, n.ip4, n.mac))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+fn owner_of(lab: &Lab, ip: &str) -> String {
+    let mac = lab.client_neighbour(ip).unwrap_or_default();
+    match lab.node_by_mac(&mac) {
+        Some(n) => format!("{} ({mac})", n.name),
+        None => format!("unknown MAC {mac}"),
+    }
+}
+
+/// Cuts the owner's link while the client probes; prints the outage. With
+/// `unplug`, the switch port goes down (the cable; returns the node to plug
+/// back in), else the node's `eth0`.
+fn failover(
+    lab: &Lab,
+    ip: &str,
+    target: SocketAddr,
+    unplug: bool,
+) -> anyhow::Result<Option<String>> {
+    let mac = lab.client_neighbour(ip).unwrap_or_default();
+    let Some(owner) = lab.node_by_mac(&mac).map(|n| n.name.clone()) else {
+        println!(
+            "    the client's neighbour entry for {ip} names no node ({mac}); no failover measured"
+        );
+        return Ok(None);
+    };
     step(
         "cutting {}'s link while the client probes every 10 ms",
         &[&owner],
@@ -267,15 +567,17 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(1000));
-    lab.cut_link(&owner)?;
+    if unplug {
+        lab.unplug(&owner)?;
+    } else {
+        lab.cut_link(&owner)?;
+    }
     let out = prober.wait_with_output()?;
     let report = outage(&String::from_utf8_lossy(&out.stdout));
-    let new_mac = lab.client_neighbour(&ip).unwrap_or_default();
-    let new_owner = lab
-        .node_by_mac(&new_mac)
-        .map(|n| n.name.clone())
-        .unwrap_or_else(|| format!("unknown MAC {new_mac}"));
-    println!("    the client's neighbour entry for {ip} now points to {new_owner} ({new_mac})");
+    println!(
+        "    the client's neighbour entry for {ip} now points to {}",
+        owner_of(lab, ip)
+    );
     match report {
         Some((gap, before, after)) => println!(
             "    FAILOVER: traffic stopped for {gap} ms (served by {before} before, {after} after)"
@@ -285,34 +587,50 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
             lab.dir.display()
         ),
     }
-    if args.keep {
-        step("the lab stays up; Ctrl-C tears it down", &[]);
-        let kubectl = format!(
-            "ip netns exec {} kubectl --kubeconfig {}",
-            lab.cp.ns,
-            lab.kubeconfig.display()
-        );
-        println!("    {kubectl} describe svc web");
-        println!("    {kubectl} get svc web -o jsonpath='{{.status.loadBalancer.ingress}}'");
-        println!(
-            "    (the test API server prints no table columns: `get svc` shows only NAME and AGE; use describe or -o jsonpath)"
-        );
-        let _ = eventually(
-            "Ctrl-C",
-            Duration::from_secs(365 * 24 * 3600),
-            || None::<()>,
-        );
-    }
+    Ok(unplug.then_some(owner))
+}
+
+fn wait_for_interrupt() {
+    let _ = eventually(
+        "Ctrl-C",
+        Duration::from_secs(365 * 24 * 3600),
+        || None::<()>,
+    );
+}
+
+fn teardown(lab: Lab, keep_logs: bool) {
     step("tearing down", &[]);
     let dir = lab.dir.clone();
     drop(lab);
-    let _ = std::fs::remove_file(&default_config);
-    if args.keep_logs {
+    if keep_logs {
         println!("    logs kept in {}", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    Ok(())
+}
+/// `count` requests from the client, 10 ms apart: each answer's last line, or `None`.
+fn client_asks(lab: &Lab, target: SocketAddr, count: u64) -> Vec<Option<String>> {
+    let Some(exe) = std::env::current_exe().ok() else {
+        return vec![];
+    };
+    let out = lab.exec_output(
+        &lab.client.ns,
+        &[
+            &exe.to_string_lossy(),
+            "probe",
+            "--target",
+            &target.to_string(),
+            "--timeout-ms",
+            "500",
+            "--interval-ms",
+            "10",
+            "--duration-ms",
+            &(count * 10).to_string(),
+        ],
+    );
+    out.lines()
+        .map(|l| l.split_once(" ok ").map(|(_, n)| n.to_owned()))
+        .collect()
 }
 
 fn client_ask(lab: &Lab, target: SocketAddr) -> Option<String> {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use ferrolb_tests::agent::{self, AgentConfig, PodRange};
+use ferrolb_tests::podexec::ImageMapping;
 
 #[derive(Parser)]
 #[command(about = "The ferrolb lab's node agent: registers a Node and runs lab-echo Pods")]
@@ -39,6 +40,17 @@ enum Cmd {
         /// The interface the Pod IPs are added to.
         #[arg(long, default_value = "eth0")]
         interface: String,
+        /// Run Pods of this image (any tag) as processes: each container's
+        /// command is DIR/<file name of command[0]> (ferrolb's own image).
+        #[arg(long = "run-image", value_name = "IMAGE=DIR")]
+        images: Vec<ImageMapping>,
+        /// Give each non-hostNetwork process Pod a network namespace named
+        /// PREFIX-<uid> (without it, such Pods are refused).
+        #[arg(long)]
+        pod_netns_prefix: Option<String>,
+        /// Where process Pods' logs and kubeconfigs go.
+        #[arg(long, default_value = ".")]
+        state_dir: PathBuf,
     },
     /// The lab-echo backend: answers every HTTP request with the Pod and node names.
     Echo {
@@ -56,6 +68,8 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // Plain text in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     // One thread: the echo processes die with the thread that started them
     // (PR_SET_PDEATHSIG), which must live as long as the agent.
@@ -69,12 +83,18 @@ fn main() -> anyhow::Result<()> {
             internal_ips,
             pod_ranges,
             interface,
+            images,
+            pod_netns_prefix,
+            state_dir,
         } => rt.block_on(agent::run(AgentConfig {
             node,
             kubeconfig,
             internal_ips,
             pod_ranges,
             interface,
+            images,
+            pod_netns_prefix,
+            state_dir,
         })),
         Cmd::Echo { listen, pod, node } => rt.block_on(agent::echo(&listen, &pod, &node)),
     }

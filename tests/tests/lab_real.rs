@@ -1,0 +1,376 @@
+//! The lab on a real control plane, end to end: ferrolb deployed from
+//! `manifests/` (the node agent runs its Pods as processes with ServiceAccount
+//! tokens), the README's quickstart, failover through real kube-proxy, and
+//! the manifests' RBAC checked by the real authorizer (its audit log).
+//!
+//! Needs root (network namespaces) and the binaries of scripts/build-kube.sh:
+//! ```text
+//! FERROLB_KUBE_BIN=$(scripts/build-kube.sh | tail -n1) cargo test -p ferrolb-tests --test lab_real
+//! ```
+//! Only namespaces the test creates are touched, with addresses from
+//! 192.0.2.0/24, 203.0.113.0/24 (Pods) and 2001:db8::/32.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferrolb_tests::apiserver::rbac::{Rbac, audit_request};
+use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
+use ferrolb_tests::kubeproxy::ProxyMode;
+use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, eventually};
+
+const LIMIT: Duration = Duration::from_secs(90);
+const CONTROLLER: &str = "system:serviceaccount:ferrolb-system:ferrolb-controller";
+const SPEAKER: &str = "system:serviceaccount:ferrolb-system:ferrolb-speaker";
+
+/// A dual-stack pool on the lab's segment.
+const POOLS: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config
+  namespace: ferrolb-system
+data:
+  config: |
+    address-pools:
+    - name: lab
+      protocol: layer2
+      addresses:
+      - 192.0.2.240-192.0.2.250
+      - 2001:db8::240-2001:db8::250
+"#;
+
+fn manifests() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests"))
+}
+
+fn lab(nodes: usize) -> Option<Lab> {
+    let Some(bins) = KubeBinaries::from_env() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{KUBE_BIN_ENV} must be set in CI (scripts/test.sh sets it)"
+        );
+        eprintln!(
+            "lab_real skipped: {KUBE_BIN_ENV} is unset (scripts/test.sh sets it). Run it as root with the real Kubernetes binaries:\n  \
+             {KUBE_BIN_ENV}=$(scripts/build-kube.sh | tail -n1) cargo test -p ferrolb-tests --test lab_real"
+        );
+        return None;
+    };
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_ferrolb-lab"));
+    let bin_dir = exe.parent().unwrap().to_path_buf();
+    if let Err(e) = Lab::check_binaries(&bin_dir) {
+        panic!("{e:#} (`cargo test --workspace` builds every binary)");
+    }
+    let config = std::env::temp_dir().join(format!("ferrolb-lab-real-{}.yaml", std::process::id()));
+    std::fs::write(&config, POOLS).unwrap();
+    let lab = Lab::up(&LabOptions {
+        nodes,
+        bin_dir,
+        kubeconfig: None,
+        config,
+        rbac_manifests: None,
+        real: Some(RealOptions {
+            kube: bins.expect("the Kubernetes binaries"),
+            proxy_mode: ProxyMode::Nftables,
+            manifests: manifests(),
+        }),
+    })
+    .expect("the lab comes up on the real control plane");
+    Some(lab)
+}
+
+/// `count` requests from the client, 10 ms apart: each answer, or `None`.
+fn asks(lab: &Lab, target: SocketAddr, count: u64) -> Vec<Option<String>> {
+    let out = lab.exec_output(
+        &lab.client.ns,
+        &[
+            env!("CARGO_BIN_EXE_ferrolb-lab"),
+            "probe",
+            "--target",
+            &target.to_string(),
+            "--timeout-ms",
+            "500",
+            "--interval-ms",
+            "10",
+            "--duration-ms",
+            &(count * 10).to_string(),
+        ],
+    );
+    out.lines()
+        .map(|l| l.split_once(" ok ").map(|(_, n)| n.to_owned()))
+        .collect()
+}
+
+/// The Pod names that answered.
+fn pods_answering(lab: &Lab, target: SocketAddr, count: u64) -> BTreeSet<String> {
+    asks(lab, target, count)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            // `pod=NAME node=NODE`
+            let first = a.split_whitespace().next()?;
+            first.strip_prefix("pod=").map(str::to_owned)
+        })
+        .collect()
+}
+
+fn ready_pods(lab: &Lab, selector: &str) -> BTreeSet<String> {
+    lab.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        selector,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}{\" \"}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+    ])
+    .unwrap_or_default()
+    .lines()
+    .filter_map(|l| l.strip_suffix(" True").map(str::to_owned))
+    .collect()
+}
+
+fn owner(lab: &Lab, ip: &str) -> Option<String> {
+    let mac = lab.client_neighbour(ip)?;
+    lab.node_by_mac(&mac).map(|n| n.name.clone())
+}
+
+/// Replays the API server's audit log through the manifests' RBAC rules:
+/// the requests the real authorizer denied, and the permissions no request used.
+fn rbac_report(lab: &Lab) -> (Vec<String>, Vec<String>) {
+    let mut docs = Vec::new();
+    for f in ["controller-rbac.yaml", "speaker-rbac.yaml"] {
+        let text = std::fs::read_to_string(manifests().join(f)).unwrap();
+        docs.extend(serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap());
+    }
+    let rbac = Rbac::from_documents(&docs).unwrap();
+    let log = lab.control_plane.as_ref().unwrap().audit_log();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut denied = Vec::new();
+    for (a, code) in text.lines().filter_map(audit_request) {
+        if code == 403 {
+            denied.push(format!(
+                "{} {} {} ({:?})",
+                a.user, a.verb, a.resource, a.namespace
+            ));
+        } else if (200..300).contains(&code) || code == 404 || code == 409 {
+            // Allowed by the real authorizer: record which grant allows it.
+            let _ = rbac.check(&a);
+        }
+    }
+    let mut unused = rbac.unused(CONTROLLER);
+    unused.extend(rbac.unused(SPEAKER));
+    (denied, unused)
+}
+
+/// One lab for the whole story (a real control plane takes about 15 s to start).
+#[test]
+fn quickstart_failover_and_rbac_on_a_real_control_plane() {
+    let Some(lab) = lab(3) else { return };
+
+    // The README's quickstart, verbatim but for the image.
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=ferrolb.io/lab-echo",
+        "--replicas=3",
+    ])
+    .unwrap();
+    lab.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--type=LoadBalancer",
+        "--port=80",
+    ])
+    .unwrap();
+    let ip = eventually("an EXTERNAL-IP for web", LIMIT, || {
+        lab.external_ips("web").into_iter().next()
+    })
+    .unwrap();
+    assert!(
+        ip.starts_with("192.0.2.24") || ip.starts_with("192.0.2.25"),
+        "{ip}"
+    );
+    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
+    let replicas = eventually("3 ready replicas", LIMIT, || {
+        let r = ready_pods(&lab, "app=web");
+        (r.len() == 3).then_some(r)
+    })
+    .unwrap();
+    // kube-proxy spreads connections at random: every replica answers.
+    let mut seen = BTreeSet::new();
+    eventually("an answer from every replica", LIMIT, || {
+        seen.extend(pods_answering(&lab, target, 20));
+        (seen == replicas).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: answered {seen:?} of {replicas:?}; logs in {}",
+            lab.dir.display()
+        )
+    });
+
+    // A dual-stack Service: both families through kube-proxy's ip and ip6 tables.
+    lab.apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web2", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ipFamilyPolicy": "RequireDualStack",
+                 "ports": [{"port": 80, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    let ips = eventually("two EXTERNAL-IPs for web2", LIMIT, || {
+        let ips = lab.external_ips("web2");
+        (ips.len() == 2).then_some(ips)
+    })
+    .unwrap();
+    for ip in &ips {
+        let t: SocketAddr = if ip.contains(':') {
+            format!("[{ip}]:80")
+        } else {
+            format!("{ip}:80")
+        }
+        .parse()
+        .unwrap();
+        eventually(&format!("an answer on {t}"), LIMIT, || {
+            (!pods_answering(&lab, t, 5).is_empty()).then_some(())
+        })
+        .unwrap();
+    }
+
+    // Failover: with externalTrafficPolicy Local a node forwards only to its
+    // own Pods, so the owner's cut link is all that stops the traffic.
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+    ])
+    .unwrap();
+    eventually("20 answers in a row with Local", LIMIT, || {
+        asks(&lab, target, 20)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    let before = owner(&lab, &ip).expect("a node answers ARP for the address");
+    lab.unplug(&before).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let after = loop {
+        let ok = asks(&lab, target, 3).iter().all(Option::is_some);
+        match owner(&lab, &ip) {
+            Some(n) if ok && n != before => break n,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no other node took {ip} over from {before}; logs in {}",
+            lab.dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    lab.plug(&before).unwrap();
+    eprintln!("{ip}: {before} unplugged, {after} took over");
+
+    // A stall of the new owner's speaker (SIGSTOP): it re-joins and reads
+    // its own Node before it answers again; the address is served meanwhile.
+    let node = lab.node(&after).unwrap().clone();
+    let witness = lab.nodes.iter().find(|n| n.name != after).unwrap().clone();
+    let pid = eventually("the speaker's process", LIMIT, || {
+        lab.pids_in(&node.ns, "ferrolb-speaker").first().copied()
+    })
+    .unwrap();
+    lab.stall_speaker(pid, &node, &witness).unwrap();
+    eventually("answers after the stall", LIMIT, || {
+        asks(&lab, target, 5)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+
+    // The controller's other writes: a failed allocation, an invalid config
+    // (and the last good one kept), a release.
+    lab.apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "outside", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "loadBalancerIP": "198.51.100.200",
+                 "ports": [{"port": 80, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    eventually("the AllocationFailed Event", LIMIT, || {
+        lab.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=outside,reason=AllocationFailed",
+            "-o",
+            "name",
+        ])
+        .ok()
+        .filter(|o| !o.trim().is_empty())
+    })
+    .unwrap();
+    lab.kubectl(&[
+        "-n",
+        "ferrolb-system",
+        "patch",
+        "configmap",
+        "config",
+        "-p",
+        r#"{"data":{"config":"address-pools: [\n"}}"#,
+    ])
+    .unwrap();
+    eventually("the InvalidConfig Event", LIMIT, || {
+        lab.kubectl(&[
+            "-n",
+            "ferrolb-system",
+            "get",
+            "events",
+            "--field-selector",
+            "reason=InvalidConfig",
+            "-o",
+            "name",
+        ])
+        .ok()
+        .filter(|o| !o.trim().is_empty())
+    })
+    .unwrap();
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        "web2",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ])
+    .unwrap();
+    eventually("web2's addresses released", LIMIT, || {
+        lab.external_ips("web2").is_empty().then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        lab.external_ips("web"),
+        vec![ip.clone()],
+        "web kept its address"
+    );
+
+    // Every call of the controller and the speakers was allowed by the real
+    // RBAC authorizer under the manifests' rules, and every permission the
+    // manifests grant was used.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (denied, unused) = rbac_report(&lab);
+        assert!(denied.is_empty(), "the API server denied: {denied:#?}");
+        if unused.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "granted by the manifests but never used: {unused:#?} (audit log {})",
+            lab.control_plane.as_ref().unwrap().audit_log().display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
