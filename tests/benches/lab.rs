@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         kubeconfig: None,
         config: config.clone(),
         rbac_manifests: None,
+        real: None,
     })?;
     let _ = std::fs::remove_file(&config);
     eventually("every speaker ready", Duration::from_secs(60), || {

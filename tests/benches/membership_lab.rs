@@ -63,6 +63,7 @@ fn measure(
         kubeconfig: None,
         config: config.clone(),
         rbac_manifests: None,
+        real: None,
     })?;
     let _ = std::fs::remove_file(&config);
     eventually(
