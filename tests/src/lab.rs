@@ -1,19 +1,25 @@
 //! The lab: a simulated cluster in network namespaces on one machine
-//! (docs/architecture.md, section 8).
+//! (docs/architecture.md, section 8; docs/lab-agent.md).
 //!
 //! ```text
 //!             switch namespace: bridge br0 (the layer-2 segment)
 //!   ┌──────────────┬──────────────┬──────────────┬──────────────┐
 //!   cp             node-1 .. node-N                              client
 //!   192.0.2.2      192.0.2.11 ..                                 192.0.2.100
-//!   test API server  speaker, backend :8080, nftables DNAT        prober
-//!   controller       (kube-proxy emulation)
+//! real ([`RealOptions`]):
+//!   etcd, kube-apiserver,   node agent (kubelet's stand-in) running
+//!   kube-controller-manager ferrolb's Pods and lab-echo Pods
+//!   kube-scheduler          (Pod IPs 203.0.113.0/24), kube-proxy
+//! test:
+//!   test API server,        speaker, backend :8080, nftables DNAT
+//!   controller              (kube-proxy emulation)
 //! ```
 //!
 //! Every node's interface is `eth0`, as on a real node, so the speaker's default
 //! interface rules apply unchanged. Addresses come only from the documentation
-//! ranges (192.0.2.0/24, 2001:db8::/64), and nothing is added to the machine's
-//! own namespace: everything lives in namespaces the lab creates and deletes.
+//! ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32), and
+//! nothing is added to the machine's own namespace: everything lives in
+//! namespaces the lab creates and deletes.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -374,3 +374,263 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// The MACs that answer `arping` for `ip` from the client (several probes).
+fn arp_answerers(lab: &Lab, ip: &str, count: u32) -> BTreeSet<String> {
+    // arping exits 1 when fewer replies than -c came before -w: read its output anyway.
+    let deadline = (count + 2).to_string();
+    let out = lab.exec_output(
+        &lab.client.ns,
+        &[
+            "arping",
+            "-c",
+            &count.to_string(),
+            "-w",
+            &deadline,
+            "-I",
+            "eth0",
+            ip,
+        ],
+    );
+    out.lines()
+        .filter_map(|l| {
+            l.split('[')
+                .nth(1)
+                .and_then(|r| r.split(']').next())
+                .map(|m| m.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// What Kubernetes itself does to ferrolb's Pods: a DaemonSet rollout of the
+/// speakers, a speaker process killed (restarted by its "kubelet"), the
+/// leading controller's Pod deleted; Services stay reachable throughout.
+#[test]
+fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane() {
+    let Some(lab) = lab(3) else { return };
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=ferrolb.io/lab-echo",
+        "--replicas=3",
+    ])
+    .unwrap();
+    // Two Services sharing one address (MetalLB's annotations): one MAC answers.
+    for (name, port) in [("web", "80"), ("web-alt", "81")] {
+        lab.kubectl(&[
+            "expose",
+            "deployment",
+            "web",
+            "--name",
+            name,
+            "--type=LoadBalancer",
+            "--port",
+            port,
+            "--target-port=80",
+        ])
+        .unwrap();
+        lab.kubectl(&[
+            "annotate",
+            "svc",
+            name,
+            "metallb.universe.tf/allow-shared-ip=web",
+            "metallb.universe.tf/loadBalancerIPs=192.0.2.245",
+        ])
+        .unwrap();
+    }
+    for name in ["web", "web-alt"] {
+        eventually(&format!("the shared address on {name}"), LIMIT, || {
+            (lab.external_ips(name) == ["192.0.2.245"]).then_some(())
+        })
+        .unwrap();
+    }
+    let target: SocketAddr = "192.0.2.245:80".parse().unwrap();
+    eventually("answers on both ports", LIMIT, || {
+        let alt: SocketAddr = "192.0.2.245:81".parse().unwrap();
+        (asks(&lab, target, 5).iter().all(Option::is_some)
+            && asks(&lab, alt, 5).iter().all(Option::is_some))
+        .then_some(())
+    })
+    .unwrap();
+    let macs = arp_answerers(&lab, "192.0.2.245", 5);
+    assert_eq!(
+        macs.len(),
+        1,
+        "one MAC answers for a shared address: {macs:?}"
+    );
+
+    // A rollout of the speaker DaemonSet (one node at a time, each speaker
+    // handing over on SIGTERM) while the client connects every 10 ms.
+    let mut prober = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client.ns,
+            env!("CARGO_BIN_EXE_ferrolb-lab"),
+            "probe",
+        ])
+        .args([
+            "--target",
+            &target.to_string(),
+            "--interval-ms",
+            "10",
+            "--timeout-ms",
+            "100",
+            "--duration-ms",
+            "600000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let before: BTreeSet<String> = lab
+        .kubectl(&[
+            "-n",
+            "ferrolb-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=speaker",
+            "-o",
+            "name",
+        ])
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lab.kubectl(&[
+        "-n",
+        "ferrolb-system",
+        "rollout",
+        "restart",
+        "daemonset/ferrolb-speaker",
+    ])
+    .unwrap();
+    lab.kubectl(&[
+        "-n",
+        "ferrolb-system",
+        "rollout",
+        "status",
+        "daemonset/ferrolb-speaker",
+        "--timeout=180s",
+    ])
+    .unwrap();
+    // Every speaker replaced and answering again.
+    eventually("traffic after the rollout", LIMIT, || {
+        asks(&lab, "192.0.2.245:81".parse().unwrap(), 3)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &prober.id().to_string()])
+        .status();
+    let _ = prober.kill();
+    let mut out = String::new();
+    std::io::Read::read_to_string(prober.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let _ = prober.wait();
+    let after: BTreeSet<String> = lab
+        .kubectl(&[
+            "-n",
+            "ferrolb-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=speaker",
+            "-o",
+            "name",
+        ])
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        before.is_disjoint(&after),
+        "every speaker Pod replaced: {before:?} {after:?}"
+    );
+    let ok: Vec<u64> = out
+        .lines()
+        .filter(|l| l.contains(" ok "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(ok.len() > 100, "the prober got {} answers", ok.len());
+    let longest = ok.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    eprintln!(
+        "speaker DaemonSet rollout: {} answers, longest gap {longest} ms",
+        ok.len()
+    );
+    assert!(
+        longest < 5_000,
+        "traffic stopped for {longest} ms during the rollout"
+    );
+
+    // The owner's speaker killed (SIGKILL, no hand-over): another node takes
+    // over, and the agent starts the process again.
+    let owner = owner(&lab, "192.0.2.245").expect("an owner");
+    let node = lab.node(&owner).unwrap().clone();
+    let pids = lab.pids_in(&node.ns, "ferrolb-speaker");
+    assert_eq!(pids.len(), 1, "one speaker on {owner}: {pids:?}");
+    ferrolb_tests::lab::run("kill", &["-KILL", &pids[0].to_string()]).unwrap();
+    eventually(
+        "answers after the owner's speaker was killed",
+        LIMIT,
+        || {
+            asks(&lab, target, 3)
+                .iter()
+                .all(Option::is_some)
+                .then_some(())
+        },
+    )
+    .unwrap();
+    eventually("the killed speaker started again", LIMIT, || {
+        let now = lab.pids_in(&node.ns, "ferrolb-speaker");
+        (now.len() == 1 && now[0] != pids[0]).then_some(())
+    })
+    .unwrap();
+
+    // The leading controller's Pod deleted: the other replica takes the Lease
+    // and serves a new Service; no address changes.
+    let leader = eventually("the controller Lease's holder", LIMIT, || {
+        lab.kubectl(&[
+            "-n",
+            "ferrolb-system",
+            "get",
+            "lease",
+            "ferrolb-controller",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+    })
+    .unwrap();
+    lab.kubectl(&[
+        "-n",
+        "ferrolb-system",
+        "delete",
+        "pod",
+        leader.trim(),
+        "--wait=false",
+    ])
+    .unwrap();
+    lab.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--name",
+        "web-new",
+        "--type=LoadBalancer",
+        "--port=80",
+    ])
+    .unwrap();
+    let ip = eventually(
+        "an address for a Service created after the leader left",
+        LIMIT,
+        || lab.external_ips("web-new").into_iter().next(),
+    )
+    .unwrap();
+    assert_ne!(ip, "192.0.2.245");
+    assert_eq!(lab.external_ips("web"), ["192.0.2.245"]);
+    assert_eq!(lab.external_ips("web-alt"), ["192.0.2.245"]);
+}
