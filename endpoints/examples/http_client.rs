@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     let lb = LoadBalancer::new(client, config);
     lb.sync().await.context("first sync")?;
     lb.start_background_sync()?;
-    print_endpoints(&lb);
+    let mut shown = print_endpoints(&lb, None);
     let mut changes = lb.subscribe();
     changes.borrow_and_update();
 
@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         }
         if changes.has_changed().unwrap_or(false) {
             changes.borrow_and_update();
-            print_endpoints(&lb);
+            shown = print_endpoints(&lb, Some(&shown));
         }
         n += 1;
         match lb.next_tracked() {
@@ -141,10 +141,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_endpoints(lb: &LoadBalancer) {
+/// Prints the endpoints unless they are what was printed last (the first
+/// watch event repeats the first sync's list); returns what is shown.
+fn print_endpoints(lb: &LoadBalancer, last: Option<&str>) -> String {
     let state = lb.state();
     let list: Vec<String> = state.endpoints.iter().map(|e| e.to_string()).collect();
-    println!(
+    let line = format!(
         "      endpoints of {}/{}: {}{}",
         lb.namespace(),
         lb.config().service,
@@ -159,6 +161,10 @@ fn print_endpoints(lb: &LoadBalancer) {
             ""
         }
     );
+    if last != Some(line.as_str()) {
+        println!("{line}");
+    }
+    line
 }
 
 /// One `GET` over HTTP/1.0: the status line and the body's first line.
