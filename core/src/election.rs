@@ -22,9 +22,20 @@ use crate::selector::Labels;
 use crate::service::ServiceKey;
 
 /// The Node label that keeps a node out of every load balancer, as in
-/// Kubernetes' own service controller and MetalLB v0.14+. Its value does not
-/// matter.
+/// Kubernetes' own service controller and MetalLB v0.14+: any value but one
+/// that parses as false ([`label_excludes`]).
 pub const EXCLUDE_FROM_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// The taint the cluster autoscaler puts on a node it is about to delete.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Whether the value of [`EXCLUDE_FROM_LB_LABEL`] excludes the node: every
+/// value but a false one as Go's `strconv.ParseBool` reads it (`0`, `f`,
+/// `F`, `false`, `FALSE`, `False`), so an unparsable value excludes, as the
+/// cloud-provider library does.
+pub fn label_excludes(value: &str) -> bool {
+    !matches!(value, "0" | "f" | "F" | "false" | "FALSE" | "False")
+}
 
 /// What the election needs to know about a Node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,6 +45,9 @@ pub struct NodeInfo {
     /// The Node has the condition `NetworkUnavailable=True` (its network is
     /// not set up yet, or the CNI says it is broken).
     pub network_unavailable: bool,
+    /// The Node is going away: it has a `deletionTimestamp`, or the taint
+    /// [`TO_BE_DELETED_TAINT`] (the cluster autoscaler drains it).
+    pub leaving: bool,
 }
 
 /// `spec.externalTrafficPolicy`.
@@ -104,6 +118,15 @@ impl ServiceInfo {
             .filter_map(|e| e.node.as_deref())
             .collect()
     }
+
+    /// The nodes hosting a ready endpoint (an absent `ready` reads as ready).
+    pub fn ready_nodes(&self) -> BTreeSet<&str> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.ready.unwrap_or(true))
+            .filter_map(|e| e.node.as_deref())
+            .collect()
+    }
 }
 
 /// Everything the election reads, as the speaker's watches last saw it.
@@ -162,13 +185,18 @@ impl fmt::Display for Unowned {
 }
 
 /// The eligibility rules that depend on the node alone and the pool: not
-/// `NetworkUnavailable`, not labelled [`EXCLUDE_FROM_LB_LABEL`], and
+/// `NetworkUnavailable`, not excluded by [`EXCLUDE_FROM_LB_LABEL`], not
+/// leaving (being deleted, or tainted [`TO_BE_DELETED_TAINT`]), and
 /// selected by the pool's node selectors. Liveness and endpoints are
 /// checked by [`eligible_nodes`]. The Node's `Ready` condition is not an
 /// input: it lags by tens of seconds and depends on the API server.
 pub fn node_may_announce(node: &NodeInfo, pool: &AddressPool) -> bool {
     !node.network_unavailable
-        && !node.labels.contains_key(EXCLUDE_FROM_LB_LABEL)
+        && !node.leaving
+        && !node
+            .labels
+            .get(EXCLUDE_FROM_LB_LABEL)
+            .is_some_and(|v| label_excludes(v))
         && pool.selects_node(&node.labels)
 }
 
@@ -192,11 +220,19 @@ pub fn eligible_nodes<'a>(
         .iter()
         .any(|s| s.traffic_policy == TrafficPolicy::Local)
         .then(|| {
-            holders
+            // As kube-proxy picks local endpoints: ready ones; serving but
+            // terminating ones only when no endpoint is ready. A node whose
+            // last Pod terminates thus hands over to a node with a ready one.
+            let local: Vec<&&ServiceInfo> = holders
                 .iter()
                 .filter(|s| s.traffic_policy == TrafficPolicy::Local)
-                .flat_map(|s| s.serving_nodes())
-                .collect()
+                .collect();
+            let ready: BTreeSet<&str> = local.iter().flat_map(|s| s.ready_nodes()).collect();
+            if ready.is_empty() {
+                local.iter().flat_map(|s| s.serving_nodes()).collect()
+            } else {
+                ready
+            }
         });
     nodes
         .iter()

@@ -118,12 +118,20 @@ fn local_policy_owner_hosts_a_serving_endpoint() {
     let s = state(nodes(&ABC), vec![web]);
     assert_eq!(owner_of(&s, "192.0.2.1"), on("node-b"));
 
-    // A terminating endpoint that still serves does.
+    // A terminating endpoint that still serves does, when no endpoint is ready.
     let mut web = local(svc("web", &["192.0.2.1"]), &["node-c"]);
     web.endpoints[0].ready = Some(false);
     web.endpoints[0].terminating = Some(true);
     let s = state(nodes(&ABC), vec![web]);
     assert_eq!(owner_of(&s, "192.0.2.1"), on("node-c"));
+
+    // But a node with a ready endpoint comes first, as kube-proxy prefers
+    // ready endpoints: the owner's last Pod terminating hands over.
+    let mut web = local(svc("web", &["192.0.2.1"]), &["node-c", "node-b"]);
+    web.endpoints[0].ready = Some(false);
+    web.endpoints[0].terminating = Some(true);
+    let s = state(nodes(&ABC), vec![web]);
+    assert_eq!(owner_of(&s, "192.0.2.1"), on("node-b"));
 }
 
 #[test]
@@ -142,6 +150,31 @@ fn excluded_and_network_unavailable_nodes_never_own() {
     // node-c ranks first: exclude it by label (any value), then by condition.
     let mut ns = nodes(&["node-a", "node-b"]);
     ns.push(labelled("node-c", EXCLUDE_FROM_LB_LABEL, ""));
+    assert_eq!(owner_of(&state(ns, vec![web()]), "192.0.2.1"), on("node-a"));
+
+    // Values that parse as true, or not at all, exclude; false ones keep the node.
+    for value in ["true", "True", "1", "yes", "anything"] {
+        let mut ns = nodes(&["node-a", "node-b"]);
+        ns.push(labelled("node-c", EXCLUDE_FROM_LB_LABEL, value));
+        assert_eq!(
+            owner_of(&state(ns, vec![web()]), "192.0.2.1"),
+            on("node-a"),
+            "{value}"
+        );
+    }
+    for value in ["false", "False", "FALSE", "0", "f", "F"] {
+        let mut ns = nodes(&["node-a", "node-b"]);
+        ns.push(labelled("node-c", EXCLUDE_FROM_LB_LABEL, value));
+        assert_eq!(
+            owner_of(&state(ns, vec![web()]), "192.0.2.1"),
+            on("node-c"),
+            "{value}"
+        );
+    }
+
+    // A node going away (deleted, or tainted by the cluster autoscaler).
+    let mut ns = nodes(&ABC);
+    ns[2].leaving = true;
     assert_eq!(owner_of(&state(ns, vec![web()]), "192.0.2.1"), on("node-a"));
 
     let mut ns = nodes(&ABC);

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ferrolb_core::ServiceKey;
-use ferrolb_core::election::{Endpoint, NodeInfo, ServiceInfo, TrafficPolicy};
+use ferrolb_core::election::{Endpoint, NodeInfo, ServiceInfo, TO_BE_DELETED_TAINT, TrafficPolicy};
 pub use ferrolb_runtime::service::{ServiceClasses, is_handled, key_of, status_ips};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,10 +21,16 @@ pub fn node_info(node: &Node) -> NodeInfo {
             c.iter()
                 .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
         });
+    let to_be_deleted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
     NodeInfo {
         name: node.metadata.name.clone().unwrap_or_default(),
         labels: node.metadata.labels.clone().unwrap_or_default(),
         network_unavailable,
+        leaving: node.metadata.deletion_timestamp.is_some() || to_be_deleted,
     }
 }
 
@@ -166,6 +172,16 @@ mod tests {
             }
         }));
         assert!(node_info(&node).network_unavailable);
+        assert!(!node_info(&node).leaving);
+        let tainted: Node = from(json!({
+            "metadata": {"name": "n2"},
+            "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule"}]}
+        }));
+        assert!(node_info(&tainted).leaving);
+        let deleted: Node = from(json!({
+            "metadata": {"name": "n3", "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["x"]}
+        }));
+        assert!(node_info(&deleted).leaving);
         assert_eq!(
             node_addresses([&node]),
             BTreeSet::from(["192.0.2.1".parse().unwrap()])

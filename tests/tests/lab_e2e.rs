@@ -1,6 +1,16 @@
-//! End-to-end tests on the lab: real controller, speakers and test API server
-//! in network namespaces (needs root, as CI runs). Each test builds its own lab
-//! (unique namespace names) and tears it down.
+//! End-to-end tests on the lighter lab: real controller and speakers, the
+//! test API server, one DNAT rule per node in place of kube-proxy, in network
+//! namespaces (needs root, as CI runs). Each test builds its own lab (unique
+//! namespace names) and tears it down.
+//!
+//! The same stories on a real control plane, with kube-proxy and ferrolb
+//! deployed from the manifests, are in `lab_real.rs` (quickstart, dual-stack,
+//! a shared address, link cut, speaker kill, a DaemonSet rollout, the leader's
+//! Pod deleted, a stall, invalid config, the manifests' RBAC under the real
+//! authorizer). What stays here only: the API server stopped and restarted
+//! under the speakers (the test API server's fault injection), a controller
+//! restarted mid-churn and a stale config observed on the wire (both need
+//! the controller and speakers started directly), and the lab's own checks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

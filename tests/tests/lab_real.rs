@@ -634,3 +634,142 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
     assert_eq!(lab.external_ips("web"), ["192.0.2.245"]);
     assert_eq!(lab.external_ips("web-alt"), ["192.0.2.245"]);
 }
+
+/// Starts the client probing `target` every 10 ms (for at most 10 minutes).
+fn start_prober(lab: &Lab, target: SocketAddr) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client.ns,
+            env!("CARGO_BIN_EXE_ferrolb-lab"),
+            "probe",
+        ])
+        .args([
+            "--target",
+            &target.to_string(),
+            "--interval-ms",
+            "10",
+            "--timeout-ms",
+            "100",
+            "--duration-ms",
+            "600000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops the prober; the number of answers and the longest gap between two (ms).
+fn stop_prober(mut prober: std::process::Child) -> (usize, u64) {
+    let _ = prober.kill();
+    let mut out = String::new();
+    std::io::Read::read_to_string(prober.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let _ = prober.wait();
+    let ok: Vec<u64> = out
+        .lines()
+        .filter(|l| l.contains(" ok "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    let longest = ok.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    (ok.len(), longest)
+}
+
+/// A node being taken out (the exclusion label, the cluster autoscaler's
+/// taint) loses its addresses to another node while it still runs; a label
+/// whose value is false keeps it eligible.
+#[test]
+fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plane() {
+    let Some(lab) = lab(3) else { return };
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=ferrolb.io/lab-echo",
+        "--replicas=3",
+    ])
+    .unwrap();
+    lab.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--type=LoadBalancer",
+        "--port=80",
+    ])
+    .unwrap();
+    let ip = eventually("an EXTERNAL-IP for web", LIMIT, || {
+        lab.external_ips("web").into_iter().next()
+    })
+    .unwrap();
+    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
+    eventually("20 answers in a row", LIMIT, || {
+        asks(&lab, target, 20)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    let label = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+    // "false" keeps the owner.
+    let first = owner(&lab, &ip).expect("an owner");
+    lab.kubectl(&["label", "node", &first, &format!("{label}=false")])
+        .unwrap();
+    eventually("20 answers in a row", LIMIT, || {
+        asks(&lab, target, 20)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        owner(&lab, &ip).as_deref(),
+        Some(first.as_str()),
+        "a false label keeps the node"
+    );
+
+    let mut moved = vec![first.clone()];
+    for step in ["label", "taint"] {
+        let from = owner(&lab, &ip).expect("an owner");
+        let prober = start_prober(&lab, target);
+        eventually("the prober's first answer", LIMIT, || {
+            asks(&lab, target, 1)
+                .iter()
+                .all(Option::is_some)
+                .then_some(())
+        })
+        .unwrap();
+        match step {
+            "label" => lab.kubectl(&[
+                "label",
+                "node",
+                &from,
+                &format!("{label}=true"),
+                "--overwrite",
+            ]),
+            _ => lab.kubectl(&[
+                "taint",
+                "node",
+                &from,
+                "ToBeDeletedByClusterAutoscaler=1700000000:NoSchedule",
+            ]),
+        }
+        .unwrap();
+        let to = eventually(&format!("{ip} moved off {from} ({step})"), LIMIT, || {
+            let ok = asks(&lab, target, 3).iter().all(Option::is_some);
+            owner(&lab, &ip).filter(|n| ok && *n != from)
+        })
+        .unwrap();
+        let (answers, gap) = stop_prober(prober);
+        eprintln!(
+            "{step}: {ip} moved from {from} to {to}; longest gap {gap} ms over {answers} answers"
+        );
+        assert!(!moved.contains(&to), "{to} was already taken out");
+        assert!(answers > 10, "the prober got {answers} answers");
+        assert!(
+            gap < 5_000,
+            "traffic stopped for {gap} ms when {from} was taken out ({step})"
+        );
+        moved.push(to);
+    }
+}
