@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
   iproute2        # ip netns, veth, bridge: the network-namespace tests and the lab
-  nftables        # packet loss/delay injection and kube-proxy emulation in tests
+  nftables        # kube-proxy (nftables mode), loss/delay injection, the light lab's DNAT
+  iptables        # kube-proxy in iptables mode (ferrolb-lab --proxy-mode iptables)
   iputils-arping  # ARP probes from the test client
   ndisc6          # NDP probes from the test client
   procps          # process checks in tests
