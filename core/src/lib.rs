@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod config;
 pub mod config_change;
 pub mod crd;
+pub mod datapath;
 pub mod election;
 pub mod membership;
 pub mod packet;

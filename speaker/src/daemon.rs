@@ -51,6 +51,8 @@ pub struct Settings {
     pub gratuitous_refresh: Option<Duration>,
     /// `None`: membership off; every Node is a candidate.
     pub membership: Option<membership::Settings>,
+    /// The data-path check (kube-proxy's health); `None`: off.
+    pub data_path: Option<crate::datapath::Check>,
     pub leave_timeout: Duration,
     pub rescan_interval: Duration,
     /// Requests that waited longer than this in the socket (kernel
@@ -174,9 +176,25 @@ pub async fn run(
             streams.push(s6);
             let handle = membership::start(m.clone(), settings.leave_timeout, metrics.clone())
                 .with_context(|| format!("cannot open the membership socket {}", m.bind))?;
+            match &settings.data_path {
+                Some(check) if m.protocol == membership::Protocol::Ring => {
+                    tokio::spawn(crate::datapath::run(
+                        check.clone(),
+                        handle.pause.clone(),
+                        metrics.clone(),
+                    ));
+                }
+                Some(_) => warn!("the data-path check needs --membership-protocol ring: it is off"),
+                None => {}
+            }
             (Some(secrets), Some(handle))
         }
-        None => (None, None),
+        None => {
+            if settings.data_path.is_some() {
+                warn!("the data-path check needs the membership (--membership true): it is off");
+            }
+            (None, None)
+        }
     };
     let sources = streams.len();
     let mut changes = futures::stream::select_all(streams);

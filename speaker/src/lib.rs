@@ -8,6 +8,7 @@
 pub mod announcer;
 pub mod cluster;
 pub mod daemon;
+pub mod datapath;
 pub mod interfaces;
 pub mod liveness;
 pub mod membership;

@@ -112,6 +112,21 @@ struct RunArgs {
     /// How often interfaces are listed again (new, vanished, carrier lost).
     #[arg(long, default_value = "1s", value_parser = ferrolb_runtime::parse_duration)]
     interface_rescan: Duration,
+    /// kube-proxy's health endpoint on this node (hostNetwork): while it
+    /// fails, this node owns no address. Empty: no check (clusters without
+    /// kube-proxy, e.g. with a kube-proxy replacement).
+    #[arg(
+        long,
+        env = "FERROLB_KUBE_PROXY_HEALTH_URL",
+        default_value = "http://127.0.0.1:10256/healthz"
+    )]
+    kube_proxy_health_url: String,
+    /// How long the check must fail before this node gives its addresses up.
+    #[arg(long, default_value = "500ms", value_parser = ferrolb_runtime::parse_duration)]
+    kube_proxy_health_threshold: Duration,
+    /// How long it must pass again before this node may own addresses.
+    #[arg(long, default_value = "2s", value_parser = ferrolb_runtime::parse_duration)]
+    kube_proxy_health_recovery: Duration,
 }
 
 #[derive(Subcommand)]
@@ -243,6 +258,21 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
         excludes: args.exclude_interfaces,
         gratuitous: GratuitousSchedule::default(),
         gratuitous_refresh: args.gratuitous_refresh,
+        data_path: if args.kube_proxy_health_url.is_empty() {
+            None
+        } else {
+            let (addr, host, path) =
+                ferrolb_speaker::datapath::parse_url(&args.kube_proxy_health_url)
+                    .map_err(|e| anyhow::anyhow!("--kube-proxy-health-url: {e}"))?;
+            Some(ferrolb_speaker::datapath::Check {
+                addr,
+                host,
+                path,
+                down_after: args.kube_proxy_health_threshold,
+                up_after: args.kube_proxy_health_recovery,
+                interval: Duration::from_millis(100),
+            })
+        },
         leave_timeout: args.leave_timeout,
         rescan_interval: args.interface_rescan,
         max_request_age: args.membership_timeout,

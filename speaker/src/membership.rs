@@ -97,6 +97,10 @@ pub struct Handle {
     /// The liveness epoch the responders check before answering.
     pub liveness: Arc<Liveness>,
     pub(crate) leave: mpsc::Sender<oneshot::Sender<LeaveOutcome>>,
+    /// `true`: stay out of the membership (this node's data path is down):
+    /// leave gracefully, and join again once it is `false`. Only the ring
+    /// protocol acts on it.
+    pub pause: watch::Sender<bool>,
 }
 
 /// How a graceful leave ended.
@@ -191,6 +195,8 @@ pub fn start(
         applied: applied_tx,
         liveness: live,
         leave: leave_tx,
+        // The mesh runner does not act on it (the daemon says so).
+        pause: watch::channel(false).0,
     })
 }
 

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub membership_packets_received: Counter,
     pub membership_auth_failures: Family<ReasonLabel, Counter>,
     pub config_stale: Gauge,
+    pub data_path_healthy: Gauge,
     pub api_errors: Family<ReasonLabel, Counter>,
     pub ready: AtomicBool,
 }
@@ -53,6 +54,7 @@ impl Metrics {
             membership_packets_received: Counter::default(),
             membership_auth_failures: Family::default(),
             config_stale: Gauge::default(),
+            data_path_healthy: Gauge::default(),
             api_errors: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
@@ -107,6 +109,11 @@ impl Metrics {
             "fenced",
             "1 while this node announces nothing because it reaches no peer although peers are expected",
             m.fenced.clone(),
+        );
+        registry.register(
+            "data_path_healthy",
+            "1 while the data-path check (kube-proxy's health) passes or is off; 0 while it fails and this node stays out of the membership",
+            m.data_path_healthy.clone(),
         );
         registry.register(
             "membership_stalls",

@@ -55,6 +55,7 @@ pub(crate) fn start(
     let (key_tx, key_rx) = watch::channel(None);
     let (applied_tx, applied_rx) = watch::channel(0);
     let (leave_tx, leave_rx) = mpsc::channel(1);
+    let (pause_tx, pause_rx) = watch::channel(false);
     let runner_live = liveness.clone();
     std::thread::Builder::new()
         .name("membership".into())
@@ -88,6 +89,8 @@ pub(crate) fn start(
                     pending_acks: Vec::new(),
                     leave_reply: None,
                     left: false,
+                    pause: pause_rx,
+                    paused: false,
                     last_run: crate::sys::boottime(),
                     rejoining: None,
                     liveness: runner_live,
@@ -103,6 +106,7 @@ pub(crate) fn start(
         applied: applied_tx,
         liveness,
         leave: leave_tx,
+        pause: pause_tx,
     })
 }
 
@@ -127,6 +131,11 @@ struct Runner {
     pending_acks: Vec<(String, u64, Option<u64>)>,
     leave_reply: Option<oneshot::Sender<LeaveOutcome>>,
     left: bool,
+    /// Whether the daemon asked to stay out (the data path is down).
+    pause: watch::Receiver<bool>,
+    /// Out because of a pause (a leave of its own, not the daemon's
+    /// SIGTERM leave): joins again when the pause ends.
+    paused: bool,
     last_run: Duration,
     /// Re-joining after a stall (or a removal) since then (boot-based
     /// clock): until joined again and at least one membership timeout
@@ -155,6 +164,7 @@ enum Wake {
     Peers(bool),
     Key(bool),
     Leave(oneshot::Sender<LeaveOutcome>),
+    Pause(bool),
 }
 
 fn incarnation_now() -> u64 {
@@ -188,6 +198,7 @@ impl Runner {
                 r = self.peers.changed() => Wake::Peers(r.is_ok()),
                 r = self.key.changed() => Wake::Key(r.is_ok()),
                 Some(reply) = self.leave_rx.recv() => Wake::Leave(reply),
+                r = self.pause.changed() => Wake::Pause(r.is_ok()),
             };
             let stalled = self.check_stall();
             let now = Instant::now();
@@ -218,6 +229,11 @@ impl Runner {
                     let names = self.candidates();
                     if let Some(m) = &mut self.member {
                         m.set_candidates(names, now);
+                    }
+                }
+                Wake::Pause(ok) => {
+                    if ok {
+                        self.apply_pause(now);
                     }
                 }
                 Wake::Leave(reply) => match &mut self.member {
@@ -252,10 +268,47 @@ impl Runner {
             .collect()
     }
 
+    /// Leaves gracefully when the daemon asks to stay out (the data path
+    /// is down; peers take over before this node stops answering), and
+    /// joins again, under a new incarnation, once it no longer does.
+    fn apply_pause(&mut self, now: Instant) {
+        let want = *self.pause.borrow_and_update();
+        if want && !self.paused {
+            self.paused = true;
+            match &mut self.member {
+                Some(m) if !self.left && self.leave_reply.is_none() => {
+                    warn!(
+                        peers = m.members().count() - 1,
+                        "the data path is down: leaving the membership, peers take over"
+                    );
+                    m.leave(now);
+                }
+                _ => {}
+            }
+        } else if !want && self.paused {
+            self.paused = false;
+            if self.leave_reply.is_some() {
+                return; // the daemon's own leave (SIGTERM) is under way
+            }
+            info!("the data path is back: joining the membership again");
+            // A fresh member: a new incarnation, joined as at start. Until
+            // the old one's leave finished, peers see it leave first.
+            self.member = None;
+            self.left = false;
+            self.core_view = None;
+            self.start_member(now);
+        }
+    }
+
     /// The protocol starts (and joins) once the key and the peer list
-    /// are known: before that nothing could be sent or expected.
+    /// are known: before that nothing could be sent or expected. Not while
+    /// paused.
     fn start_member(&mut self, now: Instant) {
-        if self.member.is_some() || self.key.borrow().is_none() || self.peers.borrow().is_none() {
+        if self.member.is_some()
+            || self.paused
+            || self.key.borrow().is_none()
+            || self.peers.borrow().is_none()
+        {
             return;
         }
         let mut m = Member::new(

@@ -33,7 +33,8 @@ impl ProxyMode {
 pub struct KubeProxy {
     /// The Node name (`--hostname-override`).
     pub node: String,
-    /// The node's address: health (:10256) and metrics (:10249) listen on it.
+    /// The node's address: metrics (:10249) listen on it; health (:10256) on
+    /// every address, as kube-proxy's default.
     pub address: IpAddr,
     /// A kubeconfig for `system:kube-proxy` ([`crate::kube::ControlPlane::proxy_kubeconfig`]).
     pub kubeconfig: PathBuf,
@@ -61,7 +62,9 @@ impl KubeProxy {
             "--conntrack-udp-timeout=0".into(),
             "--conntrack-udp-timeout-stream=0".into(),
             format!("--metrics-bind-address={}", host_port(self.address, 10249)),
-            format!("--healthz-bind-address={}", host_port(self.address, 10256)),
+            // kube-proxy's default (every address of the node's namespace):
+            // the speaker checks it on 127.0.0.1, as on a real node.
+            "--healthz-bind-address=0.0.0.0:10256".into(),
             // No --cluster-cidr: no local-traffic detection.
             "--v=2".into(),
         ]

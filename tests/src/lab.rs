@@ -96,6 +96,8 @@ pub struct Lab {
     /// The kubectl the lab runs (the built one on a real control plane).
     pub kubectl_bin: String,
     prefix: String,
+    /// Each node's kube-proxy: node, program, arguments.
+    proxies: Vec<(String, String, Vec<String>)>,
 }
 
 /// Runs a command, failing with its output when it fails.
@@ -245,6 +247,7 @@ impl Lab {
                 None => "kubectl".to_owned(),
             },
             prefix: prefix.clone(),
+            proxies: vec![],
         };
         lab.network()?;
         if let Some(real) = &opts.real {
@@ -398,15 +401,12 @@ impl Lab {
                 mode: real.proxy_mode,
             };
             let program = proxy.program(&real.kube.dir)?;
-            let args = proxy.args();
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            self.spawn(
-                &n.ns,
-                &format!("kube-proxy-{}", n.name),
-                &[],
-                &program.to_string_lossy(),
-                &args,
-            )?;
+            self.proxies.push((
+                n.name.clone(),
+                program.to_string_lossy().into_owned(),
+                proxy.args(),
+            ));
+            self.start_kube_proxy(&n.name)?;
         }
 
         // ferrolb, as the README installs it.
@@ -695,6 +695,8 @@ impl Lab {
         let mut env = vec![
             ("KUBECONFIG", kubeconfig.as_str()),
             ("NODE_NAME", n.name.as_str()),
+            // No kube-proxy in this lab (a DNAT rule instead): no data-path check.
+            ("FERROLB_KUBE_PROXY_HEALTH_URL", ""),
         ];
         if self.impersonate {
             env.push((
@@ -991,6 +993,20 @@ impl Lab {
             Duration::from_secs(30),
             || stalls(node).filter(|s| *s > stalls_before).map(|_| ()),
         )
+    }
+
+    /// Starts (again) the node's kube-proxy, started as `kube-proxy-<node>`
+    /// (a lab on a real control plane only).
+    pub fn start_kube_proxy(&mut self, node: &str) -> anyhow::Result<()> {
+        let (_, program, args) = self
+            .proxies
+            .iter()
+            .find(|p| p.0 == node)
+            .cloned()
+            .with_context(|| format!("no kube-proxy for {node}"))?;
+        let ns = self.node(node).context("no such node")?.ns.clone();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(&ns, &format!("kube-proxy-{node}"), &[], &program, &args)
     }
 
     /// Pulls the node's cable: its port on the switch goes down (the node's

@@ -773,3 +773,122 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
         moved.push(to);
     }
 }
+
+/// kube-proxy killed on the owner: its speaker leaves the membership once
+/// the health check has failed for the threshold (500 ms), the next node
+/// takes over first; a kube-proxy paused for less than the threshold moves
+/// nothing.
+#[test]
+fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
+    let Some(mut lab) = lab(3) else { return };
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=ferrolb.io/lab-echo",
+        "--replicas=3",
+    ])
+    .unwrap();
+    lab.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--type=LoadBalancer",
+        "--port=80",
+    ])
+    .unwrap();
+    let ip = eventually("an EXTERNAL-IP for web", LIMIT, || {
+        lab.external_ips("web").into_iter().next()
+    })
+    .unwrap();
+    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
+    eventually("20 answers in a row", LIMIT, || {
+        asks(&lab, target, 20)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    let first = owner(&lab, &ip).expect("an owner");
+    let healthy = |lab: &Lab, node: &str| {
+        let h = lab.node(node).unwrap();
+        lab.speaker_metrics(h)
+            .map(|m| ferrolb_tests::lab::metric(&m, "ferrolb_data_path_healthy"))
+    };
+    eventually("the owner's data-path check passing", LIMIT, || {
+        (healthy(&lab, &first) == Some(1.0)).then_some(())
+    })
+    .unwrap();
+
+    // A pause shorter than the threshold: nothing moves.
+    let pid = lab.pid(&format!("kube-proxy-{first}")).unwrap();
+    let prober = start_prober(&lab, target);
+    ferrolb_tests::lab::run("kill", &["-STOP", &pid.to_string()]).unwrap();
+    // The fault's length (not a wait for a condition): well under 500 ms.
+    std::thread::sleep(Duration::from_millis(200));
+    ferrolb_tests::lab::run("kill", &["-CONT", &pid.to_string()]).unwrap();
+    eventually("answers after the pause", LIMIT, || {
+        asks(&lab, target, 5)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    let (_, gap) = stop_prober(prober);
+    assert_eq!(
+        owner(&lab, &ip).as_deref(),
+        Some(first.as_str()),
+        "a 200 ms pause moved the address"
+    );
+    assert_eq!(healthy(&lab, &first), Some(1.0));
+    eprintln!("kube-proxy paused 200 ms: {ip} stayed on {first}; longest gap {gap} ms");
+
+    // Killed: the address moves within the threshold and a few probes.
+    let prober = start_prober(&lab, target);
+    eventually("the prober's first answer", LIMIT, || {
+        asks(&lab, target, 1)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    let killed = Instant::now();
+    lab.signal(&format!("kube-proxy-{first}"), "KILL").unwrap();
+    let to = eventually(&format!("{ip} moved off {first}"), LIMIT, || {
+        owner(&lab, &ip).filter(|n| *n != first)
+    })
+    .unwrap();
+    let moved_after = killed.elapsed();
+    eventually("answers from the new owner", LIMIT, || {
+        asks(&lab, target, 5)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    let (answers, gap) = stop_prober(prober);
+    eprintln!(
+        "kube-proxy killed on {first}: {ip} moved to {to} {} ms after the kill; longest gap {gap} ms over {answers} answers",
+        moved_after.as_millis()
+    );
+    assert_eq!(
+        healthy(&lab, &first),
+        Some(0.0),
+        "the check says the data path is down"
+    );
+    assert!(gap < 5_000, "traffic stopped for {gap} ms");
+
+    // kube-proxy back: the node passes the check again and re-joins.
+    lab.start_kube_proxy(&first).unwrap();
+    eventually("the data-path check passing again", LIMIT, || {
+        (healthy(&lab, &first) == Some(1.0)).then_some(())
+    })
+    .unwrap();
+    eventually("answers after kube-proxy came back", LIMIT, || {
+        asks(&lab, target, 5)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+}

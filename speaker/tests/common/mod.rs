@@ -358,6 +358,8 @@ impl Lab {
         ])
         .args(extra)
         .env("KUBECONFIG", &self.cp.kubeconfig)
+        // No kube-proxy in these namespaces: the data-path check is off.
+        .env("FERROLB_KUBE_PROXY_HEALTH_URL", "")
         .env(
             "FERROLB_LOG_LEVEL",
             std::env::var("FERROLB_LAB_LOG").unwrap_or_else(|_| "info".into()),

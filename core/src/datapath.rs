@@ -1,0 +1,108 @@
+//! Whether this node's data path can carry traffic, from a health check
+//! polled by the speaker (kube-proxy's `/healthz`): a pure gate that turns a
+//! stream of probe results into a state that changes only after a failure
+//! (or a recovery) has lasted long enough (docs/architecture.md, section 5).
+//!
+//! A node whose data path is down must not own addresses: traffic it
+//! attracts with ARP/NDP would be dropped. The speaker then leaves the
+//! membership gracefully, so the next node takes over before this one stops
+//! answering, and re-joins once the check has passed for `up_after`.
+
+use std::time::Duration;
+
+/// The state of the data path as the gate reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthGate {
+    down_after: Duration,
+    up_after: Duration,
+    healthy: bool,
+    /// Start of the current run of results that disagree with `healthy`.
+    since: Option<Duration>,
+}
+
+impl HealthGate {
+    /// Starts healthy: a node is not taken out before a check has failed
+    /// for `down_after`; it is back after passing for `up_after`.
+    pub fn new(down_after: Duration, up_after: Duration) -> HealthGate {
+        HealthGate {
+            down_after,
+            up_after,
+            healthy: true,
+            since: None,
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// One probe result at `now` (a monotonic clock). Returns the new state
+    /// when it changes.
+    pub fn observe(&mut self, now: Duration, ok: bool) -> Option<bool> {
+        if ok == self.healthy {
+            self.since = None;
+            return None;
+        }
+        let since = *self.since.get_or_insert(now);
+        let needed = if self.healthy {
+            self.down_after
+        } else {
+            self.up_after
+        };
+        if now.saturating_sub(since) >= needed {
+            self.healthy = ok;
+            self.since = None;
+            Some(ok)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_failure_counts_only_once_it_lasts() {
+        let mut g = HealthGate::new(ms(500), ms(2000));
+        assert!(g.healthy());
+        assert_eq!(g.observe(ms(0), false), None);
+        assert_eq!(g.observe(ms(400), false), None);
+        // A success in between starts the count again.
+        assert_eq!(g.observe(ms(450), true), None);
+        assert_eq!(g.observe(ms(500), false), None);
+        assert_eq!(g.observe(ms(999), false), None);
+        assert_eq!(g.observe(ms(1000), false), Some(false));
+        assert!(!g.healthy());
+        assert_eq!(g.observe(ms(1100), false), None);
+    }
+
+    #[test]
+    fn recovery_needs_its_own_streak() {
+        let mut g = HealthGate::new(ms(500), ms(2000));
+        g.observe(ms(0), false);
+        assert_eq!(g.observe(ms(500), false), Some(false));
+        assert_eq!(g.observe(ms(600), true), None);
+        assert_eq!(g.observe(ms(2500), false), None);
+        assert_eq!(g.observe(ms(2600), true), None);
+        assert_eq!(g.observe(ms(4599), true), None);
+        assert_eq!(g.observe(ms(4600), true), Some(true));
+        assert!(g.healthy());
+    }
+
+    #[test]
+    fn flapping_faster_than_the_threshold_never_changes_the_state() {
+        let mut g = HealthGate::new(ms(500), ms(2000));
+        for i in 0..100u64 {
+            // Down for 300 ms, up for 300 ms.
+            let ok = (i / 3) % 2 == 1;
+            assert_eq!(g.observe(ms(i * 100), ok), None, "at {i}");
+        }
+        assert!(g.healthy());
+    }
+}
