@@ -70,6 +70,22 @@ pub struct RealOptions {
     pub manifests: PathBuf,
 }
 
+/// A dual-stack pool on the lab's segment (the tests' usual config).
+pub const DUAL_STACK_POOLS: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config
+  namespace: ferrolb-system
+data:
+  config: |
+    address-pools:
+    - name: lab
+      protocol: layer2
+      addresses:
+      - 192.0.2.240-192.0.2.250
+      - 2001:db8::240-2001:db8::250
+"#;
+
 /// The lab's Pod network: one block per node, reached on the segment through
 /// the node (every host routes it on `eth0`, the node answers ARP for its Pods).
 pub const POD_NETWORK_V4: &str = "203.0.113.0/24";
@@ -938,6 +954,29 @@ impl Lab {
 
     pub fn node(&self, name: &str) -> Option<&Host> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// `count` HTTP requests from the client to `target`, 10 ms apart
+    /// (`ferrolb-lab probe`, 500 ms timeout): each answer's body, or `None`.
+    pub fn client_requests(&self, target: std::net::SocketAddr, count: u64) -> Vec<Option<String>> {
+        let out = self.exec_output(
+            &self.client.ns,
+            &[
+                &self.bin("ferrolb-lab"),
+                "probe",
+                "--target",
+                &target.to_string(),
+                "--timeout-ms",
+                "500",
+                "--interval-ms",
+                "10",
+                "--duration-ms",
+                &(count * 10).to_string(),
+            ],
+        );
+        out.lines()
+            .map(|l| l.split_once(" ok ").map(|(_, n)| n.to_owned()))
+            .collect()
     }
 
     /// The processes in a lab namespace whose command name is `comm`

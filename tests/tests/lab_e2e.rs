@@ -17,25 +17,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferrolb_tests::lab::{Lab, LabOptions, eventually};
+use ferrolb_tests::lab::{DUAL_STACK_POOLS, Lab, LabOptions, eventually};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A dual-stack pool on the lab's segment.
-const POOLS: &str = r#"apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: config
-  namespace: ferrolb-system
-data:
-  config: |
-    address-pools:
-    - name: lab
-      protocol: layer2
-      addresses:
-      - 192.0.2.240-192.0.2.250
-      - 2001:db8::240-2001:db8::250
-"#;
 
 fn lab(nodes: usize) -> Lab {
     lab_with(nodes, None)
@@ -53,7 +37,7 @@ fn lab_with(nodes: usize, rbac_manifests: Option<PathBuf>) -> Lab {
         "ferrolb-lab-config-{}-{n}.yaml",
         std::process::id()
     ));
-    std::fs::write(&config, POOLS).unwrap();
+    std::fs::write(&config, DUAL_STACK_POOLS).unwrap();
     Lab::up(&LabOptions {
         nodes,
         bin_dir,
@@ -536,7 +520,7 @@ fn a_pool_overlapping_the_labs_own_addresses_is_refused() {
     ));
     std::fs::write(
         &config,
-        POOLS.replace("192.0.2.240-192.0.2.250", "192.0.2.0/28"),
+        DUAL_STACK_POOLS.replace("192.0.2.240-192.0.2.250", "192.0.2.0/28"),
     )
     .unwrap();
     let err = Lab::up(&LabOptions {

@@ -18,27 +18,11 @@ use std::time::{Duration, Instant};
 use ferrolb_tests::apiserver::rbac::{Rbac, audit_request};
 use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
 use ferrolb_tests::kubeproxy::ProxyMode;
-use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, eventually};
+use ferrolb_tests::lab::{DUAL_STACK_POOLS, Lab, LabOptions, RealOptions, eventually};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const CONTROLLER: &str = "system:serviceaccount:ferrolb-system:ferrolb-controller";
 const SPEAKER: &str = "system:serviceaccount:ferrolb-system:ferrolb-speaker";
-
-/// A dual-stack pool on the lab's segment.
-const POOLS: &str = r#"apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: config
-  namespace: ferrolb-system
-data:
-  config: |
-    address-pools:
-    - name: lab
-      protocol: layer2
-      addresses:
-      - 192.0.2.240-192.0.2.250
-      - 2001:db8::240-2001:db8::250
-"#;
 
 fn manifests() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests"))
@@ -62,7 +46,7 @@ fn lab(nodes: usize) -> Option<Lab> {
         panic!("{e:#} (`cargo test --workspace` builds every binary)");
     }
     let config = std::env::temp_dir().join(format!("ferrolb-lab-real-{}.yaml", std::process::id()));
-    std::fs::write(&config, POOLS).unwrap();
+    std::fs::write(&config, DUAL_STACK_POOLS).unwrap();
     let lab = Lab::up(&LabOptions {
         nodes,
         bin_dir,
@@ -81,24 +65,41 @@ fn lab(nodes: usize) -> Option<Lab> {
 
 /// `count` requests from the client, 10 ms apart: each answer, or `None`.
 fn asks(lab: &Lab, target: SocketAddr, count: u64) -> Vec<Option<String>> {
-    let out = lab.exec_output(
-        &lab.client.ns,
-        &[
-            env!("CARGO_BIN_EXE_ferrolb-lab"),
-            "probe",
-            "--target",
-            &target.to_string(),
-            "--timeout-ms",
-            "500",
-            "--interval-ms",
-            "10",
-            "--duration-ms",
-            &(count * 10).to_string(),
-        ],
-    );
-    out.lines()
-        .map(|l| l.split_once(" ok ").map(|(_, n)| n.to_owned()))
-        .collect()
+    lab.client_requests(target, count)
+}
+
+/// The quickstart's Deployment `web` (3 lab-echo replicas) behind a
+/// LoadBalancer Service `web`, answering: its address and target.
+fn quickstart_web(lab: &Lab) -> (String, SocketAddr) {
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=ferrolb.io/lab-echo",
+        "--replicas=3",
+    ])
+    .unwrap();
+    lab.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--type=LoadBalancer",
+        "--port=80",
+    ])
+    .unwrap();
+    let ip = eventually("an EXTERNAL-IP for web", LIMIT, || {
+        lab.external_ips("web").into_iter().next()
+    })
+    .unwrap();
+    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
+    eventually("20 answers in a row", LIMIT, || {
+        asks(lab, target, 20)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    (ip, target)
 }
 
 /// The Pod names that answered.
@@ -462,27 +463,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
 
     // A rollout of the speaker DaemonSet (one node at a time, each speaker
     // handing over on SIGTERM) while the client connects every 10 ms.
-    let mut prober = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.client.ns,
-            env!("CARGO_BIN_EXE_ferrolb-lab"),
-            "probe",
-        ])
-        .args([
-            "--target",
-            &target.to_string(),
-            "--interval-ms",
-            "10",
-            "--timeout-ms",
-            "100",
-            "--duration-ms",
-            "600000",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let prober = start_prober(&lab, target);
     let before: BTreeSet<String> = lab
         .kubectl(&[
             "-n",
@@ -523,13 +504,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
             .then_some(())
     })
     .unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &prober.id().to_string()])
-        .status();
-    let _ = prober.kill();
-    let mut out = String::new();
-    std::io::Read::read_to_string(prober.stdout.as_mut().unwrap(), &mut out).unwrap();
-    let _ = prober.wait();
+    let (answers, longest) = stop_prober(prober);
     let after: BTreeSet<String> = lab
         .kubectl(&[
             "-n",
@@ -549,17 +524,8 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
         before.is_disjoint(&after),
         "every speaker Pod replaced: {before:?} {after:?}"
     );
-    let ok: Vec<u64> = out
-        .lines()
-        .filter(|l| l.contains(" ok "))
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
-    assert!(ok.len() > 100, "the prober got {} answers", ok.len());
-    let longest = ok.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-    eprintln!(
-        "speaker DaemonSet rollout: {} answers, longest gap {longest} ms",
-        ok.len()
-    );
+    assert!(answers > 100, "the prober got {answers} answers");
+    eprintln!("speaker DaemonSet rollout: {answers} answers, longest gap {longest} ms");
     assert!(
         longest < 5_000,
         "traffic stopped for {longest} ms during the rollout"
@@ -681,34 +647,7 @@ fn stop_prober(mut prober: std::process::Child) -> (usize, u64) {
 #[test]
 fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plane() {
     let Some(lab) = lab(3) else { return };
-    lab.kubectl(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=ferrolb.io/lab-echo",
-        "--replicas=3",
-    ])
-    .unwrap();
-    lab.kubectl(&[
-        "expose",
-        "deployment",
-        "web",
-        "--type=LoadBalancer",
-        "--port=80",
-    ])
-    .unwrap();
-    let ip = eventually("an EXTERNAL-IP for web", LIMIT, || {
-        lab.external_ips("web").into_iter().next()
-    })
-    .unwrap();
-    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
-    eventually("20 answers in a row", LIMIT, || {
-        asks(&lab, target, 20)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
-    })
-    .unwrap();
+    let (ip, target) = quickstart_web(&lab);
     let label = "node.kubernetes.io/exclude-from-external-load-balancers";
 
     // "false" keeps the owner.
@@ -781,34 +720,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
 #[test]
 fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     let Some(mut lab) = lab(3) else { return };
-    lab.kubectl(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=ferrolb.io/lab-echo",
-        "--replicas=3",
-    ])
-    .unwrap();
-    lab.kubectl(&[
-        "expose",
-        "deployment",
-        "web",
-        "--type=LoadBalancer",
-        "--port=80",
-    ])
-    .unwrap();
-    let ip = eventually("an EXTERNAL-IP for web", LIMIT, || {
-        lab.external_ips("web").into_iter().next()
-    })
-    .unwrap();
-    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
-    eventually("20 answers in a row", LIMIT, || {
-        asks(&lab, target, 20)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
-    })
-    .unwrap();
+    let (ip, target) = quickstart_web(&lab);
     let first = owner(&lab, &ip).expect("an owner");
     let healthy = |lab: &Lab, node: &str| {
         let h = lab.node(node).unwrap();

@@ -434,7 +434,7 @@ fn real_demo(
         "an answer from every replica",
         Duration::from_secs(90),
         || {
-            for answer in client_asks(&lab, target, 20) {
+            for answer in lab.client_requests(target, 20) {
                 sent += 1;
                 if let Some(a) = answer {
                     seen.insert(a);
@@ -468,7 +468,7 @@ fn real_demo(
         "the Service answering with Local",
         Duration::from_secs(60),
         || {
-            client_asks(&lab, target, 20)
+            lab.client_requests(target, 20)
                 .iter()
                 .all(Option::is_some)
                 .then_some(())
@@ -608,48 +608,10 @@ fn teardown(lab: Lab, keep_logs: bool) {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
-/// `count` requests from the client, 10 ms apart: each answer's last line, or `None`.
-fn client_asks(lab: &Lab, target: SocketAddr, count: u64) -> Vec<Option<String>> {
-    let Some(exe) = std::env::current_exe().ok() else {
-        return vec![];
-    };
-    let out = lab.exec_output(
-        &lab.client.ns,
-        &[
-            &exe.to_string_lossy(),
-            "probe",
-            "--target",
-            &target.to_string(),
-            "--timeout-ms",
-            "500",
-            "--interval-ms",
-            "10",
-            "--duration-ms",
-            &(count * 10).to_string(),
-        ],
-    );
-    out.lines()
-        .map(|l| l.split_once(" ok ").map(|(_, n)| n.to_owned()))
-        .collect()
-}
 
+/// One request from the client: the answer, if any.
 fn client_ask(lab: &Lab, target: SocketAddr) -> Option<String> {
-    let exe = std::env::current_exe().ok()?;
-    let out = lab
-        .exec(
-            &lab.client.ns,
-            &[
-                exe.to_str()?,
-                "probe",
-                "--target",
-                &target.to_string(),
-                "--duration-ms",
-                "1",
-            ],
-        )
-        .ok()?;
-    out.lines()
-        .find_map(|l| l.split_once(" ok ").map(|(_, n)| n.to_owned()))
+    lab.client_requests(target, 1).into_iter().next().flatten()
 }
 
 /// The longest gap between two answered probes, with who answered before and after.
