@@ -564,15 +564,23 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// A Warning for a Service whose request cannot be met: `AllocationFailed`
+    /// when it has no address, `LoadBalancerFailed` (MetalLB's reason for an
+    /// invalid request on a Service that has one) when it keeps its address.
     fn fail(&mut self, key: &ServiceKey, cause: &'static str, message: String) {
         if self.last_failure.get(key) == Some(&message) {
             return;
         }
         self.last_failure.insert(key.clone(), message.clone());
+        let reason = if self.allocator.allocation(key).is_some() {
+            "LoadBalancerFailed"
+        } else {
+            "AllocationFailed"
+        };
         self.notices.push(Notice::Service {
             key: key.clone(),
             severity: Severity::Warning,
-            reason: "AllocationFailed",
+            reason,
             message,
             cause: Some(cause),
         });

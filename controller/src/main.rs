@@ -99,6 +99,10 @@ struct RunArgs {
     /// Status writes in flight at once.
     #[arg(long, default_value_t = 32)]
     write_concurrency: usize,
+    /// Also expose the pool and config metrics under MetalLB's names
+    /// (`metallb_allocator_*`, `metallb_k8s_client_*`), for its dashboards.
+    #[arg(long, env = "FERROLB_METALLB_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    metallb_metrics: bool,
     #[arg(long, value_enum, env = "FERROLB_LOG_FORMAT", default_value = "text")]
     log_format: ferrolb_runtime::LogFormat,
     /// Log filter: a level (info, debug) or tracing directives.
@@ -201,7 +205,7 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
         args.ignore_services_without_class,
     )
     .map_err(anyhow::Error::msg)?;
-    let metrics = metrics::Metrics::new();
+    let metrics = metrics::Metrics::new(args.metallb_metrics);
     let server = ferrolb_runtime::serve::spawn(args.metrics_addr, metrics.clone());
     let client = run::client().await?;
 

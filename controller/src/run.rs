@@ -177,8 +177,7 @@ pub async fn run(
         }
 
         let status = engine.config_status();
-        metrics.config_stale.set(status.stale as i64);
-        metrics.config_loaded.set(status.loaded as i64);
+        metrics.set_config(status.loaded, status.stale);
         metrics.set_pools(&engine.allocator().pool_stats());
         metrics.pending_services.set(engine.pending().len() as i64);
         metrics.ready.store(engine.is_synced(), Ordering::Relaxed);

@@ -315,7 +315,7 @@ async fn changed_request_moves_the_service_or_keeps_it_with_a_warning() {
     .await;
     h.expect_ips("a", &["198.51.100.20"]).await;
     h.patch_service("a", json!({"metadata": {"annotations": {"ferrolb.io/address-pool": null, "ferrolb.io/loadBalancerIPs": "203.0.113.1"}}})).await;
-    h.expect_event("a", "AllocationFailed", "keeping 198.51.100.20")
+    h.expect_event("a", "LoadBalancerFailed", "keeping 198.51.100.20")
         .await;
     h.expect_ips("a", &["198.51.100.20"]).await;
 }

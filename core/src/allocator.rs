@@ -217,6 +217,11 @@ pub struct PoolStats {
     pub total: u128,
     /// Distinct addresses held (a shared address counts once).
     pub in_use: u128,
+    /// The same two counts per family (MetalLB v0.14's per-family metrics).
+    pub total_v4: u128,
+    pub total_v6: u128,
+    pub in_use_v4: u128,
+    pub in_use_v6: u128,
 }
 
 /// The Services holding one address, sorted by key. Almost always one, so a
@@ -323,7 +328,13 @@ impl FreeSet {
 #[derive(Clone, Debug)]
 struct PoolState {
     entries: Vec<FreeSet>,
-    in_use: u128,
+    /// Distinct addresses held: IPv4, IPv6.
+    in_use: [u128; 2],
+}
+
+/// Index of `ip`'s family in [`PoolState::in_use`].
+fn fam(ip: &IpAddr) -> usize {
+    usize::from(ip.is_ipv6())
 }
 
 /// Holds every assignment and hands out addresses. No I/O.
@@ -370,7 +381,7 @@ impl Allocator {
             .iter()
             .map(|p| PoolState {
                 entries: p.ranges.iter().copied().map(FreeSet::full).collect(),
-                in_use: 0,
+                in_use: [0, 0],
             })
             .collect();
         for ip in self.addresses.keys() {
@@ -378,7 +389,7 @@ impl Allocator {
                 .locate(*ip)
                 .expect("checked: every held address is in a pool");
             pools[pi].entries[ei].take(to_u128(*ip));
-            pools[pi].in_use += 1;
+            pools[pi].in_use[fam(ip)] += 1;
         }
         self.pools = pools;
         self.config = Some(config);
@@ -410,10 +421,18 @@ impl Allocator {
             .pools
             .iter()
             .zip(&self.pools)
-            .map(|(p, s)| PoolStats {
-                name: p.name.clone(),
-                total: p.usable_addresses(),
-                in_use: s.in_use,
+            .map(|(p, s)| {
+                let total_v4 = p.usable_addresses_of(Family::V4);
+                let total_v6 = p.usable_addresses_of(Family::V6);
+                PoolStats {
+                    name: p.name.clone(),
+                    total: total_v4.saturating_add(total_v6),
+                    in_use: s.in_use[0] + s.in_use[1],
+                    total_v4,
+                    total_v6,
+                    in_use_v4: s.in_use[0],
+                    in_use_v6: s.in_use[1],
+                }
             })
             .collect()
     }
@@ -565,7 +584,7 @@ impl Allocator {
                 }
                 if let Some((pi, ei)) = self.config.as_ref().and_then(|c| c.locate(*ip)) {
                     self.pools[pi].entries[ei].put(to_u128(*ip));
-                    self.pools[pi].in_use -= 1;
+                    self.pools[pi].in_use[fam(ip)] -= 1;
                 }
             }
         }
@@ -601,7 +620,7 @@ impl Allocator {
                 }
                 if let Some((pi, ei)) = self.config.as_ref().and_then(|c| c.locate(*ip)) {
                     self.pools[pi].entries[ei].take(to_u128(*ip));
-                    self.pools[pi].in_use += 1;
+                    self.pools[pi].in_use[fam(ip)] += 1;
                 }
             }
             holders.set(key, sharing.clone());

@@ -197,8 +197,15 @@ impl AddressPool {
     /// How many addresses the pool can hand out: all of its ranges, less the
     /// .0/.255 ones it avoids (saturating for huge IPv6 pools).
     pub fn usable_addresses(&self) -> u128 {
+        self.usable_addresses_of(crate::addr::Family::V4)
+            .saturating_add(self.usable_addresses_of(crate::addr::Family::V6))
+    }
+
+    /// [`AddressPool::usable_addresses`] of one family.
+    pub fn usable_addresses_of(&self, family: crate::addr::Family) -> u128 {
         self.ranges
             .iter()
+            .filter(|r| r.family() == family)
             .map(|r| {
                 r.len()
                     - if self.avoid_buggy_ips {

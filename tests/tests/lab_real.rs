@@ -356,6 +356,78 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
         vec![ip.clone()],
         "web kept its address"
     );
+    // A changed request that cannot be met on a Service that has an
+    // address: MetalLB's LoadBalancerFailed, and the address stays.
+    lab.kubectl(&[
+        "annotate",
+        "svc",
+        "web",
+        "metallb.universe.tf/loadBalancerIPs=198.51.100.201",
+    ])
+    .unwrap();
+    eventually("the LoadBalancerFailed Event", LIMIT, || {
+        lab.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web,reason=LoadBalancerFailed",
+            "-o",
+            "name",
+        ])
+        .ok()
+        .filter(|o| !o.trim().is_empty())
+    })
+    .unwrap();
+    assert_eq!(
+        lab.external_ips("web"),
+        vec![ip.clone()],
+        "web kept its address"
+    );
+
+    // The leading controller's metrics, also under MetalLB's names.
+    let metrics = eventually("the leading controller's metrics", LIMIT, || {
+        let ips = lab
+            .kubectl(&[
+                "-n",
+                "ferrolb-system",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/component=controller",
+                "-o",
+                "jsonpath={.items[*].status.podIP}",
+            ])
+            .ok()?;
+        ips.split_whitespace().find_map(|pod_ip| {
+            let text = lab.exec_output(
+                &lab.client.ns,
+                &[
+                    "curl",
+                    "-sf",
+                    "--max-time",
+                    "2",
+                    &format!("http://{pod_ip}:7472/metrics"),
+                ],
+            );
+            (ferrolb_tests::lab::metric(&text, "ferrolb_is_leader") == 1.0).then_some(text)
+        })
+    })
+    .unwrap();
+    let in_use = ferrolb_tests::lab::metric(&metrics, "ferrolb_addresses_in_use");
+    assert!(in_use >= 1.0, "{metrics}");
+    assert_eq!(
+        ferrolb_tests::lab::metric(&metrics, "metallb_allocator_addresses_in_use_total"),
+        in_use
+    );
+    assert_eq!(
+        ferrolb_tests::lab::metric(&metrics, "metallb_allocator_addresses_total"),
+        28.0,
+        "192.0.2.240-250 and 2001:db8::240-250 (hexadecimal: 17 addresses)"
+    );
+    assert_eq!(
+        ferrolb_tests::lab::metric(&metrics, "metallb_k8s_client_config_loaded_bool"),
+        1.0
+    );
 
     // Every call of the controller and the speakers was allowed by the real
     // RBAC authorizer under the manifests' rules, and every permission the

@@ -297,7 +297,8 @@ fn bad_annotations_are_a_warning_and_keep_the_address() {
     else {
         panic!()
     };
-    assert_eq!(*reason, "AllocationFailed");
+    // It keeps its address: MetalLB's reason for that case.
+    assert_eq!(*reason, "LoadBalancerFailed");
     assert!(
         message.contains("disagree") && message.contains("keeping 192.0.2.1"),
         "{message}"
