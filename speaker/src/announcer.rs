@@ -27,6 +27,7 @@ use ferrolb_core::packet::{
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
@@ -124,6 +125,32 @@ pub struct ProtocolLabel {
     pub protocol: String,
 }
 
+/// An address as MetalLB labels it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IpLabel {
+    pub ip: String,
+}
+
+/// The per-address counts under MetalLB's names (`metallb_layer2_*{ip}`).
+/// MetalLB's are counters without the `_total` suffix that this library
+/// appends to counters, so they are gauges that only grow.
+#[derive(Debug, Default)]
+pub struct MetalLbStats {
+    pub requests_received: Family<IpLabel, Gauge>,
+    pub responses_sent: Family<IpLabel, Gauge>,
+    pub gratuitous_sent: Family<IpLabel, Gauge>,
+}
+
+impl MetalLbStats {
+    fn inc(family: &Family<IpLabel, Gauge>, address: IpAddr) {
+        family
+            .get_or_create(&IpLabel {
+                ip: address.to_string(),
+            })
+            .inc();
+    }
+}
+
 /// Counters for the metrics of docs/architecture.md, section 7. Per-address counters only
 /// count addresses this node announces, so that a scan of the segment
 /// cannot grow the label set.
@@ -136,6 +163,8 @@ pub struct Stats {
     pub malformed_packets: Counter,
     /// Requests for an owned address not answered, by [`Refusal`].
     pub requests_dropped: Family<DropLabel, Counter>,
+    /// The same per-address counts under MetalLB's names, when turned on.
+    pub metallb: Option<MetalLbStats>,
 }
 
 impl Stats {
@@ -507,6 +536,9 @@ async fn answer_arp(
             continue;
         }
         stats.request(&stats.requests_received, target, "arp");
+        if let Some(ml) = &stats.metallb {
+            MetalLbStats::inc(&ml.requests_received, target);
+        }
         if let Err(refusal) = guard.check(received) {
             stats.dropped(refusal);
             debug!(interface = %interface.name, address = %target, reason = refusal.label(), "dropped ARP request");
@@ -516,6 +548,9 @@ async fn answer_arp(
         match socket.get_ref().send(&reply) {
             Ok(_) => {
                 stats.request(&stats.requests_answered, target, "arp");
+                if let Some(ml) = &stats.metallb {
+                    MetalLbStats::inc(&ml.responses_sent, target);
+                }
                 debug!(interface = %interface.name, address = %request.target_ip(), to = %request.sender_mac(), "answered ARP");
             }
             Err(e) => warn!(interface = %interface.name, error = %e, "ARP reply failed"),
@@ -579,6 +614,9 @@ async fn answer_ndp(
             continue;
         }
         stats.request(&stats.requests_received, target, "ndp");
+        if let Some(ml) = &stats.metallb {
+            MetalLbStats::inc(&ml.requests_received, target);
+        }
         if let Err(refusal) = guard.check(received) {
             stats.dropped(refusal);
             debug!(interface = %interface.name, address = %target, reason = refusal.label(), "dropped neighbour solicitation");
@@ -594,6 +632,9 @@ async fn answer_ndp(
         };
         if send_na(&tx, &interface, destination, &na, &mut out) {
             stats.request(&stats.requests_answered, target, "ndp");
+            if let Some(ml) = &stats.metallb {
+                MetalLbStats::inc(&ml.responses_sent, target);
+            }
             debug!(interface = %interface.name, address = %ns.target, to = %destination, "answered NS");
         }
     }
@@ -672,6 +713,9 @@ async fn gratuitous_bursts(address: IpAddr, claim: Claim, schedule: GratuitousSc
                     let na = NeighborAdvertisement::unsolicited(v6, interface.mac);
                     if send_na(ndp, &interface, ALL_NODES, &na, &mut out) {
                         stats.gratuitous_sent.inc();
+                        if let Some(ml) = &stats.metallb {
+                            MetalLbStats::inc(&ml.gratuitous_sent, address);
+                        }
                     }
                 }
             }
@@ -690,6 +734,9 @@ fn send_garp(
     match socket.get_ref().send(&frame) {
         Ok(_) => {
             stats.gratuitous_sent.inc();
+            if let Some(ml) = &stats.metallb {
+                MetalLbStats::inc(&ml.gratuitous_sent, IpAddr::V4(address));
+            }
         }
         Err(e) => warn!(interface = %interface.name, %address, error = %e, "gratuitous ARP failed"),
     }

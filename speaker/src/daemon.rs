@@ -469,6 +469,8 @@ impl State {
         }
 
         let mut mine: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        // (Service, address) for each owned address, for MetalLB's metric.
+        let mut announced: Vec<(String, IpAddr)> = Vec::new();
         if let (true, true, false, Some(config)) = (synced, joined, fenced, &self.config) {
             let nodes: Vec<Arc<Node>> = self.nodes.state();
             let slices = self.slices.state();
@@ -516,9 +518,20 @@ impl State {
                     &pool_interfaces,
                     address,
                 );
+                if !on.is_empty() {
+                    announced.extend(
+                        state
+                            .services
+                            .iter()
+                            .filter(|s| s.addresses.contains(&address))
+                            .map(|s| (s.key.to_string(), address)),
+                    );
+                }
                 mine.insert(address, on.iter().map(|i| i.name.clone()).collect());
             }
         }
+
+        self.metrics.set_announced(&self.settings.node, &announced);
 
         // Every interface that may announce keeps its responders open, with
         // no addresses when it owns none: a takeover then only adds to the

@@ -127,6 +127,10 @@ struct RunArgs {
     /// How long it must pass again before this node may own addresses.
     #[arg(long, default_value = "2s", value_parser = ferrolb_runtime::parse_duration)]
     kube_proxy_health_recovery: Duration,
+    /// Also expose the announcement metrics under MetalLB's names
+    /// (`metallb_speaker_announced`, `metallb_layer2_*`), for its dashboards.
+    #[arg(long, env = "FERROLB_METALLB_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    metallb_metrics: bool,
 }
 
 #[derive(Subcommand)]
@@ -225,7 +229,7 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
                 .filter(|s| !s.is_empty())
         })
         .unwrap_or_else(|| "ferrolb-system".into());
-    let metrics = metrics::Metrics::new();
+    let metrics = metrics::Metrics::new(args.metallb_metrics);
     let server = ferrolb_runtime::serve::spawn(args.metrics_addr, metrics.clone());
     let client = kube::Client::try_default()
         .await

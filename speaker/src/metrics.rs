@@ -1,6 +1,7 @@
 //! The speaker's Prometheus metrics (docs/architecture.md, section 7), served by
 //! `ferrolb_runtime::serve` as the controller's are.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -10,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::announcer::Stats;
+use crate::announcer::{MetalLbStats, Stats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -23,9 +24,20 @@ pub struct ChangeLabel {
     pub change: String,
 }
 
+/// MetalLB's labels of `metallb_speaker_announced`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnnouncedLabel {
+    pub service: String,
+    pub protocol: String,
+    pub node: String,
+    pub ip: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub announcer: Arc<Stats>,
+    /// `metallb_speaker_announced`, when MetalLB's names are on.
+    announced: Option<Family<AnnouncedLabel, Gauge>>,
     pub ownership_changes: Family<ChangeLabel, Counter>,
     pub announced_addresses: Gauge,
     pub members_alive: Gauge,
@@ -41,10 +53,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("ferrolb");
+    /// The `ferrolb_` metrics, and with `metallb_names` the MetalLB ones too.
+    pub fn new(metallb_names: bool) -> Arc<Metrics> {
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("ferrolb");
         let m = Metrics {
-            announcer: Arc::default(),
+            announcer: Arc::new(Stats {
+                metallb: metallb_names.then(MetalLbStats::default),
+                ..Stats::default()
+            }),
+            announced: metallb_names.then(Family::default),
             ownership_changes: Family::default(),
             announced_addresses: Gauge::default(),
             members_alive: Gauge::default(),
@@ -145,7 +163,52 @@ impl Metrics {
             "Failed API calls by kind",
             m.api_errors.clone(),
         );
-        Arc::new(Metrics { registry, ..m })
+        if let (Some(ml), Some(announced)) = (&m.announcer.metallb, &m.announced) {
+            let r = root.sub_registry_with_prefix("metallb");
+            r.register(
+                "layer2_requests_received",
+                "Number of layer2 requests received for owned IPs",
+                ml.requests_received.clone(),
+            );
+            r.register(
+                "layer2_responses_sent",
+                "Number of layer2 responses sent for owned IPs",
+                ml.responses_sent.clone(),
+            );
+            r.register(
+                "layer2_gratuitous_sent",
+                "Number of gratuitous layer2 packets sent for owned IPs",
+                ml.gratuitous_sent.clone(),
+            );
+            r.register(
+                "speaker_announced",
+                "IPs announced by this speaker (1), by Service, protocol and node",
+                announced.clone(),
+            );
+        }
+        Arc::new(Metrics {
+            registry: root,
+            ..m
+        })
+    }
+
+    /// What this node announces, for `metallb_speaker_announced`: each
+    /// owned address with the Services holding it.
+    pub fn set_announced(&self, node: &str, announced: &[(String, IpAddr)]) {
+        let Some(family) = &self.announced else {
+            return;
+        };
+        family.clear();
+        for (service, ip) in announced {
+            family
+                .get_or_create(&AnnouncedLabel {
+                    service: service.clone(),
+                    protocol: "layer2".into(),
+                    node: node.to_owned(),
+                    ip: ip.to_string(),
+                })
+                .set(1);
+        }
     }
 
     pub fn membership_rejected(&self, reason: &str) {
@@ -191,5 +254,47 @@ impl ferrolb_runtime::serve::Exposed for Metrics {
     }
     fn not_ready(&self) -> &'static str {
         "watches not synced or membership not joined"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metallb_names_carry_the_same_facts() {
+        let m = Metrics::new(true);
+        let ip: IpAddr = "192.0.2.240".parse().unwrap();
+        m.set_announced("node-1", &[("default/web".into(), ip)]);
+        let ml = m.announcer.metallb.as_ref().unwrap();
+        ml.requests_received
+            .get_or_create(&crate::announcer::IpLabel { ip: ip.to_string() })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "metallb_speaker_announced{service=\"default/web\",protocol=\"layer2\",node=\"node-1\",ip=\"192.0.2.240\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("metallb_layer2_requests_received{ip=\"192.0.2.240\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("ferrolb_announced_addresses"), "{text}");
+        // Announcing nothing clears it.
+        m.set_announced("node-1", &[]);
+        assert!(!m.encode().contains("metallb_speaker_announced{"));
+    }
+
+    #[test]
+    fn metallb_names_can_be_turned_off() {
+        let m = Metrics::new(false);
+        m.set_announced(
+            "node-1",
+            &[("default/web".into(), "192.0.2.240".parse().unwrap())],
+        );
+        assert!(m.announcer.metallb.is_none());
+        assert!(!m.encode().contains("metallb_"));
     }
 }

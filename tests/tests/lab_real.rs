@@ -429,6 +429,27 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
         1.0
     );
 
+    // The owner's speaker, under MetalLB's names too (it sent gratuitous
+    // ARP when it took the address; the client may have asked it nothing).
+    let owner_now = owner(&lab, &ip).expect("an owner");
+    let node = lab.node(&owner_now).unwrap().clone();
+    let speaker = eventually("the owner's metallb_speaker_announced", LIMIT, || {
+        lab.speaker_metrics(&node).filter(|m| {
+            m.lines().any(|l| {
+                l.starts_with("metallb_speaker_announced{")
+                    && l.contains("service=\"default/web\"")
+                    && l.contains(&format!("ip=\"{ip}\""))
+                    && l.contains(&format!("node=\"{owner_now}\""))
+                    && l.ends_with(" 1")
+            })
+        })
+    })
+    .unwrap();
+    assert!(
+        ferrolb_tests::lab::metric(&speaker, "metallb_layer2_gratuitous_sent") >= 1.0,
+        "{speaker}"
+    );
+
     // Every call of the controller and the speakers was allowed by the real
     // RBAC authorizer under the manifests' rules, and every permission the
     // manifests grant was used.
