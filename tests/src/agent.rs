@@ -40,6 +40,9 @@ pub const REFUSED_REASON: &str = "LabImageOnly";
 /// work without a target port.
 pub const DEFAULT_PORT: u16 = 80;
 
+/// How often a process Pod whose start failed is tried again.
+pub const RETRY: Duration = Duration::from_secs(5);
+
 /// How often the Lease and the Ready heartbeat are renewed.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -272,9 +275,23 @@ pub fn running_status(
     }})
 }
 
+/// The reason written on a process Pod whose start failed (retried).
+pub const START_FAILED_REASON: &str = "StartFailed";
+
 /// The status of a Pod the agent will not run (pure): Pending, scheduled,
 /// never ready, each container waiting with the reason [`REFUSED_REASON`].
 pub fn refused_status(pod: &Pod, message: &str, host_ips: &[IpAddr], now: &str) -> Value {
+    pending_status(pod, REFUSED_REASON, message, host_ips, now)
+}
+
+/// A Pending status whose containers wait with `reason` and `message` (pure).
+pub fn pending_status(
+    pod: &Pod,
+    reason: &str,
+    message: &str,
+    host_ips: &[IpAddr],
+    now: &str,
+) -> Value {
     let containers: Vec<Value> = pod
         .spec
         .iter()
@@ -287,11 +304,11 @@ pub fn refused_status(pod: &Pod, message: &str, host_ips: &[IpAddr], now: &str) 
                 "ready": false,
                 "started": false,
                 "restartCount": 0,
-                "state": {"waiting": {"reason": REFUSED_REASON, "message": message}},
+                "state": {"waiting": {"reason": reason, "message": message}},
             })
         })
         .collect();
-    let not = |t: &str| json!({"type": t, "status": "False", "reason": REFUSED_REASON, "message": message, "lastTransitionTime": now});
+    let not = |t: &str| json!({"type": t, "status": "False", "reason": reason, "message": message, "lastTransitionTime": now});
     json!({"status": {
         "phase": "Pending",
         "conditions": [
@@ -303,6 +320,19 @@ pub fn refused_status(pod: &Pod, message: &str, host_ips: &[IpAddr], now: &str) 
         "hostIPs": ip_list(host_ips),
         "containerStatuses": containers,
     }})
+}
+
+/// Whether the Pod's Ready condition already says `reason` and `message`
+/// (so that the same status is not written again: each write is a watch
+/// event, which would reconcile the Pod again at once).
+pub fn has_pending_status(pod: &Pod, reason: &str, message: &str) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().flatten().any(|c| {
+            c.type_ == "Ready"
+                && c.reason.as_deref() == Some(reason)
+                && c.message.as_deref() == Some(message)
+        })
+    })
 }
 
 /// Whether the Pod's status already is the refusal (so that it is not written again).
@@ -651,8 +681,23 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         pods,
         running: HashMap::new(),
         seen: HashSet::new(),
+        failed: HashMap::new(),
     };
-    while let Some(ev) = stream.next().await {
+    let mut retry = tokio::time::interval(RETRY);
+    loop {
+        let ev = tokio::select! {
+            ev = stream.next() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = retry.tick() => {
+                let again: Vec<Pod> = agent.failed.values().cloned().collect();
+                for pod in again {
+                    agent.reconcile(&pod).await;
+                }
+                continue;
+            }
+        };
         match ev {
             Ok(watcher::Event::Init) => agent.seen.clear(),
             Ok(watcher::Event::InitApply(pod)) => {
@@ -674,9 +719,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
             Ok(watcher::Event::Delete(pod)) => {
-                agent
-                    .stop(pod.metadata.uid.as_deref().unwrap_or_default())
-                    .await;
+                let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                agent.failed.remove(uid);
+                agent.stop(uid).await;
             }
             Err(e) => {
                 tracing::warn!("watching Pods: {e}");
@@ -692,6 +737,8 @@ struct Agent {
     pods: kube::Api<Pod>,
     running: HashMap<String, RunningPod>,
     seen: HashSet<String>,
+    /// Process Pods whose start failed, by uid, as last seen: retried.
+    failed: HashMap<String, Pod>,
 }
 
 impl Agent {
@@ -719,6 +766,7 @@ impl Agent {
         let api: Api<Pod> = Api::namespaced(self.pods.clone().into_client(), &ns);
         match decide(pod, &self.cfg.images) {
             PodAction::Remove => {
+                self.failed.remove(&uid);
                 self.stop(&uid).await;
                 let dp = DeleteParams {
                     grace_period_seconds: Some(0),
@@ -752,12 +800,24 @@ impl Agent {
                 if !self.running.contains_key(&uid)
                     && let Err(e) = self.start_exec(pod, &uid, &name, host_network).await
                 {
+                    // Retried every RETRY until it starts (a transient API
+                    // error, a token request before the ServiceAccount exists).
+                    self.failed.insert(uid.clone(), pod.clone());
                     let message = format!("{e:#}");
-                    let st = refused_status(pod, &message, &self.cfg.internal_ips, &now_time());
-                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
-                        .await?;
+                    if !has_pending_status(pod, START_FAILED_REASON, &message) {
+                        let st = pending_status(
+                            pod,
+                            START_FAILED_REASON,
+                            &message,
+                            &self.cfg.internal_ips,
+                            &now_time(),
+                        );
+                        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
+                            .await?;
+                    }
                     return Err(e);
                 }
+                self.failed.remove(&uid);
                 self.write_running(&api, pod, &uid).await?;
             }
         }
@@ -1554,6 +1614,22 @@ mod tests {
         refused.status = Some(serde_json::from_value(st["status"].clone()).unwrap());
         assert!(is_refused(&refused));
         assert!(!is_refused(&p));
+        assert!(has_pending_status(&refused, REFUSED_REASON, "no"));
+        assert!(!has_pending_status(&refused, REFUSED_REASON, "other"));
+        let mut failed = p.clone();
+        failed.status = serde_json::from_value(
+            pending_status(
+                &p,
+                START_FAILED_REASON,
+                "token",
+                &host,
+                "2026-01-01T00:00:00Z",
+            )["status"]
+                .clone(),
+        )
+        .unwrap();
+        assert!(has_pending_status(&failed, START_FAILED_REASON, "token"));
+        assert!(!is_refused(&failed));
         assert_eq!(st["status"]["phase"], "Pending");
         assert_eq!(
             st["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],

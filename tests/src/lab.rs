@@ -979,6 +979,38 @@ impl Lab {
             .collect()
     }
 
+    /// The MACs that answer `arping` for `ip` from the client (`count`
+    /// probes), sorted, each once.
+    pub fn arp_answerers(&self, ip: &str, count: u32) -> Vec<String> {
+        // arping exits 1 when fewer replies than -c came before -w: read its output anyway.
+        let deadline = (count + 2).to_string();
+        let out = self.exec_output(
+            &self.client.ns,
+            &[
+                "arping",
+                "-c",
+                &count.to_string(),
+                "-w",
+                &deadline,
+                "-I",
+                "eth0",
+                ip,
+            ],
+        );
+        let mut macs: Vec<String> = out
+            .lines()
+            .filter_map(|l| {
+                l.split('[')
+                    .nth(1)
+                    .and_then(|r| r.split(']').next())
+                    .map(|m| m.to_ascii_lowercase())
+            })
+            .collect();
+        macs.sort();
+        macs.dedup();
+        macs
+    }
+
     /// The processes in a lab namespace whose command name is `comm`
     /// (e.g. the speaker the node agent started).
     pub fn pids_in(&self, ns: &str, comm: &str) -> Vec<u32> {

@@ -85,37 +85,6 @@ fn wait_ips(lab: &Lab, svc: &str, count: usize) -> Vec<String> {
     .unwrap()
 }
 
-/// The MACs that answer `arping` for `ip` from the client (several probes).
-fn arp_answerers(lab: &Lab, ip: &str, count: u32) -> Vec<String> {
-    // arping exits 1 when fewer replies than -c came before -w: read its output anyway.
-    let deadline = (count + 2).to_string();
-    let out = lab.exec_output(
-        &lab.client.ns,
-        &[
-            "arping",
-            "-c",
-            &count.to_string(),
-            "-w",
-            &deadline,
-            "-I",
-            "eth0",
-            ip,
-        ],
-    );
-    let mut macs: Vec<String> = out
-        .lines()
-        .filter_map(|l| {
-            l.split('[')
-                .nth(1)
-                .and_then(|r| r.split(']').next())
-                .map(|m| m.to_ascii_lowercase())
-        })
-        .collect();
-    macs.sort();
-    macs.dedup();
-    macs
-}
-
 #[test]
 fn ipv4_ipv6_and_dual_stack_services_are_reachable_through_their_owner() {
     let lab = lab(3);
@@ -181,7 +150,7 @@ fn services_sharing_an_address_are_answered_by_exactly_one_mac() {
         .unwrap();
     }
     let macs = eventually("an ARP answer", LIMIT, || {
-        let m = arp_answerers(&lab, "192.0.2.245", 5);
+        let m = lab.arp_answerers("192.0.2.245", 5);
         (!m.is_empty()).then_some(m)
     })
     .unwrap();
@@ -191,7 +160,7 @@ fn services_sharing_an_address_are_answered_by_exactly_one_mac() {
         "one MAC answers for a shared address: {macs:?}"
     );
     // Still one after more probes.
-    assert_eq!(arp_answerers(&lab, "192.0.2.245", 10), macs);
+    assert_eq!(lab.arp_answerers("192.0.2.245", 10), macs);
 }
 
 #[test]
@@ -236,7 +205,7 @@ fn owner_link_cut_and_speaker_kill_move_traffic_by_gratuitous_arp() {
 
 /// The node that answers ARP for `ip`, once exactly one does.
 fn arp_owner(lab: &Lab, ip: &str) -> Option<String> {
-    match arp_answerers(lab, ip, 2).as_slice() {
+    match lab.arp_answerers(ip, 2).as_slice() {
         [mac] => lab.node_by_mac(mac).map(|n| n.name.clone()),
         _ => None,
     }
@@ -264,7 +233,7 @@ fn local_policy_owner_follows_the_endpoint() {
     // No serving endpoint anywhere: nobody answers.
     lab.set_endpoints("local", &[]).unwrap();
     eventually("silence", LIMIT, || {
-        arp_answerers(&lab, &ip, 2).is_empty().then_some(())
+        lab.arp_answerers(&ip, 2).is_empty().then_some(())
     })
     .unwrap();
 }

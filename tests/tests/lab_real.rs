@@ -169,31 +169,11 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
     let Some(lab) = lab(3) else { return };
 
     // The README's quickstart, verbatim but for the image.
-    lab.kubectl(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=ferrolb.io/lab-echo",
-        "--replicas=3",
-    ])
-    .unwrap();
-    lab.kubectl(&[
-        "expose",
-        "deployment",
-        "web",
-        "--type=LoadBalancer",
-        "--port=80",
-    ])
-    .unwrap();
-    let ip = eventually("an EXTERNAL-IP for web", LIMIT, || {
-        lab.external_ips("web").into_iter().next()
-    })
-    .unwrap();
+    let (ip, target) = quickstart_web(&lab);
     assert!(
         ip.starts_with("192.0.2.24") || ip.starts_with("192.0.2.25"),
         "{ip}"
     );
-    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
     let replicas = eventually("3 ready replicas", LIMIT, || {
         let r = ready_pods(&lab, "app=web");
         (r.len() == 3).then_some(r)
@@ -469,33 +449,6 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
     }
 }
 
-/// The MACs that answer `arping` for `ip` from the client (several probes).
-fn arp_answerers(lab: &Lab, ip: &str, count: u32) -> BTreeSet<String> {
-    // arping exits 1 when fewer replies than -c came before -w: read its output anyway.
-    let deadline = (count + 2).to_string();
-    let out = lab.exec_output(
-        &lab.client.ns,
-        &[
-            "arping",
-            "-c",
-            &count.to_string(),
-            "-w",
-            &deadline,
-            "-I",
-            "eth0",
-            ip,
-        ],
-    );
-    out.lines()
-        .filter_map(|l| {
-            l.split('[')
-                .nth(1)
-                .and_then(|r| r.split(']').next())
-                .map(|m| m.to_ascii_lowercase())
-        })
-        .collect()
-}
-
 /// What Kubernetes itself does to ferrolb's Pods: a DaemonSet rollout of the
 /// speakers, a speaker process killed (restarted by its "kubelet"), the
 /// leading controller's Pod deleted; Services stay reachable throughout.
@@ -547,7 +500,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
         .then_some(())
     })
     .unwrap();
-    let macs = arp_answerers(&lab, "192.0.2.245", 5);
+    let macs = lab.arp_answerers("192.0.2.245", 5);
     assert_eq!(
         macs.len(),
         1,
