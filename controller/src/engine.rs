@@ -8,31 +8,40 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 
-use ferrolb_core::{Allocator, Change, Config, ServiceKey, config, config_change};
+use ferrolb_core::config_gate::{ConfigGate, Outcome};
+use ferrolb_core::{Allocator, Change, PortKey, Protocol, ServiceKey};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 
 use crate::service::{
     Classes, ClassesExt, has_finalizer, key_of, pool_annotation, service_proxy_name, spec_of,
     status_ips,
 };
+pub use crate::status::{ASSIGNED, Condition, PORT_CONFLICT, PortStatus};
+use crate::status::{status_condition, status_ingress};
 
 /// What a Service's status, pool annotation and finalizer should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     /// IPv4 first; empty means the status is cleared.
     pub ips: Vec<IpAddr>,
+    /// `ports[]` of each ingress entry, in the order of `ips`.
+    pub ports: Vec<Vec<PortStatus>>,
     pub pool: Option<String>,
     /// ferrolb's finalizer (`service.kubernetes.io/load-balancer-cleanup`):
     /// on every Service that holds an address, removed once it is released.
     pub finalizer: bool,
+    /// The `ferrolb.io/AddressAssigned` condition; `None`: not shown.
+    pub assigned: Option<Condition>,
 }
 
 impl Desired {
     pub fn cleared() -> Desired {
         Desired {
             ips: vec![],
+            ports: vec![],
             pool: None,
             finalizer: false,
+            assigned: None,
         }
     }
 }
@@ -78,15 +87,11 @@ pub struct Engine {
     services: BTreeMap<ServiceKey, Service>,
     listed: bool,
     synced: bool,
-    config: ConfigStatus,
-    /// The last ConfigMap content evaluated, to ignore resyncs of the same text.
-    last_text: Option<Result<String, String>>,
-    /// A valid config refused because it would orphan held addresses; tried
-    /// again whenever addresses are freed.
-    refused: Option<Config>,
-    /// The last StaleConfig message for `refused`: retrying the same refused
-    /// config after addresses were freed repeats it only if it changed.
-    last_refusal: Option<String>,
+    /// Parsing, refusing and keeping configs (shared with the speakers).
+    gate: ConfigGate,
+    /// The last config warning while the config is stale (for the
+    /// condition of Services waiting for an address).
+    config_problem: Option<String>,
     /// Handled Services without an address.
     pending: BTreeSet<ServiceKey>,
     /// The last failure reported per Service, so that a resync does not repeat it.
@@ -108,10 +113,8 @@ impl Engine {
             services: BTreeMap::new(),
             listed: false,
             synced: false,
-            config: ConfigStatus::default(),
-            last_text: None,
-            refused: None,
-            last_refusal: None,
+            gate: ConfigGate::new("nothing is assigned until a valid config is loaded"),
+            config_problem: None,
             pending: BTreeSet::new(),
             last_failure: BTreeMap::new(),
             to_clear: BTreeSet::new(),
@@ -125,7 +128,10 @@ impl Engine {
         &self.allocator
     }
     pub fn config_status(&self) -> ConfigStatus {
-        self.config
+        ConfigStatus {
+            loaded: self.gate.loaded(),
+            stale: self.gate.stale(),
+        }
     }
     /// The first full pass (learn every status, then assign) is done.
     pub fn is_synced(&self) -> bool {
@@ -197,52 +203,45 @@ impl Engine {
                 .cloned()
                 .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned()),
         };
-        let fresh = self.last_text.as_ref() != Some(&text);
-        if !fresh && self.refused.is_none() {
-            return;
-        }
-        self.last_text = Some(text.clone());
-        self.refused = None;
-        if fresh {
-            // Every new content is a transition the user hears about.
-            self.last_refusal = None;
-        }
-        let on_object = cm.is_some();
-        let parsed = match text {
-            Err(why) => {
-                self.config.stale = true;
-                let kept = if self.config.loaded {
-                    "; the last good config stays in force"
-                } else {
-                    "; nothing is assigned until a valid config is loaded"
-                };
-                self.config_notice(
-                    Severity::Warning,
-                    "ConfigMissing",
-                    format!("{why}{kept}"),
-                    on_object,
-                );
-                return;
+        let allocator = &self.allocator;
+        let outcome = self.gate.offer(text, |c| allocator.check_config(c));
+        self.apply_config(outcome, cm.is_some());
+    }
+
+    /// Carries out what the gate decided: the notice, and a new config
+    /// handed to the allocator and every Service reconsidered.
+    fn apply_config(&mut self, outcome: Outcome, on_object: bool) {
+        let reason = outcome.reason();
+        match outcome {
+            Outcome::Unchanged => {}
+            Outcome::Missing { message } => {
+                self.config_notice(Severity::Warning, "ConfigMissing", message, on_object)
             }
-            Ok(t) => config::parse(&t),
-        };
-        match parsed {
-            Err(errors) => {
-                self.config.stale = true;
-                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                let kept = if self.config.loaded {
-                    "the last good config stays in force"
-                } else {
-                    "nothing is assigned until a valid config is loaded"
-                };
-                self.config_notice(
-                    Severity::Warning,
-                    "InvalidConfig",
-                    format!("config refused, {kept}: {}", list.join("; ")),
-                    true,
-                );
+            Outcome::Invalid { message } => {
+                self.config_notice(Severity::Warning, "InvalidConfig", message, true)
             }
-            Ok(new) => self.offer_config(new),
+            Outcome::Refused { message, .. } => {
+                if let Some(reason) = reason {
+                    self.config_notice(Severity::Warning, reason, message, true);
+                }
+            }
+            Outcome::Loaded {
+                message, changed, ..
+            } => {
+                self.config_notice(Severity::Normal, "ConfigLoaded", message, true);
+                if changed {
+                    let config = self.gate.in_force().cloned().expect("just loaded");
+                    self.allocator
+                        .set_config(config)
+                        .expect("the gate checked that no held address is orphaned");
+                    if self.synced {
+                        let all: Vec<ServiceKey> = self.services.keys().cloned().collect();
+                        self.run(all);
+                    } else {
+                        self.try_sync();
+                    }
+                }
+            }
         }
     }
 
@@ -260,13 +259,45 @@ impl Engine {
                 ..self.observed(key)?
             })
         } else if self.classes.handles(svc) {
+            let shown = status_condition(svc, ASSIGNED);
             Some(match self.allocator.allocation(key) {
-                Some(a) => Desired {
-                    finalizer: !a.ips.is_empty(),
-                    ips: a.ips,
-                    pool: Some(a.pool),
-                },
-                None => Desired::cleared(),
+                Some(a) => {
+                    let condition = match self.last_failure.get(key) {
+                        Some(why) => (true, "LoadBalancerFailed", why.clone()),
+                        None => (
+                            true,
+                            "IPAllocated",
+                            format!("assigned {} from pool {:?}", list(&a.ips), a.pool),
+                        ),
+                    };
+                    Desired {
+                        finalizer: !a.ips.is_empty(),
+                        ports: a
+                            .ips
+                            .iter()
+                            .map(|ip| self.port_statuses(key, svc, *ip))
+                            .collect(),
+                        ips: a.ips,
+                        pool: Some(a.pool),
+                        assigned: Some(condition_for(svc, shown, condition)),
+                    }
+                }
+                None => {
+                    let mut why = self
+                        .last_failure
+                        .get(key)
+                        .cloned()
+                        .unwrap_or_else(|| "no address is assigned yet".to_owned());
+                    if let (true, Some(problem)) = (self.gate.stale(), &self.config_problem) {
+                        why.push_str(&format!(
+                            "; the ConfigMap's current content is not in force: {problem}"
+                        ));
+                    }
+                    Desired {
+                        assigned: Some(condition_for(svc, shown, (false, "AllocationFailed", why))),
+                        ..Desired::cleared()
+                    }
+                }
             })
         } else if self.to_clear.contains(key) || self.left_over_from_a_type_change(svc) {
             Some(Desired::cleared())
@@ -301,10 +332,13 @@ impl Engine {
     /// What the Service shows now, as far as the last watch event says.
     pub fn observed(&self, key: &ServiceKey) -> Option<Desired> {
         let svc = self.services.get(key)?;
+        let ingress = status_ingress(svc);
         Some(Desired {
-            ips: status_ips(svc),
+            ips: ingress.iter().map(|(ip, _)| *ip).collect(),
+            ports: ingress.into_iter().map(|(_, p)| p).collect(),
             pool: pool_annotation(svc).map(str::to_owned),
             finalizer: has_finalizer(svc),
+            assigned: status_condition(svc, ASSIGNED),
         })
     }
 
@@ -324,65 +358,16 @@ impl Engine {
         message: String,
         on_object: bool,
     ) {
+        match severity {
+            Severity::Warning => self.config_problem = Some(message.clone()),
+            Severity::Normal => self.config_problem = None,
+        }
         self.notices.push(Notice::Config {
             severity,
             reason,
             message,
             on_object,
         });
-    }
-
-    fn offer_config(&mut self, new: Config) {
-        if self.allocator.config() == Some(&new) {
-            // A new text with the config already in force: silent, unless it
-            // ends a stale spell (bad to good must be heard).
-            if self.config.stale {
-                self.config.stale = false;
-                self.config_notice(
-                    Severity::Normal,
-                    "ConfigLoaded",
-                    config_change::describe(Some(&new), &new),
-                    true,
-                );
-            }
-            return;
-        }
-        let previous = self.allocator.config().cloned();
-        match self.allocator.set_config(new.clone()) {
-            Err(orphans) => {
-                self.config.stale = true;
-                self.refused = Some(new);
-                let list: Vec<String> = orphans.iter().map(ToString::to_string).collect();
-                let message = format!(
-                    "config refused: it would take addresses from Services, so the last good config stays in force; delete those Services or keep their addresses in a pool: {}",
-                    list.join("; ")
-                );
-                if self.last_refusal.as_ref() != Some(&message) {
-                    self.last_refusal = Some(message.clone());
-                    self.config_notice(Severity::Warning, "StaleConfig", message, true);
-                }
-            }
-            Ok(()) => {
-                self.refused = None;
-                self.last_refusal = None;
-                self.config = ConfigStatus {
-                    loaded: true,
-                    stale: false,
-                };
-                self.config_notice(
-                    Severity::Normal,
-                    "ConfigLoaded",
-                    config_change::describe(previous.as_ref(), &new),
-                    true,
-                );
-                if self.synced {
-                    let all: Vec<ServiceKey> = self.services.keys().cloned().collect();
-                    self.run(all);
-                } else {
-                    self.try_sync();
-                }
-            }
-        }
     }
 
     /// The first full pass, once the Services are listed and a config is loaded.
@@ -415,8 +400,10 @@ impl Engine {
         let mut budget = 4 * (self.services.len() + queue.len()) + 16;
         while let Some(key) = queue.pop_front() {
             if self.reconcile(&key) {
-                if let Some(cfg) = self.refused.clone() {
-                    self.offer_config(cfg);
+                if self.gate.has_refused() {
+                    let allocator = &self.allocator;
+                    let outcome = self.gate.retry(|c| allocator.check_config(c));
+                    self.apply_config(outcome, true);
                 }
                 queue.extend(self.pending.iter().filter(|k| **k != key).cloned());
             }
@@ -557,6 +544,43 @@ impl Engine {
         }
     }
 
+    /// `ports[]` for one of the Service's addresses: every Service port, with
+    /// an error on those another holder of the address also uses.
+    fn port_statuses(&self, key: &ServiceKey, svc: &Service, ip: IpAddr) -> Vec<PortStatus> {
+        let ports: Vec<(i32, String)> = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| (p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into())))
+            .collect();
+        let keys: Vec<PortKey> = ports
+            .iter()
+            .filter_map(|(port, proto)| {
+                Some(PortKey {
+                    protocol: proto.parse::<Protocol>().ok()?,
+                    port: u16::try_from(*port).ok()?,
+                })
+            })
+            .collect();
+        let clashing = self.allocator.clashing_ports(key, ip, &keys);
+        ports
+            .into_iter()
+            .map(|(port, protocol)| {
+                let clash = clashing.iter().any(|k| {
+                    i32::from(k.port) == port
+                        && protocol.parse::<Protocol>().ok() == Some(k.protocol)
+                });
+                PortStatus {
+                    port,
+                    protocol,
+                    error: clash.then(|| PORT_CONFLICT.to_owned()),
+                }
+            })
+            .collect()
+    }
+
     fn keeping(&self, key: &ServiceKey) -> String {
         self.allocator
             .allocation(key)
@@ -611,6 +635,35 @@ impl Engine {
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
         self.services.get(key)
     }
+}
+
+/// A condition for `svc` from (status, reason, message): the transition
+/// time shown is kept while the status stays the same.
+fn condition_for(
+    svc: &Service,
+    shown: Option<Condition>,
+    (status, reason, message): (bool, &str, String),
+) -> Condition {
+    Condition {
+        status,
+        reason: reason.to_owned(),
+        message: truncate(message, 32_000),
+        generation: svc.metadata.generation.unwrap_or(0),
+        since: shown.filter(|c| c.status == status).and_then(|c| c.since),
+    }
+}
+
+/// `s` cut to at most `max` bytes, with `...` when it was cut.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
 }
 
 fn list(ips: &[IpAddr]) -> String {

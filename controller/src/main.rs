@@ -15,6 +15,7 @@ mod lease;
 mod metrics;
 mod run;
 mod service;
+mod status;
 
 #[derive(Parser)]
 #[command(
@@ -155,7 +156,7 @@ fn main() -> ExitCode {
                 .build()
                 .expect("a tokio runtime");
             let done = runtime.block_on(async {
-                run::remove_finalizers(run::client().await?, namespace.as_deref()).await
+                status::remove_finalizers(run::client().await?, namespace.as_deref()).await
             });
             match done {
                 Ok(names) => {

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub is_leader: Gauge,
     pub api_errors: Family<ReasonLabel, Counter>,
+    /// Events not published: `repeat` or `rate_limited` (core::events).
+    pub events_suppressed: Family<ReasonLabel, Counter>,
     pub stale_writes: Counter,
     pub pending_services: Gauge,
     pub ready: AtomicBool,
@@ -66,6 +68,7 @@ impl Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
             is_leader: Gauge::default(),
             api_errors: Family::default(),
+            events_suppressed: Family::default(),
             stale_writes: Counter::default(),
             pending_services: Gauge::default(),
             ready: AtomicBool::new(false),
@@ -116,6 +119,11 @@ impl Metrics {
             "api_errors",
             "Failed API calls by kind",
             m.api_errors.clone(),
+        );
+        registry.register(
+            "events_suppressed",
+            "Events not published because the same one was published for the object within 10 minutes (repeat) or the object or process used up its allowance (rate_limited); the log line is written either way",
+            m.events_suppressed.clone(),
         );
         registry.register(
             "stale_status_writes",
@@ -221,6 +229,14 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    pub fn event_suppressed(&self, why: &str) {
+        self.events_suppressed
+            .get_or_create(&ReasonLabel {
+                reason: why.to_owned(),
+            })
+            .inc();
     }
 
     pub fn api_error(&self, kind: &str) {

@@ -413,6 +413,25 @@ impl Allocator {
             .unwrap_or_default()
     }
 
+    /// The ports of `ports` that another holder of `ip` also uses: a Service
+    /// that keeps a shared address after its ports changed to clash with a
+    /// sharer's (its changed request was refused; the status says which
+    /// ports are affected).
+    pub fn clashing_ports(&self, key: &ServiceKey, ip: IpAddr, ports: &[PortKey]) -> Vec<PortKey> {
+        let Some(holders) = self.addresses.get(&ip) else {
+            return vec![];
+        };
+        ports
+            .iter()
+            .filter(|p| {
+                holders
+                    .iter()
+                    .any(|(h, theirs)| h != key && theirs.ports.contains(p))
+            })
+            .copied()
+            .collect()
+    }
+
     pub fn pool_stats(&self) -> Vec<PoolStats> {
         let Some(config) = &self.config else {
             return vec![];

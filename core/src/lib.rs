@@ -5,11 +5,14 @@
 
 pub mod addr;
 pub mod allocator;
+pub mod announced;
 pub mod config;
 pub mod config_change;
+pub mod config_gate;
 pub mod crd;
 pub mod datapath;
 pub mod election;
+pub mod events;
 pub mod membership;
 pub mod packet;
 pub mod ring;

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use ferrolb_core::allocator::SharingConflict;
-use ferrolb_core::{AllocError, Change, Family, FamilyPolicy, ServiceKey};
+use ferrolb_core::{AllocError, Change, Family, FamilyPolicy, PortKey, Protocol, ServiceKey};
 
 const TWO_POOLS: &str = r#"
 address-pools:
@@ -612,4 +612,45 @@ fn finding_the_next_free_address_does_not_scan_from_the_start() {
     let next = got(&mut a, &svc("ns", "next"));
     assert_eq!(next, ips(&["10.0.234.96"]));
     assert_eq!(a.pool_stats()[0].in_use, 60_001);
+}
+
+#[test]
+fn a_kept_shared_address_reports_the_ports_that_clash() {
+    let mut a = allocator(TWO_POOLS);
+    let one = ips(&["192.0.2.1"]);
+    got(
+        &mut a,
+        &svc("ns", "a")
+            .tcp(80)
+            .shared("k")
+            .requesting(&["192.0.2.1"]),
+    );
+    got(
+        &mut a,
+        &svc("ns", "b")
+            .tcp(81)
+            .shared("k")
+            .requesting(&["192.0.2.1"]),
+    );
+    let b = ServiceKey::new("ns", "b");
+    let p = |port| PortKey {
+        protocol: Protocol::Tcp,
+        port,
+    };
+    assert!(a.clashing_ports(&b, one[0], &[p(81)]).is_empty());
+    // b now also wants port 80 on the address it asked for: refused, kept,
+    // and port 80 is the one that clashes.
+    let changed = svc("ns", "b")
+        .tcp(80)
+        .tcp(81)
+        .shared("k")
+        .requesting(&["192.0.2.1"]);
+    let e = a.ensure(&changed, &one).unwrap_err();
+    assert_eq!(e.kept.unwrap().ips, one);
+    assert_eq!(a.clashing_ports(&b, one[0], &[p(80), p(81)]), vec![p(80)]);
+    // a's own ports never clash with themselves.
+    assert!(
+        a.clashing_ports(&ServiceKey::new("ns", "a"), one[0], &[p(80)])
+            .is_empty()
+    );
 }

@@ -3,10 +3,15 @@
 //!
 //! Not kube-runtime's `Recorder`: it keeps every Event it sent for six minutes
 //! to aggregate repeats, which for 10,000 new Services is tens of megabytes.
-//! The engine already reports each failure once, so there is little to
-//! aggregate; a bounded queue keeps memory flat when thousands come at once.
+//! Repeats and floods are dropped before the queue by
+//! [`ferrolb_core::events::Limiter`] (a fingerprint per recent Event, a token
+//! bucket per object and one for the process); a bounded queue keeps memory
+//! flat when thousands come at once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ferrolb_core::events::{Limiter, Limits, Verdict};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -33,6 +38,10 @@ pub type OnError = Arc<dyn Fn(&'static str) + Send + Sync>;
 pub struct EventSink {
     tx: mpsc::Sender<Pending>,
     on_error: OnError,
+    limiter: Arc<Mutex<Limiter>>,
+    started: Instant,
+    /// Called with `repeat` or `rate_limited` for each Event not published.
+    on_suppressed: OnError,
 }
 
 /// How the sink publishes.
@@ -48,7 +57,14 @@ pub struct Options {
 }
 
 impl EventSink {
-    pub fn start(client: kube::Client, opts: Options, on_error: OnError) -> EventSink {
+    /// `on_suppressed` counts the Events the limiter dropped (their log
+    /// lines were written by the caller).
+    pub fn start(
+        client: kube::Client,
+        opts: Options,
+        on_error: OnError,
+        on_suppressed: OnError,
+    ) -> EventSink {
         let (tx, rx) = mpsc::channel::<Pending>(opts.queue.max(1));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let reporter = opts.reporter;
@@ -71,13 +87,43 @@ impl EventSink {
                 }
             });
         }
-        EventSink { tx, on_error }
+        EventSink {
+            tx,
+            on_error,
+            limiter: Arc::new(Mutex::new(Limiter::new(Limits::default()))),
+            started: Instant::now(),
+            on_suppressed,
+        }
     }
 
     pub fn publish(&self, p: Pending) {
+        let object = object_key(&p.regarding);
+        let verdict = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(self.started.elapsed(), &object, p.reason, &p.note);
+        match verdict {
+            Verdict::Publish => {}
+            Verdict::Repeat => return (self.on_suppressed)("repeat"),
+            Verdict::RateLimited => return (self.on_suppressed)("rate_limited"),
+        }
         if self.tx.try_send(p).is_err() {
             (self.on_error)("event_dropped");
         }
+    }
+}
+
+/// The object an Event is about: its uid, or kind/namespace/name.
+fn object_key(r: &ObjectReference) -> String {
+    match &r.uid {
+        Some(uid) if !uid.is_empty() => uid.clone(),
+        _ => format!(
+            "{}/{}/{}",
+            r.kind.as_deref().unwrap_or(""),
+            r.namespace.as_deref().unwrap_or(""),
+            r.name.as_deref().unwrap_or("")
+        ),
     }
 }
 

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ferrolb_core::config_gate::{ConfigGate, Outcome};
 use ferrolb_core::election::{self, ClusterState};
-use ferrolb_core::{Config, config};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -104,12 +104,9 @@ struct State {
     secrets: Option<Store<Secret>>,
     synced: BTreeSet<Source>,
     sources: usize,
-    config: Option<Config>,
-    /// The ConfigMap text last looked at, so that a refusal is logged once.
-    config_text: Option<Option<String>>,
-    /// The last config was valid but refused because it would take addresses
-    /// that Services hold; it is tried again whenever Services change.
-    config_refused: Option<String>,
+    /// The config in force, behind the gate the controller uses too: a
+    /// refused config is tried again whenever Services change.
+    gate: ConfigGate,
     membership: Option<membership::Handle>,
     announcer: Announcer,
     interfaces: Vec<interfaces::Interface>,
@@ -129,6 +126,7 @@ struct State {
     fresh_tx: tokio::sync::mpsc::UnboundedSender<Option<String>>,
     client: kube::Client,
     events: EventSink,
+    conditions: crate::conditions::ConditionWriter,
 }
 
 /// Runs until SIGTERM or SIGINT, then leaves gracefully.
@@ -201,6 +199,7 @@ pub async fn run(
     let mut view = membership.as_ref().map(|m| m.view.clone());
     let (fresh_tx, mut fresh_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
     let mut state = State {
+        conditions: crate::conditions::ConditionWriter::start(client.clone(), metrics.clone()),
         events: EventSink::start(
             client.clone(),
             events::Options {
@@ -212,6 +211,10 @@ pub async fn run(
             {
                 let metrics = metrics.clone();
                 Arc::new(move |what| metrics.api_error(what))
+            },
+            {
+                let metrics = metrics.clone();
+                Arc::new(move |why| metrics.event_suppressed(why))
             },
         ),
         announcer: Announcer::with_stats(settings.gratuitous, metrics.announcer.clone())
@@ -229,9 +232,7 @@ pub async fn run(
         secrets,
         synced: BTreeSet::new(),
         sources,
-        config: None,
-        config_text: None,
-        config_refused: None,
+        gate: ConfigGate::new("nothing is announced until a valid config is loaded"),
         membership,
         interfaces: Vec::new(),
         assigned: Vec::new(),
@@ -299,7 +300,13 @@ impl State {
                 }
                 match source {
                     Source::Config => self.read_config(),
-                    Source::Services if self.config_refused.is_some() => self.read_config(),
+                    Source::Services if self.gate.has_refused() => {
+                        let held = self.held_addresses();
+                        let outcome = self.gate.retry(|c| {
+                            ferrolb_core::allocator::orphaned_addresses(c, held.clone())
+                        });
+                        self.config_outcome(outcome);
+                    }
                     Source::Pods => {
                         if let Some(m) = &self.membership {
                             let peers =
@@ -331,60 +338,39 @@ impl State {
             return;
         }
         let cm = self.configmaps.state().into_iter().next();
-        let text = cm.as_ref().map(|c| {
-            c.data
+        let text: Result<String, String> = match &cm {
+            None => Err(format!(
+                "the ConfigMap {}/{} does not exist",
+                self.settings.config_namespace, self.settings.config_name
+            )),
+            Some(cm) => cm
+                .data
                 .as_ref()
                 .and_then(|d| d.get("config"))
                 .cloned()
-                .unwrap_or_default()
-        });
-        if self.config_text.as_ref() == Some(&text) && self.config_refused.is_none() {
-            return;
-        }
-        self.config_text = Some(text.clone());
-        let kept = if self.config.is_some() {
-            "the last good config stays in force"
-        } else {
-            "nothing is announced until a valid config is loaded"
+                .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned()),
         };
-        match text.as_deref().map(config::parse) {
-            None => {
-                self.config_refused = None;
-                self.metrics.config_stale.set(1);
-                warn!(config = %format!("{}/{}", self.settings.config_namespace, self.settings.config_name), "the config ConfigMap is missing; {kept}");
-            }
-            Some(Err(errors)) => {
-                self.config_refused = None;
-                self.metrics.config_stale.set(1);
-                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                warn!("config refused, {kept}: {}", list.join("; "));
-            }
-            Some(Ok(c)) => {
-                // As the controller does: a config that would take an address
-                // from a Service is refused while a good one is in force, so
-                // that nothing stops being announced because of a config edit.
-                let orphans = match &self.config {
-                    Some(_) => {
-                        ferrolb_core::allocator::orphaned_addresses(&c, self.held_addresses())
-                    }
-                    None => vec![],
-                };
-                if !orphans.is_empty() {
-                    self.metrics.config_stale.set(1);
-                    let list: Vec<String> = orphans.iter().map(ToString::to_string).collect();
-                    let message = list.join("; ");
-                    if self.config_refused.as_ref() != Some(&message) {
-                        warn!(
-                            "config refused, {kept}: it would take addresses from Services: {message}"
-                        );
-                    }
-                    self.config_refused = Some(message);
-                    return;
-                }
-                self.config_refused = None;
-                self.metrics.config_stale.set(0);
-                info!(pools = c.pools.len(), "config accepted");
-                self.config = Some(c);
+        let held = self.held_addresses();
+        let outcome = self.gate.offer(text, |c| {
+            ferrolb_core::allocator::orphaned_addresses(c, held.clone())
+        });
+        self.config_outcome(outcome);
+    }
+
+    /// Logs what the config gate decided (the controller publishes the
+    /// Events; a speaker only logs and counts).
+    fn config_outcome(&mut self, outcome: Outcome) {
+        self.metrics.config_stale.set(i64::from(self.gate.stale()));
+        match outcome {
+            Outcome::Unchanged => {}
+            Outcome::Missing { message } | Outcome::Invalid { message } => warn!("{message}"),
+            Outcome::Refused {
+                message,
+                repeated: false,
+            } => warn!("{message}"),
+            Outcome::Refused { repeated: true, .. } => {}
+            Outcome::Loaded { pools, message, .. } => {
+                info!(pools, "config accepted: {message}")
             }
         }
     }
@@ -469,9 +455,11 @@ impl State {
         }
 
         let mut mine: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        // The announcement conditions this node writes; `None`: it decides nothing now.
+        let mut conditions = None;
         // (Service, address) for each owned address, for MetalLB's metric.
         let mut announced: Vec<(String, IpAddr)> = Vec::new();
-        if let (true, true, false, Some(config)) = (synced, joined, fenced, &self.config) {
+        if let (true, true, false, Some(config)) = (synced, joined, fenced, self.gate.in_force()) {
             let nodes: Vec<Arc<Node>> = self.nodes.state();
             let slices = self.slices.state();
             let services = self.services.state();
@@ -529,6 +517,20 @@ impl State {
                 }
                 mine.insert(address, on.iter().map(|i| i.name.clone()).collect());
             }
+            let designated = ferrolb_core::announced::is_designated(
+                &self.settings.node,
+                view.as_ref().map(|v| &v.alive),
+            );
+            conditions = Some((
+                ferrolb_core::announced::announcements(
+                    &self.settings.node,
+                    &ownership,
+                    &mine,
+                    &state.services,
+                    designated,
+                ),
+                services,
+            ));
         }
 
         self.metrics.set_announced(&self.settings.node, &announced);
@@ -559,6 +561,11 @@ impl State {
             .collect();
         let failed = self.announcer.set(&desired);
         self.interfaces_failed = !failed.is_empty();
+        // After the table is set: the condition writes never delay an answer.
+        if let Some((wanted, services)) = conditions {
+            self.conditions
+                .sync(&wanted.into_iter().collect(), &services);
+        }
         for (name, e) in failed {
             warn!(interface = %name, error = %e, "skipped interface, tried again at the next rescan");
         }

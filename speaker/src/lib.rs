@@ -7,6 +7,7 @@
 
 pub mod announcer;
 pub mod cluster;
+pub mod conditions;
 pub mod daemon;
 pub mod datapath;
 pub mod interfaces;

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub config_stale: Gauge,
     pub data_path_healthy: Gauge,
     pub api_errors: Family<ReasonLabel, Counter>,
+    /// Events not published: `repeat` or `rate_limited` (core::events).
+    pub events_suppressed: Family<ReasonLabel, Counter>,
     pub ready: AtomicBool,
 }
 
@@ -74,6 +76,7 @@ impl Metrics {
             config_stale: Gauge::default(),
             data_path_healthy: Gauge::default(),
             api_errors: Family::default(),
+            events_suppressed: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -163,6 +166,11 @@ impl Metrics {
             "Failed API calls by kind",
             m.api_errors.clone(),
         );
+        registry.register(
+            "events_suppressed",
+            "Events not published because the same one was published for the object within 10 minutes (repeat) or the object or process used up its allowance (rate_limited); the log line is written either way",
+            m.events_suppressed.clone(),
+        );
         if let (Some(ml), Some(announced)) = (&m.announcer.metallb, &m.announced) {
             let r = root.sub_registry_with_prefix("metallb");
             r.register(
@@ -215,6 +223,14 @@ impl Metrics {
         self.membership_auth_failures
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn event_suppressed(&self, why: &str) {
+        self.events_suppressed
+            .get_or_create(&ReasonLabel {
+                reason: why.to_owned(),
             })
             .inc();
     }

@@ -130,6 +130,52 @@ fn ready_pods(lab: &Lab, selector: &str) -> BTreeSet<String> {
     .collect()
 }
 
+/// The Service `default/NAME` as the API server has it.
+fn service(lab: &Lab, name: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&lab.kubectl(&["get", "svc", name, "-o", "json"]).ok()?).ok()
+}
+
+/// (status, reason, message) of the Service's condition of type `kind`.
+fn condition(lab: &Lab, name: &str, kind: &str) -> Option<(String, String, String)> {
+    let svc = service(lab, name)?;
+    let c = svc["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)?
+        .clone();
+    let field = |f: &str| c[f].as_str().unwrap_or_default().to_owned();
+    Some((field("status"), field("reason"), field("message")))
+}
+
+/// The message of the newest Event of `reason` on the Service `default/NAME`.
+fn event_message(lab: &Lab, name: &str, reason: &str) -> Option<String> {
+    lab.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={name},reason={reason}"),
+        "-o",
+        "jsonpath={.items[-1:].message}",
+    ])
+    .ok()
+    .filter(|m| !m.trim().is_empty())
+}
+
+fn events_count(lab: &Lab, name: &str, reason: &str) -> usize {
+    lab.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={name},reason={reason}"),
+        "-o",
+        "name",
+    ])
+    .unwrap_or_default()
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .count()
+}
+
 fn owner(lab: &Lab, ip: &str) -> Option<String> {
     let mac = lab.client_neighbour(ip)?;
     lab.node_by_mac(&mac).map(|n| n.name.clone())
@@ -179,6 +225,46 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
         (r.len() == 3).then_some(r)
     })
     .unwrap();
+
+    // The status as `kubectl describe` shows it: the address with ipMode and
+    // ports, the controller's condition and the owner's.
+    let first = owner(&lab, &ip).expect("a node answers ARP for the address");
+    let svc = service(&lab, "web").unwrap();
+    assert_eq!(
+        svc["status"]["loadBalancer"]["ingress"],
+        serde_json::json!([{"ip": ip, "ipMode": "VIP", "ports": [{"port": 80, "protocol": "TCP"}]}]),
+        "{svc:#}"
+    );
+    let assigned = eventually("web's AddressAssigned condition", LIMIT, || {
+        condition(&lab, "web", "ferrolb.io/AddressAssigned")
+    })
+    .unwrap();
+    assert_eq!(
+        (assigned.0.as_str(), assigned.1.as_str()),
+        ("True", "IPAllocated"),
+        "{assigned:?}"
+    );
+    assert!(
+        assigned.2.starts_with(&format!("assigned {ip} from pool")),
+        "{assigned:?}"
+    );
+    eventually(
+        &format!("web's AnnouncedIPv4 naming {first}"),
+        LIMIT,
+        || {
+            condition(&lab, "web", "ferrolb.io/AnnouncedIPv4").filter(|c| {
+                c.0 == "True"
+                    && c.2
+                        .starts_with(&format!("{ip} is announced by node {first} on "))
+            })
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: {:?}",
+            condition(&lab, "web", "ferrolb.io/AnnouncedIPv4")
+        )
+    });
     // kube-proxy spreads connections at random: every replica answers.
     let mut seen = BTreeSet::new();
     eventually("an answer from every replica", LIMIT, || {
@@ -218,6 +304,12 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
         })
         .unwrap();
     }
+    for kind in ["ferrolb.io/AnnouncedIPv4", "ferrolb.io/AnnouncedIPv6"] {
+        eventually(&format!("web2's {kind}"), LIMIT, || {
+            condition(&lab, "web2", kind).filter(|c| c.0 == "True" && c.1 == "Announced")
+        })
+        .unwrap();
+    }
 
     // Failover: with externalTrafficPolicy Local a node forwards only to its
     // own Pods, so the owner's cut link is all that stops the traffic.
@@ -254,6 +346,21 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
     };
     lab.plug(&before).unwrap();
     eprintln!("{ip}: {before} unplugged, {after} took over");
+    // The new owner says so in the condition (written after the takeover).
+    eventually(
+        &format!("web's AnnouncedIPv4 naming {after}"),
+        LIMIT,
+        || {
+            condition(&lab, "web", "ferrolb.io/AnnouncedIPv4")
+                .filter(|c| c.0 == "True" && c.2.contains(&format!(" by node {after} on ")))
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: {:?}",
+            condition(&lab, "web", "ferrolb.io/AnnouncedIPv4")
+        )
+    });
 
     // A stall of the new owner's speaker (SIGSTOP): it re-joins and reads
     // its own Node before it answers again; the address is served meanwhile.
@@ -281,19 +388,22 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
                  "ports": [{"port": 80, "protocol": "TCP"}]}
     }))
     .unwrap();
-    eventually("the AllocationFailed Event", LIMIT, || {
-        lab.kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=outside,reason=AllocationFailed",
-            "-o",
-            "name",
-        ])
-        .ok()
-        .filter(|o| !o.trim().is_empty())
+    let failed = eventually("the AllocationFailed Event", LIMIT, || {
+        event_message(&lab, "outside", "AllocationFailed")
     })
     .unwrap();
+    // The condition says the same.
+    eventually("outside's AddressAssigned condition", LIMIT, || {
+        condition(&lab, "outside", "ferrolb.io/AddressAssigned").filter(|c| {
+            (c.0.as_str(), c.1.as_str(), &c.2) == ("False", "AllocationFailed", &failed)
+        })
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: {:?} vs the Event's {failed:?}",
+            condition(&lab, "outside", "ferrolb.io/AddressAssigned")
+        )
+    });
     lab.kubectl(&[
         "-n",
         "ferrolb-system",
@@ -757,6 +867,83 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
         );
         moved.push(to);
     }
+
+    // Ownership flapping (MetalLB users saw millions of repeated Events):
+    // with two nodes eligible again, the preferred one is excluded and let
+    // back in 4 times, 8 moves. Each node already published its Announcing
+    // Event for web: the repeats are dropped (and counted), not published.
+    lab.kubectl(&[
+        "taint",
+        "node",
+        &moved[1],
+        "ToBeDeletedByClusterAutoscaler-",
+    ])
+    .unwrap();
+    let preferred = eventually("web served from the preferred of two nodes", LIMIT, || {
+        let n = owner(&lab, &ip)?;
+        let ok = asks(&lab, target, 3).iter().all(Option::is_some);
+        (ok && n == moved[1]).then_some(n)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: owner {:?}", owner(&lab, &ip)));
+    let other = moved[2].clone();
+    let announcing_before = events_count(&lab, "web", "Announcing");
+    let suppressed = |lab: &Lab| -> f64 {
+        lab.nodes
+            .iter()
+            .filter_map(|n| lab.speaker_metrics(n))
+            .map(|m| {
+                ferrolb_tests::lab::metric(&m, "ferrolb_events_suppressed_total{reason=\"repeat\"}")
+            })
+            .sum()
+    };
+    let suppressed_before = suppressed(&lab);
+    for round in 0..4 {
+        for (value, want) in [("true", &other), ("false", &preferred)] {
+            lab.kubectl(&[
+                "label",
+                "node",
+                &preferred,
+                &format!("{label}={value}"),
+                "--overwrite",
+            ])
+            .unwrap();
+            eventually(&format!("round {round}: {ip} on {want}"), LIMIT, || {
+                let ok = asks(&lab, target, 2).iter().all(Option::is_some);
+                owner(&lab, &ip).filter(|n| ok && n == want)
+            })
+            .unwrap();
+        }
+    }
+    // Every gain after the first of each node was a repeat.
+    eventually("the repeats counted by the speakers", LIMIT, || {
+        (suppressed(&lab) >= suppressed_before + 6.0).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: {} before, {} now",
+            suppressed_before,
+            suppressed(&lab)
+        )
+    });
+    let announcing_after = events_count(&lab, "web", "Announcing");
+    eprintln!(
+        "8 moves of {ip} between {preferred} and {other}: Announcing Events on web {announcing_before} -> {announcing_after}, repeats suppressed {}",
+        suppressed(&lab) - suppressed_before
+    );
+    assert!(
+        announcing_after <= announcing_before + 2,
+        "{announcing_before} Announcing Events before 8 moves, {announcing_after} after"
+    );
+    // The condition follows the last move.
+    eventually(
+        &format!("web's AnnouncedIPv4 naming {preferred}"),
+        LIMIT,
+        || {
+            condition(&lab, "web", "ferrolb.io/AnnouncedIPv4")
+                .filter(|c| c.0 == "True" && c.2.contains(&format!(" by node {preferred} on ")))
+        },
+    )
+    .unwrap();
 }
 
 /// kube-proxy killed on the owner: its speaker leaves the membership once

@@ -505,8 +505,10 @@ fn a_deleted_service_holds_its_address_until_its_finalizer_is_gone() {
     e.service_applied(deleting(held.clone()));
     let want = Desired {
         ips: vec!["192.0.2.1".parse().unwrap()],
+        ports: vec![vec![]],
         pool: Some("default".into()),
         finalizer: false,
+        assigned: None,
     };
     assert_eq!(
         e.desired(&key("ns", "a")),
@@ -585,4 +587,175 @@ fn service_proxy_name_is_warned_about_once_and_still_assigned() {
     e.services_listed(vec![labelled.clone()]);
     e.service_applied(labelled.with_status(&["192.0.2.1"]));
     assert!(!reasons(&mut e).contains(&"NoKubeProxy"));
+}
+
+fn condition(e: &Engine, ns: &str, name: &str) -> Condition {
+    e.desired(&key(ns, name))
+        .and_then(|d| d.assigned)
+        .expect("a handled Service has the condition")
+}
+
+fn service_messages(e: &mut Engine) -> Vec<(&'static str, String)> {
+    e.take_notices()
+        .into_iter()
+        .filter_map(|n| match n {
+            Notice::Service {
+                reason, message, ..
+            } => Some((reason, message)),
+            Notice::Config { .. } => None,
+        })
+        .collect()
+}
+
+/// Sets the status the watch would show after the engine's write.
+fn as_written(e: &Engine, mut svc: Service) -> Service {
+    let d = e.desired(&key_of(&svc)).unwrap();
+    let shown: Vec<String> = d.ips.iter().map(ToString::to_string).collect();
+    let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+    svc = svc.with_status(&shown);
+    let c = d.assigned.unwrap();
+    svc.status.as_mut().unwrap().conditions = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: ASSIGNED.into(),
+            status: if c.status { "True" } else { "False" }.into(),
+            reason: c.reason,
+            message: c.message,
+            observed_generation: Some(c.generation),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-30T10:00:00Z".parse().unwrap(),
+            ),
+        },
+    ]);
+    svc
+}
+
+#[test]
+fn the_assigned_condition_says_what_was_assigned_with_the_ports() {
+    let mut svc = lb("ns", "a");
+    svc.metadata.generation = Some(3);
+    let e = started(POOLS, vec![svc]);
+    let c = condition(&e, "ns", "a");
+    assert!(c.status);
+    assert_eq!(c.reason, "IPAllocated");
+    assert_eq!(c.message, "assigned 192.0.2.1 from pool \"default\"");
+    assert_eq!(c.generation, 3);
+    assert_eq!(c.since, None, "a new condition is stamped when written");
+    let d = e.desired(&key("ns", "a")).unwrap();
+    assert_eq!(
+        d.ports,
+        vec![vec![PortStatus {
+            port: 80,
+            protocol: "TCP".into(),
+            error: None
+        }]]
+    );
+}
+
+#[test]
+fn a_pending_service_shows_the_same_reason_and_message_as_its_event() {
+    let mut e = started(POOLS, vec![lb("ns", "a"), lb("ns", "b")]);
+    e.take_notices();
+    e.service_applied(lb("ns", "c"));
+    let (reason, message) = service_messages(&mut e).pop().unwrap();
+    assert_eq!(reason, "AllocationFailed");
+    let c = condition(&e, "ns", "c");
+    assert!(!c.status);
+    assert_eq!((c.reason.as_str(), &c.message), (reason, &message));
+    assert!(message.contains("no free"), "{message}");
+    assert_eq!(
+        e.desired(&key("ns", "c")).unwrap().ips,
+        Vec::<IpAddr>::new()
+    );
+}
+
+#[test]
+fn a_pending_service_is_told_when_the_config_is_not_in_force() {
+    let mut e = started(POOLS, vec![lb("ns", "a"), lb("ns", "b"), lb("ns", "c")]);
+    e.config_changed(Some(&cm("address-pools: [\n")));
+    let c = condition(&e, "ns", "c");
+    assert!(!c.status);
+    assert!(
+        c.message
+            .contains("the ConfigMap's current content is not in force: config refused"),
+        "{}",
+        c.message
+    );
+    // Assigned ones are unaffected.
+    assert_eq!(condition(&e, "ns", "a").reason, "IPAllocated");
+}
+
+#[test]
+fn a_service_that_keeps_its_address_after_a_refused_change_says_so() {
+    let mut e = started(POOLS, vec![lb("ns", "a")]);
+    e.take_notices();
+    e.service_applied(
+        lb("ns", "a").annotated("metallb.universe.tf/loadBalancerIPs", "203.0.113.1"),
+    );
+    let (reason, message) = service_messages(&mut e).pop().unwrap();
+    assert_eq!(reason, "LoadBalancerFailed");
+    let c = condition(&e, "ns", "a");
+    assert!(c.status, "the address is still assigned");
+    assert_eq!((c.reason.as_str(), &c.message), (reason, &message));
+    assert_eq!(ips(&e, "ns", "a"), ["192.0.2.1"]);
+}
+
+#[test]
+fn the_transition_time_shown_is_kept_while_the_status_stays() {
+    let mut e = started(POOLS, vec![lb("ns", "a")]);
+    let shown = as_written(&e, lb("ns", "a"));
+    e.service_applied(shown.clone());
+    let d = e.desired(&key("ns", "a")).unwrap();
+    assert_eq!(
+        d.assigned.as_ref().unwrap().since.as_deref(),
+        Some("2026-11-30T10:00:00Z")
+    );
+    assert_eq!(
+        e.observed(&key("ns", "a")).unwrap().assigned,
+        d.assigned,
+        "nothing to write"
+    );
+    // The generation changes (a spec edit): the time stays, the generation follows.
+    let mut edited = shown;
+    edited.metadata.generation = Some(2);
+    e.service_applied(edited);
+    let c = condition(&e, "ns", "a");
+    assert_eq!(
+        (c.generation, c.since.as_deref()),
+        (2, Some("2026-11-30T10:00:00Z"))
+    );
+}
+
+#[test]
+fn a_port_that_clashes_on_a_kept_shared_address_carries_an_error() {
+    let shared = |name: &str, ports: &[i32]| {
+        let mut s = lb("ns", name)
+            .annotated("metallb.universe.tf/allow-shared-ip", "k")
+            .annotated("metallb.universe.tf/loadBalancerIPs", "192.0.2.1");
+        s.spec.as_mut().unwrap().ports = Some(
+            ports
+                .iter()
+                .map(|p| ServicePort {
+                    port: *p,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        s
+    };
+    let mut e = started(POOLS, vec![shared("a", &[80]), shared("b", &[81])]);
+    assert_eq!(ips(&e, "ns", "b"), ["192.0.2.1"]);
+    let b = as_written(&e, shared("b", &[81]));
+    e.service_applied(b.clone());
+    let mut changed = shared("b", &[80, 81]);
+    changed.status = b.status;
+    e.service_applied(changed);
+    let d = e.desired(&key("ns", "b")).unwrap();
+    assert_eq!(d.ips, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+    let errors: Vec<(i32, Option<&str>)> = d.ports[0]
+        .iter()
+        .map(|p| (p.port, p.error.as_deref()))
+        .collect();
+    assert_eq!(errors, [(80, Some(PORT_CONFLICT)), (81, None)]);
+    assert_eq!(d.assigned.unwrap().reason, "LoadBalancerFailed");
 }
