@@ -39,6 +39,7 @@ run 5-lab cargo bench --locked -p ferrolb-tests --bench lab
 run 7-endpoints cargo bench --locked -p ferrolb-endpoints --bench next
 run 6-config-rss cargo bench --locked -p ferrolb-core --bench config_rss
 run 8-membership cargo bench --locked -p ferrolb-core --bench membership
+run 9-kube-native cargo bench --locked -p ferrolb-tests --bench kube_native
 
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 cpu=${cpu:-$(uname -m)}

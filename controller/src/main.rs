@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 mod check_config;
 mod engine;
@@ -156,7 +156,8 @@ fn main() -> ExitCode {
                 .build()
                 .expect("a tokio runtime");
             let done = runtime.block_on(async {
-                status::remove_finalizers(run::client().await?, namespace.as_deref()).await
+                status::remove_finalizers(ferrolb_runtime::client().await?, namespace.as_deref())
+                    .await
             });
             match done {
                 Ok(names) => {
@@ -176,17 +177,11 @@ fn main() -> ExitCode {
             ferrolb_runtime::init_logging(&cli.run.log_level, cli.run.log_format);
             // One thread: the work is waiting on the API server, and a single
             // allocator arena keeps the memory small.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            match runtime.block_on(controller(cli.run)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!(error = %format!("{e:#}"), "the controller stops");
-                    ExitCode::from(1)
-                }
-            }
+            ferrolb_runtime::run_to_exit(
+                ferrolb_runtime::Threads::One,
+                "controller",
+                controller(cli.run),
+            )
         }
     }
 }
@@ -195,7 +190,7 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
     let namespace = args
         .config_namespace
         .clone()
-        .or_else(run::pod_namespace)
+        .or_else(ferrolb_runtime::pod_namespace)
         .unwrap_or_else(|| "ferrolb-system".into());
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -208,9 +203,13 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let metrics = metrics::Metrics::new(args.metallb_metrics);
     let server = ferrolb_runtime::serve::spawn(args.metrics_addr, metrics.clone());
-    let client = run::client().await?;
+    let client = ferrolb_runtime::client().await?;
 
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut signals = ferrolb_runtime::Shutdown::install()?;
+    let mut shutdown = std::pin::pin!(async move {
+        let which = signals.recv().await;
+        info!("{which}: stopping");
+    });
     let settings = run::Settings {
         config_namespace: namespace.clone(),
         config_name: args.config_name.clone(),
@@ -286,15 +285,6 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
     server.abort();
     info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
-    }
 }
 
 fn read_input(file: &str) -> anyhow::Result<String> {

@@ -248,10 +248,16 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        ferrolb_runtime::serve::encode(&self.registry)
+    }
+}
+
+impl ferrolb_runtime::events::Counters for Metrics {
+    fn api_error(&self, what: &str) {
+        Metrics::api_error(self, what)
+    }
+    fn event_suppressed(&self, why: &str) {
+        Metrics::event_suppressed(self, why)
     }
 }
 

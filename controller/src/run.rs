@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use ferrolb_core::ServiceKey;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
@@ -50,7 +49,7 @@ pub async fn run(
     )
     .default_backoff()
     .boxed();
-    let events = EventSink::start(
+    let events = EventSink::start_counted(
         client.clone(),
         events::Options {
             reporter: "ferrolb.io/controller",
@@ -58,14 +57,7 @@ pub async fn run(
             queue: 2048,
             workers: 4,
         },
-        {
-            let metrics = metrics.clone();
-            Arc::new(move |what| metrics.api_error(what))
-        },
-        {
-            let metrics = metrics.clone();
-            Arc::new(move |why| metrics.event_suppressed(why))
-        },
+        metrics.clone(),
     );
     let mut engine = Engine::new(settings.classes.clone());
     let mut writer = Writer::new(client.clone(), settings.write_concurrency);
@@ -271,18 +263,4 @@ fn publish(
             action,
         });
     }
-}
-
-/// The namespace of this pod, if running in one.
-pub fn pod_namespace() -> Option<String> {
-    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
-pub async fn client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")
 }

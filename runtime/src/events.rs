@@ -44,6 +44,14 @@ pub struct EventSink {
     on_suppressed: OnError,
 }
 
+/// What the sink counts in the binary's metrics.
+pub trait Counters: Send + Sync + 'static {
+    /// A failed API call or a full queue (`create_event`, `event_dropped`).
+    fn api_error(&self, what: &str);
+    /// An Event the limiter dropped (`repeat`, `rate_limited`).
+    fn event_suppressed(&self, why: &str);
+}
+
 /// How the sink publishes.
 pub struct Options {
     /// `reportingController` of every Event, e.g. `ferrolb.io/controller`.
@@ -57,6 +65,21 @@ pub struct Options {
 }
 
 impl EventSink {
+    /// Starts the sink, counting into `counters`.
+    pub fn start_counted<C: Counters>(
+        client: kube::Client,
+        opts: Options,
+        counters: Arc<C>,
+    ) -> EventSink {
+        let errors = counters.clone();
+        EventSink::start(
+            client,
+            opts,
+            Arc::new(move |what| errors.api_error(what)),
+            Arc::new(move |why| counters.event_suppressed(why)),
+        )
+    }
+
     /// `on_suppressed` counts the Events the limiter dropped (their log
     /// lines were written by the caller).
     pub fn start(

@@ -1,12 +1,18 @@
 //! What `ferrolb-controller` and `ferrolb-speaker` share around `core`: Event
-//! publishing, the `/metrics` `/healthz` `/readyz` server, logging set-up and
-//! duration flags. The binaries' decisions stay in `core`; this is plumbing.
+//! publishing, the `/metrics` `/healthz` `/readyz` server, logging set-up,
+//! duration flags, the Kubernetes client and the Pod's namespace, signals,
+//! and the runtime and exit code of `main`. The binaries' decisions stay in
+//! `core`; this is plumbing.
 
 pub mod events;
 pub mod serve;
 pub mod service;
 
+use std::process::ExitCode;
 use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -29,6 +35,80 @@ pub fn init_logging(level: &str, format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The namespace of this Pod (its service account's), if running in one.
+pub fn pod_namespace() -> Option<String> {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// A client from the in-cluster config, or `KUBECONFIG` outside a cluster.
+pub async fn client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")
+}
+
+/// SIGTERM and SIGINT, installed at once so that none is missed.
+pub struct Shutdown {
+    term: Signal,
+    int: Signal,
+}
+
+impl Shutdown {
+    pub fn install() -> anyhow::Result<Shutdown> {
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    /// The next stop signal: `"SIGTERM"` or `"SIGINT"`.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// How many threads `main`'s runtime has.
+#[derive(Clone, Copy, Debug)]
+pub enum Threads {
+    /// One: waiting on the API server, a single allocator arena.
+    One,
+    /// This many workers.
+    Workers(usize),
+}
+
+/// Runs `main` to completion and turns its result into the exit code: 0, or
+/// 1 with the error logged as why `who` stops.
+pub fn run_to_exit<F>(threads: Threads, who: &str, main: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match threads {
+        Threads::One => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Threads::Workers(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+    };
+    let result = runtime
+        .context("cannot start the tokio runtime")
+        .and_then(|rt| rt.block_on(main));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the {who} stops");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -18,6 +18,14 @@ pub trait Exposed: Send + Sync + 'static {
     fn not_ready(&self) -> &'static str;
 }
 
+/// A registry in the OpenMetrics text format (what [`Exposed::encode`] returns).
+pub fn encode(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
 /// Serves the endpoints in the background until the process ends.
 pub fn spawn(
     addr: SocketAddr,

@@ -24,7 +24,6 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::announcer::{Announcer, Desired, GratuitousSchedule, Guard};
@@ -135,8 +134,7 @@ pub async fn run(
     settings: Settings,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut signals = ferrolb_runtime::Shutdown::install()?;
     let (services, s1) = watch(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -200,7 +198,7 @@ pub async fn run(
     let (fresh_tx, mut fresh_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
     let mut state = State {
         conditions: crate::conditions::ConditionWriter::start(client.clone(), metrics.clone()),
-        events: EventSink::start(
+        events: EventSink::start_counted(
             client.clone(),
             events::Options {
                 reporter: "ferrolb.io/speaker",
@@ -208,14 +206,7 @@ pub async fn run(
                 queue: 1024,
                 workers: 2,
             },
-            {
-                let metrics = metrics.clone();
-                Arc::new(move |what| metrics.api_error(what))
-            },
-            {
-                let metrics = metrics.clone();
-                Arc::new(move |why| metrics.event_suppressed(why))
-            },
+            metrics.clone(),
         ),
         announcer: Announcer::with_stats(settings.gratuitous, metrics.announcer.clone())
             .with_guard(Guard {
@@ -280,8 +271,7 @@ pub async fn run(
                 state.announcer.refresh();
                 false
             }
-            _ = term.recv() => { info!("SIGTERM: leaving"); break }
-            _ = int.recv() => { info!("SIGINT: leaving"); break }
+            which = signals.recv() => { info!("{which}: leaving"); break }
         };
         if dirty {
             state.recompute();

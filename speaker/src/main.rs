@@ -13,8 +13,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ferrolb_speaker::announcer::{Announcer, Desired, GratuitousSchedule};
 use ferrolb_speaker::{daemon, interfaces, membership, metrics};
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -198,18 +197,11 @@ fn main() -> ExitCode {
             ferrolb_runtime::init_logging(&cli.run.log_level, cli.run.log_format);
             // Two workers: the responders and the watch processing never
             // wait for each other. Membership has its own thread.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            match runtime.block_on(speaker(cli.run)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!(error = %format!("{e:#}"), "the speaker stops");
-                    ExitCode::from(1)
-                }
-            }
+            ferrolb_runtime::run_to_exit(
+                ferrolb_runtime::Threads::Workers(2),
+                "speaker",
+                speaker(cli.run),
+            )
         }
     }
 }
@@ -222,18 +214,11 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
     let config_namespace = args
         .config_namespace
         .clone()
-        .or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        })
+        .or_else(ferrolb_runtime::pod_namespace)
         .unwrap_or_else(|| "ferrolb-system".into());
     let metrics = metrics::Metrics::new(args.metallb_metrics);
     let server = ferrolb_runtime::serve::spawn(args.metrics_addr, metrics.clone());
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let client = ferrolb_runtime::client().await?;
     let settings = daemon::Settings {
         membership: args.membership.then(|| membership::Settings {
             node: node.clone(),
@@ -295,8 +280,7 @@ async fn announce(
     excludes: Vec<String>,
     schedule: GratuitousSchedule,
 ) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut signals = ferrolb_runtime::Shutdown::install()?;
     let mut announcer = Announcer::new(schedule);
     let mut rescan = tokio::time::interval(Duration::from_secs(3));
     loop {
@@ -314,8 +298,7 @@ async fn announce(
                     warn!(interface = %name, error = %e, "skipped interface");
                 }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = signals.recv() => break,
         }
     }
     info!("stopping");

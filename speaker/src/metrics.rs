@@ -51,6 +51,8 @@ pub struct Metrics {
     pub api_errors: Family<ReasonLabel, Counter>,
     /// Events not published: `repeat` or `rate_limited` (core::events).
     pub events_suppressed: Family<ReasonLabel, Counter>,
+    /// Announcement conditions written to Services.
+    pub condition_writes: Counter,
     pub ready: AtomicBool,
 }
 
@@ -77,6 +79,7 @@ impl Metrics {
             data_path_healthy: Gauge::default(),
             api_errors: Family::default(),
             events_suppressed: Family::default(),
+            condition_writes: Counter::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -167,6 +170,11 @@ impl Metrics {
             m.api_errors.clone(),
         );
         registry.register(
+            "condition_writes",
+            "ferrolb.io/AnnouncedIPv4/IPv6 conditions written to Services (each once the owner held for 1 s)",
+            m.condition_writes.clone(),
+        );
+        registry.register(
             "events_suppressed",
             "Events not published because the same one was published for the object within 10 minutes (repeat) or the object or process used up its allowance (rate_limited); the log line is written either way",
             m.events_suppressed.clone(),
@@ -254,10 +262,16 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        ferrolb_runtime::serve::encode(&self.registry)
+    }
+}
+
+impl ferrolb_runtime::events::Counters for Metrics {
+    fn api_error(&self, what: &str) {
+        Metrics::api_error(self, what)
+    }
+    fn event_suppressed(&self, why: &str) {
+        Metrics::event_suppressed(self, why)
     }
 }
 

@@ -117,6 +117,30 @@ pub struct Lab {
 }
 
 /// Runs a command, failing with its output when it fails.
+/// A running `ferrolb-lab probe` (see [`Lab::start_prober`]).
+pub struct Prober {
+    child: std::process::Child,
+}
+
+impl Prober {
+    /// Stops it: the number of answers and the longest gap between two (ms).
+    pub fn stop(mut self) -> (usize, u64) {
+        let _ = self.child.kill();
+        let mut out = String::new();
+        if let Some(stdout) = self.child.stdout.as_mut() {
+            let _ = std::io::Read::read_to_string(stdout, &mut out);
+        }
+        let _ = self.child.wait();
+        let ok: Vec<u64> = out
+            .lines()
+            .filter(|l| l.contains(" ok "))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        let longest = ok.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        (ok.len(), longest)
+    }
+}
+
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     run_with_input(program, args, None)
 }
@@ -977,6 +1001,33 @@ impl Lab {
         out.lines()
             .map(|l| l.split_once(" ok ").map(|(_, n)| n.to_owned()))
             .collect()
+    }
+
+    /// A prober in the client: an HTTP request to `target` every 10 ms (100 ms
+    /// timeout) until [`Prober::stop`].
+    pub fn start_prober(&self, target: std::net::SocketAddr) -> anyhow::Result<Prober> {
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client.ns,
+                &self.bin("ferrolb-lab"),
+                "probe",
+            ])
+            .args([
+                "--target",
+                &target.to_string(),
+                "--interval-ms",
+                "10",
+                "--timeout-ms",
+                "100",
+                "--duration-ms",
+                "600000",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the prober")?;
+        Ok(Prober { child })
     }
 
     /// The MACs that answer `arping` for `ip` from the client (`count`

@@ -619,7 +619,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
 
     // A rollout of the speaker DaemonSet (one node at a time, each speaker
     // handing over on SIGTERM) while the client connects every 10 ms.
-    let prober = start_prober(&lab, target);
+    let prober = lab.start_prober(target).unwrap();
     let before: BTreeSet<String> = lab
         .kubectl(&[
             "-n",
@@ -660,7 +660,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
             .then_some(())
     })
     .unwrap();
-    let (answers, longest) = stop_prober(prober);
+    let (answers, longest) = prober.stop();
     let after: BTreeSet<String> = lab
         .kubectl(&[
             "-n",
@@ -758,45 +758,6 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
 }
 
 /// Starts the client probing `target` every 10 ms (for at most 10 minutes).
-fn start_prober(lab: &Lab, target: SocketAddr) -> std::process::Child {
-    std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.client.ns,
-            env!("CARGO_BIN_EXE_ferrolb-lab"),
-            "probe",
-        ])
-        .args([
-            "--target",
-            &target.to_string(),
-            "--interval-ms",
-            "10",
-            "--timeout-ms",
-            "100",
-            "--duration-ms",
-            "600000",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Stops the prober; the number of answers and the longest gap between two (ms).
-fn stop_prober(mut prober: std::process::Child) -> (usize, u64) {
-    let _ = prober.kill();
-    let mut out = String::new();
-    std::io::Read::read_to_string(prober.stdout.as_mut().unwrap(), &mut out).unwrap();
-    let _ = prober.wait();
-    let ok: Vec<u64> = out
-        .lines()
-        .filter(|l| l.contains(" ok "))
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
-    let longest = ok.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-    (ok.len(), longest)
-}
-
 /// A node being taken out (the exclusion label, the cluster autoscaler's
 /// taint) loses its addresses to another node while it still runs; a label
 /// whose value is false keeps it eligible.
@@ -826,7 +787,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
     let mut moved = vec![first.clone()];
     for step in ["label", "taint"] {
         let from = owner(&lab, &ip).expect("an owner");
-        let prober = start_prober(&lab, target);
+        let prober = lab.start_prober(target).unwrap();
         eventually("the prober's first answer", LIMIT, || {
             asks(&lab, target, 1)
                 .iter()
@@ -855,7 +816,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
             owner(&lab, &ip).filter(|n| ok && *n != from)
         })
         .unwrap();
-        let (answers, gap) = stop_prober(prober);
+        let (answers, gap) = prober.stop();
         eprintln!(
             "{step}: {ip} moved from {from} to {to}; longest gap {gap} ms over {answers} answers"
         );
@@ -967,7 +928,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
 
     // A pause shorter than the threshold: nothing moves.
     let pid = lab.pid(&format!("kube-proxy-{first}")).unwrap();
-    let prober = start_prober(&lab, target);
+    let prober = lab.start_prober(target).unwrap();
     ferrolb_tests::lab::run("kill", &["-STOP", &pid.to_string()]).unwrap();
     // The fault's length (not a wait for a condition): well under 500 ms.
     std::thread::sleep(Duration::from_millis(200));
@@ -979,7 +940,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
             .then_some(())
     })
     .unwrap();
-    let (_, gap) = stop_prober(prober);
+    let (_, gap) = prober.stop();
     assert_eq!(
         owner(&lab, &ip).as_deref(),
         Some(first.as_str()),
@@ -989,7 +950,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     eprintln!("kube-proxy paused 200 ms: {ip} stayed on {first}; longest gap {gap} ms");
 
     // Killed: the address moves within the threshold and a few probes.
-    let prober = start_prober(&lab, target);
+    let prober = lab.start_prober(target).unwrap();
     eventually("the prober's first answer", LIMIT, || {
         asks(&lab, target, 1)
             .iter()
@@ -1011,7 +972,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
             .then_some(())
     })
     .unwrap();
-    let (answers, gap) = stop_prober(prober);
+    let (answers, gap) = prober.stop();
     eprintln!(
         "kube-proxy killed on {first}: {ip} moved to {to} {} ms after the kill; longest gap {gap} ms over {answers} answers",
         moved_after.as_millis()
