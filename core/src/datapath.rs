@@ -59,12 +59,67 @@ impl HealthGate {
     }
 }
 
+/// Why this node stays out of the membership: out while any reason holds
+/// (kube-proxy's health check failing, no interface with carrier to announce
+/// on), back once none does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PauseReasons(std::collections::BTreeSet<&'static str>);
+
+impl PauseReasons {
+    /// Sets or clears `reason`; returns whether the node should be out when
+    /// that changed.
+    pub fn set(&mut self, reason: &'static str, on: bool) -> Option<bool> {
+        let before = !self.0.is_empty();
+        if on {
+            self.0.insert(reason);
+        } else {
+            self.0.remove(reason);
+        }
+        let after = !self.0.is_empty();
+        (before != after).then_some(after)
+    }
+
+    pub fn reasons(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+/// The gate for carrier: an announcing interface that lost carrier takes
+/// the node out at once (nothing it answers can reach it), and it is back
+/// after carrier has held for 2 s (a flapping link does not flap ownership).
+pub fn carrier_gate() -> HealthGate {
+    HealthGate::new(Duration::ZERO, Duration::from_secs(2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_node_is_out_while_any_reason_holds() {
+        let mut p = PauseReasons::default();
+        assert_eq!(p.set("carrier", true), Some(true));
+        assert_eq!(p.set("data_path", true), None, "already out");
+        assert_eq!(p.set("carrier", false), None, "kube-proxy still fails");
+        assert_eq!(p.reasons().collect::<Vec<_>>(), ["data_path"]);
+        assert_eq!(p.set("data_path", false), Some(false));
+        assert_eq!(p.set("data_path", false), None);
+    }
+
+    #[test]
+    fn carrier_loss_counts_at_once_and_recovery_after_two_seconds() {
+        let mut g = carrier_gate();
+        assert_eq!(g.observe(ms(0), false), Some(false));
+        assert_eq!(g.observe(ms(1000), true), None);
+        // Flapping: the count starts again.
+        assert_eq!(g.observe(ms(1300), false), None);
+        assert_eq!(g.observe(ms(1600), true), None);
+        assert_eq!(g.observe(ms(3599), true), None);
+        assert_eq!(g.observe(ms(3600), true), Some(true));
     }
 
     #[test]

@@ -126,6 +126,8 @@ struct State {
     client: kube::Client,
     events: EventSink,
     conditions: crate::conditions::ConditionWriter,
+    /// Carrier of the interfaces that would announce (`core::datapath::carrier_gate`).
+    carrier: ferrolb_core::datapath::HealthGate,
 }
 
 /// Runs until SIGTERM or SIGINT, then leaves gracefully.
@@ -198,6 +200,7 @@ pub async fn run(
     let (fresh_tx, mut fresh_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
     let mut state = State {
         conditions: crate::conditions::ConditionWriter::start(client.clone(), metrics.clone()),
+        carrier: ferrolb_core::datapath::carrier_gate(),
         events: EventSink::start_counted(
             client.clone(),
             events::Options {
@@ -410,12 +413,56 @@ impl State {
                 let changed = list != self.interfaces || assigned != self.assigned;
                 self.interfaces = list;
                 self.assigned = assigned;
+                self.check_carrier();
                 changed
             }
             (Err(e), _) | (_, Err(e)) => {
                 warn!(error = %e, "cannot list interfaces");
                 false
             }
+        }
+    }
+
+    /// An interface that would announce lost carrier (or was set down), and
+    /// no other can announce: the node leaves the membership (graceful: the
+    /// next node takes over first) until carrier has held for 2 s.
+    fn check_carrier(&mut self) {
+        let (Some(config), Some(m)) = (self.gate.in_force(), &self.membership) else {
+            return;
+        };
+        let pool_addresses: Vec<IpAddr> = config
+            .pools
+            .iter()
+            .flat_map(|p| p.ranges.iter().map(|r| r.first()))
+            .collect();
+        let named: Vec<String> = config
+            .pools
+            .iter()
+            .flat_map(|p| p.advertisements.iter().flat_map(|a| a.interfaces.clone()))
+            .collect();
+        let Some(ok) = interfaces::carrier(
+            &self.interfaces,
+            &self.assigned,
+            &self.settings.excludes,
+            &pool_addresses,
+            &named,
+        ) else {
+            return;
+        };
+        match self.carrier.observe(crate::sys::boottime(), ok) {
+            Some(false) => {
+                warn!(
+                    "no interface that would announce has carrier: this node stops owning addresses until one has carrier for 2 s"
+                );
+                self.metrics.carrier.set(0);
+                m.pause.set("carrier", true);
+            }
+            Some(true) => {
+                info!("carrier is back: this node may own addresses");
+                self.metrics.carrier.set(1);
+                m.pause.set("carrier", false);
+            }
+            None => {}
         }
     }
 

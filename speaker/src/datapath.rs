@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrolb_core::datapath::HealthGate;
+use ferrolb_core::datapath::{HealthGate, PauseReasons};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -68,8 +68,32 @@ async fn probe(check: &Check, timeout: Duration) -> bool {
         .unwrap_or(false)
 }
 
-/// Polls until the process ends; sets `pause` while the gate says down.
-pub async fn run(check: Check, pause: watch::Sender<bool>, metrics: Arc<Metrics>) {
+/// The membership's pause, set for several reasons at once
+/// ([`PauseReasons`]): the node is out while any holds.
+#[derive(Clone)]
+pub struct Pause {
+    tx: watch::Sender<bool>,
+    reasons: Arc<std::sync::Mutex<PauseReasons>>,
+}
+
+impl Pause {
+    pub fn new(tx: watch::Sender<bool>) -> Pause {
+        Pause {
+            tx,
+            reasons: Arc::default(),
+        }
+    }
+
+    pub fn set(&self, reason: &'static str, on: bool) {
+        let mut r = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(out) = r.set(reason, on) {
+            self.tx.send_replace(out);
+        }
+    }
+}
+
+/// Polls until the process ends; pauses the membership while the gate says down.
+pub async fn run(check: Check, pause: Pause, metrics: Arc<Metrics>) {
     let mut gate = HealthGate::new(check.down_after, check.up_after);
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -84,12 +108,12 @@ pub async fn run(check: Check, pause: watch::Sender<bool>, metrics: Arc<Metrics>
                 warn!(url = %format!("http://{}{}", check.host, check.path), after = ?check.down_after,
                     "the data path check fails: this node stops owning addresses (pass --kube-proxy-health-url='' if the cluster runs no kube-proxy)");
                 metrics.data_path_healthy.set(0);
-                pause.send_replace(true);
+                pause.set("data_path", true);
             }
             Some(true) => {
                 info!("the data path check passes again: this node may own addresses");
                 metrics.data_path_healthy.set(1);
-                pause.send_replace(false);
+                pause.set("data_path", false);
             }
             None => {}
         }

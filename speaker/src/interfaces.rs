@@ -92,6 +92,35 @@ pub fn select<'a>(
         .collect()
 }
 
+/// Whether this node can announce at all, as far as links go: `None` when
+/// no interface would announce (nothing to judge), else whether one of those
+/// that would has carrier and is up. The interfaces that would announce are
+/// those the rules allow whatever their link state, named by a pool's
+/// advertisement or holding an address in the subnet of a pool's addresses.
+pub fn carrier(
+    all: &[Interface],
+    assigned: &[Assigned],
+    excludes: &[String],
+    pool_addresses: &[IpAddr],
+    named: &[String],
+) -> Option<bool> {
+    let candidates: Vec<&Interface> = all
+        .iter()
+        .filter(|i| !i.loopback && !i.noarp && !i.enslaved)
+        .filter(|i| !excludes.iter().any(|p| i.name.starts_with(p.as_str())))
+        .filter(|i| {
+            named.contains(&i.name)
+                || assigned.iter().any(|a| {
+                    a.interface == i.name && pool_addresses.iter().any(|ip| a.subnet_contains(*ip))
+                })
+        })
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    Some(candidates.iter().any(|i| i.up && i.running))
+}
+
 /// An address assigned to an interface, with its prefix length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assigned {
@@ -245,6 +274,45 @@ mod tests {
         let mut cut = iface("eth9");
         cut.running = false;
         assert!(select(&[cut], &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn carrier_is_judged_on_the_interfaces_that_would_announce() {
+        let mut all = vec![iface("eth0"), iface("eth1"), iface("veth9")];
+        let assigned = vec![
+            Assigned {
+                interface: "eth0".into(),
+                address: "192.0.2.1".parse().unwrap(),
+                prefix: 24,
+            },
+            Assigned {
+                interface: "eth1".into(),
+                address: "198.51.100.1".parse().unwrap(),
+                prefix: 24,
+            },
+        ];
+        let ex = default_excludes();
+        let pool: Vec<IpAddr> = vec!["192.0.2.240".parse().unwrap()];
+        assert_eq!(carrier(&all, &assigned, &ex, &pool, &[]), Some(true));
+        // eth1 (another subnet) losing carrier does not matter...
+        all[1].running = false;
+        assert_eq!(carrier(&all, &assigned, &ex, &pool, &[]), Some(true));
+        // ...eth0, the pool's subnet, does; so does it being set down.
+        all[0].running = false;
+        assert_eq!(carrier(&all, &assigned, &ex, &pool, &[]), Some(false));
+        all[0].running = true;
+        all[0].up = false;
+        assert_eq!(carrier(&all, &assigned, &ex, &pool, &[]), Some(false));
+        // An interface named by an advertisement counts whatever its addresses.
+        all[0].up = true;
+        assert_eq!(
+            carrier(&all, &assigned, &ex, &pool, &["eth1".into()]),
+            Some(true),
+            "eth0 still has carrier"
+        );
+        // No pool address in any subnet, nothing named: nothing to judge.
+        let elsewhere: Vec<IpAddr> = vec!["203.0.113.9".parse().unwrap()];
+        assert_eq!(carrier(&all, &assigned, &ex, &elsewhere, &[]), None);
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub struct Handle {
     /// `true`: stay out of the membership (this node's data path is down):
     /// leave gracefully, and join again once it is `false`. Only the ring
     /// protocol acts on it.
-    pub pause: watch::Sender<bool>,
+    pub pause: crate::datapath::Pause,
 }
 
 /// How a graceful leave ended.
@@ -196,7 +196,7 @@ pub fn start(
         liveness: live,
         leave: leave_tx,
         // The mesh runner does not act on it (the daemon says so).
-        pause: watch::channel(false).0,
+        pause: crate::datapath::Pause::new(watch::channel(false).0),
     })
 }
 

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub events_suppressed: Family<ReasonLabel, Counter>,
     /// Announcement conditions written to Services.
     pub condition_writes: Counter,
+    /// 1 while an interface that would announce has carrier.
+    pub carrier: Gauge,
     pub ready: AtomicBool,
 }
 
@@ -80,6 +82,7 @@ impl Metrics {
             api_errors: Family::default(),
             events_suppressed: Family::default(),
             condition_writes: Counter::default(),
+            carrier: Gauge::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -168,6 +171,12 @@ impl Metrics {
             "api_errors",
             "Failed API calls by kind",
             m.api_errors.clone(),
+        );
+        m.carrier.set(1);
+        registry.register(
+            "carrier",
+            "1 while an interface that would announce has carrier and is up; 0 takes the node out of the membership (graceful hand-over) until carrier has held for 2 s",
+            m.carrier.clone(),
         );
         registry.register(
             "condition_writes",

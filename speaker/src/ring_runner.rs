@@ -106,7 +106,7 @@ pub(crate) fn start(
         applied: applied_tx,
         liveness,
         leave: leave_tx,
-        pause: pause_tx,
+        pause: crate::datapath::Pause::new(pause_tx),
     })
 }
 

@@ -344,8 +344,24 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The unplugged node saw its announcing interface lose carrier and
+    // stepped out of the membership (ferrolb_carrier 0); plugged back, it
+    // is back once carrier has held for 2 s.
+    let carrier = |lab: &Lab, node: &str| {
+        lab.speaker_metrics(lab.node(node).unwrap())
+            .filter(|m| m.contains("\nferrolb_carrier "))
+            .map(|m| ferrolb_tests::lab::metric(&m, "ferrolb_carrier"))
+    };
+    eventually(&format!("{before} reporting no carrier"), LIMIT, || {
+        (carrier(&lab, &before) == Some(0.0)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", carrier(&lab, &before)));
     lab.plug(&before).unwrap();
     eprintln!("{ip}: {before} unplugged, {after} took over");
+    eventually(&format!("{before} reporting carrier again"), LIMIT, || {
+        (carrier(&lab, &before) == Some(1.0)).then_some(())
+    })
+    .unwrap();
     // The new owner says so in the condition (written after the takeover).
     eventually(
         &format!("web's AnnouncedIPv4 naming {after}"),
