@@ -91,12 +91,89 @@ pub fn carrier_gate() -> HealthGate {
     HealthGate::new(Duration::ZERO, Duration::from_secs(2))
 }
 
+/// The `healthCheckNodePort` checks of one node: a [`HealthGate`] per
+/// `Local` Service it probes (those it owns, and those it withdrew from, to
+/// see them recover). A Service whose gate is down is withdrawn: the node
+/// says so to its peers, and the election passes it over for that Service.
+#[derive(Clone, Debug)]
+pub struct ServiceGates<K: Ord + Clone> {
+    down_after: Duration,
+    up_after: Duration,
+    gates: std::collections::BTreeMap<K, HealthGate>,
+}
+
+impl<K: Ord + Clone> ServiceGates<K> {
+    pub fn new(down_after: Duration, up_after: Duration) -> ServiceGates<K> {
+        ServiceGates {
+            down_after,
+            up_after,
+            gates: Default::default(),
+        }
+    }
+
+    /// One round of probes at `now`: per Service probed, `Some(ok)`, or
+    /// `None` when there was nothing to judge (nothing listens on the port:
+    /// kube-proxy does not serve it, or not yet). Services not in `results`
+    /// are no longer probed and no longer withdrawn. Returns whether the
+    /// withdrawn set changed.
+    pub fn observe(
+        &mut self,
+        now: Duration,
+        results: &std::collections::BTreeMap<K, Option<bool>>,
+    ) -> bool {
+        let before = self.withdrawn();
+        self.gates.retain(|k, _| results.contains_key(k));
+        for (k, result) in results {
+            let gate = self
+                .gates
+                .entry(k.clone())
+                .or_insert_with(|| HealthGate::new(self.down_after, self.up_after));
+            if let Some(ok) = result {
+                gate.observe(now, *ok);
+            }
+        }
+        self.withdrawn() != before
+    }
+
+    pub fn withdrawn(&self) -> std::collections::BTreeSet<K> {
+        self.gates
+            .iter()
+            .filter(|(_, g)| !g.healthy())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_service_is_withdrawn_while_its_check_fails_and_back_after_recovery() {
+        use std::collections::BTreeMap;
+        let mut g: ServiceGates<&str> = ServiceGates::new(ms(500), ms(2000));
+        let round =
+            |web: Option<bool>, api: Option<bool>| BTreeMap::from([("web", web), ("api", api)]);
+        assert!(!g.observe(ms(0), &round(Some(false), Some(true))));
+        assert!(!g.observe(ms(400), &round(Some(false), None)));
+        assert!(g.observe(ms(500), &round(Some(false), Some(true))));
+        assert_eq!(g.withdrawn().into_iter().collect::<Vec<_>>(), ["web"]);
+        // Nothing listening says nothing: still withdrawn.
+        assert!(!g.observe(ms(1000), &round(None, Some(true))));
+        assert!(!g.observe(ms(1100), &round(Some(true), Some(true))));
+        assert!(!g.observe(ms(3000), &round(Some(true), Some(true))));
+        assert!(g.observe(ms(3100), &round(Some(true), Some(true))));
+        assert!(g.withdrawn().is_empty());
+        // A Service no longer probed is forgotten, withdrawn or not.
+        g.observe(ms(4000), &round(Some(false), Some(true)));
+        g.observe(ms(4600), &round(Some(false), Some(true)));
+        assert_eq!(g.withdrawn().len(), 1);
+        assert!(g.observe(ms(4700), &BTreeMap::from([("api", Some(true))])));
+        assert!(g.withdrawn().is_empty());
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct NodeInfo {
     /// The Node is going away: it has a `deletionTimestamp`, or the taint
     /// [`TO_BE_DELETED_TAINT`] (the cluster autoscaler drains it).
     pub leaving: bool,
+    /// `Local` Services this node's speaker withdrew from: their
+    /// `healthCheckNodePort` on this node says it has no local endpoint
+    /// (kube-proxy's view), whatever the EndpointSlices say.
+    pub withdrawn: BTreeSet<ServiceKey>,
 }
 
 /// `spec.externalTrafficPolicy`.
@@ -245,6 +249,13 @@ pub fn eligible_nodes<'a>(
             holders.is_empty() || holders.iter().any(|s| pool.announces(&n.labels, &s.labels))
         })
         .filter(|n| local.as_ref().is_none_or(|l| l.contains(n.name.as_str())))
+        // A node that withdrew from a `Local` holder: kube-proxy there would
+        // drop the traffic.
+        .filter(|n| {
+            !holders
+                .iter()
+                .any(|s| s.traffic_policy == TrafficPolicy::Local && n.withdrawn.contains(&s.key))
+        })
         .map(|n| n.name.as_str())
         .collect()
 }

@@ -135,6 +135,28 @@ fn local_policy_owner_hosts_a_serving_endpoint() {
 }
 
 #[test]
+fn a_node_that_withdrew_from_a_local_service_hands_it_over() {
+    // node-a would own it (node-c, first by hash, has no endpoint).
+    let web = local(svc("web", &["192.0.2.1"]), &["node-a", "node-b"]);
+    let mut ns = nodes(&ABC);
+    ns[0].withdrawn.insert(ServiceKey::new("default", "web"));
+    let s = state(ns.clone(), vec![web.clone()]);
+    assert_eq!(owner_of(&s, "192.0.2.1"), on("node-b"));
+    // Only for that Service: a Cluster Service's address is unaffected by a
+    // withdrawal (kube-proxy forwards it anywhere).
+    let api = svc("web", &["192.0.2.1"]);
+    let s = state(ns.clone(), vec![api]);
+    assert_eq!(owner_of(&s, "192.0.2.1"), on("node-c"));
+    // Every node with an endpoint withdrew: nobody.
+    ns[1].withdrawn.insert(ServiceKey::new("default", "web"));
+    let s = state(ns, vec![web]);
+    assert_eq!(
+        owner_of(&s, "192.0.2.1"),
+        Owner::Nobody(Unowned::NoEligibleNode)
+    );
+}
+
+#[test]
 fn local_policy_with_endpoints_only_on_ineligible_nodes_has_no_owner() {
     let web = local(svc("web", &["192.0.2.1"]), &["node-x"]);
     let s = state(nodes(&ABC), vec![web]);

@@ -31,6 +31,8 @@ pub fn node_info(node: &Node) -> NodeInfo {
         labels: node.metadata.labels.clone().unwrap_or_default(),
         network_unavailable,
         leaving: node.metadata.deletion_timestamp.is_some() || to_be_deleted,
+        // From the speaker Pods (`servicehealth::withdrawn_by_node`).
+        withdrawn: Default::default(),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Settings {
     pub membership: Option<membership::Settings>,
     /// The data-path check (kube-proxy's health); `None`: off.
     pub data_path: Option<crate::datapath::Check>,
+    /// The `healthCheckNodePort` check of owned `Local` Services; `None`: off.
+    pub service_health: Option<crate::servicehealth::Settings>,
     pub leave_timeout: Duration,
     pub rescan_interval: Duration,
     /// Requests that waited longer than this in the socket (kernel
@@ -128,6 +130,8 @@ struct State {
     conditions: crate::conditions::ConditionWriter,
     /// Carrier of the interfaces that would announce (`core::datapath::carrier_gate`).
     carrier: ferrolb_core::datapath::HealthGate,
+    /// The Services whose `healthCheckNodePort` is probed (`None`: off).
+    service_health: Option<tokio::sync::watch::Sender<crate::servicehealth::Targets>>,
 }
 
 /// Runs until SIGTERM or SIGINT, then leaves gracefully.
@@ -201,6 +205,10 @@ pub async fn run(
     let mut state = State {
         conditions: crate::conditions::ConditionWriter::start(client.clone(), metrics.clone()),
         carrier: ferrolb_core::datapath::carrier_gate(),
+        service_health: settings
+            .service_health
+            .clone()
+            .map(|h| crate::servicehealth::start(client.clone(), h, metrics.clone())),
         events: EventSink::start_counted(
             client.clone(),
             events::Options {
@@ -501,8 +509,17 @@ impl State {
             let slices = self.slices.state();
             let services = self.services.state();
             let endpoints = crate::cluster::endpoints_by_service(slices.iter().map(|s| &**s));
+            let mut withdrawn =
+                crate::servicehealth::withdrawn_by_node(self.pods.state().iter().map(|p| &**p));
             let state = ClusterState {
-                nodes: nodes.iter().map(|n| crate::cluster::node_info(n)).collect(),
+                nodes: nodes
+                    .iter()
+                    .map(|n| {
+                        let mut info = crate::cluster::node_info(n);
+                        info.withdrawn = withdrawn.remove(&info.name).unwrap_or_default();
+                        info
+                    })
+                    .collect(),
                 members: view.as_ref().map(|v| v.alive.clone()),
                 services: crate::cluster::service_infos(
                     services.iter().map(|s| &**s),
@@ -553,6 +570,14 @@ impl State {
                     );
                 }
                 mine.insert(address, on.iter().map(|i| i.name.clone()).collect());
+            }
+            if let Some(tx) = &self.service_health {
+                let targets = health_targets(&self.settings.node, &nodes, &state, &mine, &services);
+                tx.send_if_modified(|t| {
+                    let changed = *t != targets;
+                    *t = targets;
+                    changed
+                });
             }
             let designated = ferrolb_core::announced::is_designated(
                 &self.settings.node,
@@ -775,4 +800,61 @@ impl State {
         self.metrics.announced_addresses.set(0);
         info!(took = ?started.elapsed(), "stopped announcing; exiting");
     }
+}
+
+/// The `Local` Services whose `healthCheckNodePort` this node probes: those
+/// holding an address it owns, and those it withdrew from (to see them
+/// recover), each with its port.
+fn health_targets(
+    node: &str,
+    nodes: &[Arc<Node>],
+    state: &ClusterState,
+    mine: &BTreeMap<IpAddr, Vec<String>>,
+    services: &[Arc<Service>],
+) -> crate::servicehealth::Targets {
+    let withdrawn = state
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .map(|n| n.withdrawn.clone())
+        .unwrap_or_default();
+    // kube-proxy listens on its node-port addresses: the node's primary IPs
+    // by default, every address with `--nodeport-addresses` unset in
+    // iptables mode. The first InternalIP serves both.
+    let internal: Vec<IpAddr> = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(node))
+        .and_then(|n| n.status.as_ref()?.addresses.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    let Some(ip) = internal
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| internal.first())
+        .copied()
+    else {
+        return Default::default();
+    };
+    let wanted: BTreeSet<&ferrolb_core::ServiceKey> = state
+        .services
+        .iter()
+        .filter(|s| s.traffic_policy == ferrolb_core::TrafficPolicy::Local)
+        .filter(|s| withdrawn.contains(&s.key) || s.addresses.iter().any(|a| mine.contains_key(a)))
+        .map(|s| &s.key)
+        .collect();
+    services
+        .iter()
+        .filter_map(|svc| {
+            let key = ferrolb_core::ServiceKey::new(
+                svc.metadata.namespace.as_deref()?,
+                svc.metadata.name.as_deref()?,
+            );
+            let port = svc.spec.as_ref()?.health_check_node_port?;
+            let port = u16::try_from(port).ok()?;
+            (wanted.contains(&key)).then_some((key, std::net::SocketAddr::new(ip, port)))
+        })
+        .collect()
 }

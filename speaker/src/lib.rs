@@ -15,4 +15,5 @@ pub mod liveness;
 pub mod membership;
 pub mod metrics;
 pub mod ring_runner;
+pub mod servicehealth;
 pub mod sys;

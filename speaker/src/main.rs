@@ -126,6 +126,15 @@ struct RunArgs {
     /// How long it must pass again before this node may own addresses.
     #[arg(long, default_value = "2s", value_parser = ferrolb_runtime::parse_duration)]
     kube_proxy_health_recovery: Duration,
+    /// Probe the healthCheckNodePort of the Local Services this node owns on
+    /// 127.0.0.1, and withdraw from a Service while it says there is no local
+    /// endpoint (same threshold and recovery as the kube-proxy check). Needs
+    /// the Pod's name (POD_NAME), where the withdrawals are written.
+    #[arg(long, env = "FERROLB_HEALTH_CHECK_NODE_PORT", default_value_t = true, action = clap::ArgAction::Set)]
+    health_check_node_port: bool,
+    /// This speaker's Pod (the manifests set it from metadata.name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Also expose the announcement metrics under MetalLB's names
     /// (`metallb_speaker_announced`, `metallb_layer2_*`), for its dashboards.
     #[arg(long, env = "FERROLB_METALLB_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -219,6 +228,10 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new(args.metallb_metrics);
     let server = ferrolb_runtime::serve::spawn(args.metrics_addr, metrics.clone());
     let client = ferrolb_runtime::client().await?;
+    let speaker_namespace = args
+        .speaker_namespace
+        .clone()
+        .unwrap_or_else(|| config_namespace.clone());
     let settings = daemon::Settings {
         membership: args.membership.then(|| membership::Settings {
             node: node.clone(),
@@ -230,10 +243,7 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
             hold_down: args.membership_hold_down,
         }),
         node,
-        namespace: args
-            .speaker_namespace
-            .clone()
-            .unwrap_or_else(|| config_namespace.clone()),
+        namespace: speaker_namespace.clone(),
         config_namespace,
         config_name: args.config_name,
         speaker_selector: args.speaker_selector,
@@ -247,6 +257,19 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
         excludes: args.exclude_interfaces,
         gratuitous: GratuitousSchedule::default(),
         gratuitous_refresh: args.gratuitous_refresh,
+        service_health: match (&args.pod_name, args.health_check_node_port) {
+            (Some(pod), true) => Some(ferrolb_speaker::servicehealth::Settings {
+                pod: (speaker_namespace.clone(), pod.clone()),
+                interval: Duration::from_millis(100),
+                down_after: args.kube_proxy_health_threshold,
+                up_after: args.kube_proxy_health_recovery,
+            }),
+            (None, true) => {
+                info!("POD_NAME is unset: the healthCheckNodePort check is off");
+                None
+            }
+            (_, false) => None,
+        },
         data_path: if args.kube_proxy_health_url.is_empty() {
             None
         } else {

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub condition_writes: Counter,
     /// 1 while an interface that would announce has carrier.
     pub carrier: Gauge,
+    /// `Local` Services this node withdrew from (healthCheckNodePort).
+    pub withdrawn_services: Gauge,
     pub ready: AtomicBool,
 }
 
@@ -83,6 +85,7 @@ impl Metrics {
             events_suppressed: Family::default(),
             condition_writes: Counter::default(),
             carrier: Gauge::default(),
+            withdrawn_services: Gauge::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -177,6 +180,11 @@ impl Metrics {
             "carrier",
             "1 while an interface that would announce has carrier and is up; 0 takes the node out of the membership (graceful hand-over) until carrier has held for 2 s",
             m.carrier.clone(),
+        );
+        registry.register(
+            "withdrawn_services",
+            "Local Services this node withdrew from because their healthCheckNodePort says it has no local endpoint",
+            m.withdrawn_services.clone(),
         );
         registry.register(
             "condition_writes",

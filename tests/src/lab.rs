@@ -732,9 +732,12 @@ impl Lab {
     pub fn start_speaker(&mut self, n: &Host) -> anyhow::Result<()> {
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
         let program = self.bin("ferrolb-speaker");
+        // The speaker Pod `setup` registered for this node.
+        let pod = format!("ferrolb-speaker-{}", n.name);
         let mut env = vec![
             ("KUBECONFIG", kubeconfig.as_str()),
             ("NODE_NAME", n.name.as_str()),
+            ("POD_NAME", pod.as_str()),
             // No kube-proxy in this lab (a DNAT rule instead): no data-path check.
             ("FERROLB_KUBE_PROXY_HEALTH_URL", ""),
         ];

@@ -931,6 +931,104 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
 fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     let Some(mut lab) = lab(3) else { return };
     let (ip, target) = quickstart_web(&lab);
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+    ])
+    .unwrap();
+    // web's healthCheckNodePort on its owner stops answering (dropped by
+    // nftables in the owner's namespace, while the EndpointSlices still show
+    // a ready Pod there): the owner withdraws from web (its Pod's
+    // annotation) and a node with a ready Pod takes over; unblocked, the
+    // withdrawal ends.
+    let hc_owner = eventually("web's owner", LIMIT, || {
+        asks(&lab, target, 3)
+            .iter()
+            .all(Option::is_some)
+            .then(|| owner(&lab, &ip))
+            .flatten()
+    })
+    .unwrap();
+    let port = service(&lab, "web").unwrap()["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .expect("a Local Service has a healthCheckNodePort");
+    let hc_ns = lab.node(&hc_owner).unwrap().ns.clone();
+    let nft = |args: &str| {
+        let mut full = vec!["netns", "exec", hc_ns.as_str(), "nft"];
+        full.extend(args.split_whitespace());
+        ferrolb_tests::lab::run("ip", &full).unwrap();
+    };
+    let withdrawn_on = |node: &str| -> Option<String> {
+        let pods: serde_json::Value = serde_json::from_str(
+            &lab.kubectl(&[
+                "-n",
+                "ferrolb-system",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/component=speaker",
+                "-o",
+                "json",
+            ])
+            .ok()?,
+        )
+        .ok()?;
+        pods["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == node)
+            .find_map(|p| {
+                p["metadata"]["annotations"]["ferrolb.io/withdrawn-services"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+    };
+    nft("add table inet flbtest");
+    nft("add chain inet flbtest input { type filter hook input priority -10 ; }");
+    nft(&format!(
+        "add rule inet flbtest input tcp dport {port} drop"
+    ));
+    let hc_to = eventually(
+        &format!("{ip} moved off {hc_owner} (healthCheckNodePort)"),
+        LIMIT,
+        || {
+            let ok = asks(&lab, target, 3).iter().all(Option::is_some);
+            owner(&lab, &ip).filter(|n| ok && *n != hc_owner)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}; logs in {}", lab.dir.display()));
+    assert_eq!(withdrawn_on(&hc_owner).as_deref(), Some("default/web"));
+    eprintln!("{ip}: healthCheckNodePort {port} blocked on {hc_owner}, {hc_to} took over");
+    nft("delete table inet flbtest");
+    eventually(&format!("{hc_owner} no longer withdrawn"), LIMIT, || {
+        withdrawn_on(&hc_owner).is_none().then_some(())
+    })
+    .unwrap();
+    eventually("answers after the withdrawal ended", LIMIT, || {
+        asks(&lab, target, 5)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Cluster"}}"#,
+    ])
+    .unwrap();
+    eventually("answers with Cluster again", LIMIT, || {
+        asks(&lab, target, 5)
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    })
+    .unwrap();
     let first = owner(&lab, &ip).expect("an owner");
     let healthy = |lab: &Lab, node: &str| {
         let h = lab.node(node).unwrap();
