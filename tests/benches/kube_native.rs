@@ -4,8 +4,10 @@
 //!
 //! - the client-seen gap when the owner is taken out (the exclusion label,
 //!   the cluster autoscaler's taint), when the last Pod of a `Local` Service
-//!   on the owner terminates while another node has a ready one, and when
-//!   kube-proxy dies on the owner (data-path check, default 500 ms threshold);
+//!   on the owner terminates while another node has a ready one, when the
+//!   owner's kube-proxy stops answering that Service's `healthCheckNodePort`,
+//!   and when kube-proxy dies on the owner (data-path check, default 500 ms
+//!   threshold);
 //! - the Events and API writes of 1,000 Services whose owners flap: one node
 //!   excluded and let back in, repeatedly, beside a steady state.
 //!
@@ -118,6 +120,13 @@ fn main() -> anyhow::Result<()> {
     row(
         &mut out,
         "hosts the last ready Pod of a `Local` Service, deleted while another node has one",
+        &gaps,
+        Some(&moved),
+    )?;
+    let (gaps, moved) = health_check_node_port(&lab)?;
+    row(
+        &mut out,
+        "stops answering a `Local` Service's `healthCheckNodePort` (dropped by nftables) while its Pod is ready",
         &gaps,
         Some(&moved),
     )?;
@@ -294,6 +303,64 @@ fn local_terminating(lab: &Lab) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
                 .ok()?;
             (out.split_whitespace().filter(|s| *s == "True").count() == 2).then_some(())
         })?;
+    }
+    Ok((gaps, moved))
+}
+
+/// The `loc` Service's healthCheckNodePort dropped on its owner: the owner
+/// withdraws, the other node takes over; then the port is let through again
+/// and the withdrawal ends.
+fn health_check_node_port(lab: &Lab) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
+    let ip = lab
+        .external_ips("loc")
+        .into_iter()
+        .next()
+        .context("loc has an address")?;
+    let target: SocketAddr = format!("{ip}:80").parse()?;
+    let svc: Value = serde_json::from_str(&lab.kubectl(&["get", "svc", "loc", "-o", "json"])?)?;
+    let port = svc["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .context("loc has a healthCheckNodePort")?;
+    let withdrawn = |lab: &Lab| -> usize {
+        lab.nodes
+            .iter()
+            .filter_map(|n| lab.speaker_metrics(n))
+            .map(|m| metric(&m, "ferrolb_withdrawn_services") as usize)
+            .sum()
+    };
+    let (mut gaps, mut moved) = (vec![], vec![]);
+    for trial in 0..TRIALS {
+        let from = eventually("loc answered, nothing withdrawn", LIMIT, || {
+            let ok = answering(lab, target, 10) && withdrawn(lab) == 0;
+            owner(lab, &ip).filter(|_| ok)
+        })?;
+        let ns = lab.node(&from).context("the owner")?.ns.clone();
+        let nft = |args: &str| -> anyhow::Result<()> {
+            let mut full = vec!["netns", "exec", ns.as_str(), "nft"];
+            full.extend(args.split_whitespace());
+            ferrolb_tests::lab::run("ip", &full).map(drop)
+        };
+        let prober = lab.start_prober(target)?;
+        eventually("the prober's first answer", LIMIT, || {
+            answering(lab, target, 1).then_some(())
+        })?;
+        let blocked = Instant::now();
+        nft("add table inet flbbench")?;
+        nft("add chain inet flbbench input { type filter hook input priority -10 ; }")?;
+        nft(&format!(
+            "add rule inet flbbench input tcp dport {port} drop"
+        ))?;
+        let to = eventually(&format!("{ip} moved off {from}"), LIMIT, || {
+            owner(lab, &ip).filter(|n| *n != from)
+        })?;
+        moved.push(blocked.elapsed().as_millis() as u64);
+        eventually("answers from the other node", LIMIT, || {
+            answering(lab, target, 5).then_some(())
+        })?;
+        let (_, gap) = prober.stop();
+        eprintln!("healthCheckNodePort, trial {trial}: {ip} {from} -> {to}, gap {gap} ms");
+        gaps.push(gap);
+        nft("delete table inet flbbench")?;
     }
     Ok((gaps, moved))
 }
