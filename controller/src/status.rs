@@ -56,40 +56,26 @@ pub struct PortStatus {
 
 /// `status.loadBalancer.ingress[]` entries with an address, and their ports.
 pub fn status_ingress(svc: &Service) -> Vec<(IpAddr, Vec<PortStatus>)> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ing| {
-            ing.iter()
-                .filter_map(|i| {
-                    let ip = i.ip.as_deref()?.parse().ok()?;
-                    let ports = i
-                        .ports
-                        .iter()
-                        .flatten()
-                        .map(|p| PortStatus {
-                            port: p.port,
-                            protocol: p.protocol.clone(),
-                            error: p.error.clone(),
-                        })
-                        .collect();
-                    Some((ip, ports))
+    ferrolb_runtime::service::status_ingress(svc)
+        .map(|(ip, i)| {
+            let ports = i
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| PortStatus {
+                    port: p.port,
+                    protocol: p.protocol.clone(),
+                    error: p.error.clone(),
                 })
-                .collect()
+                .collect();
+            (ip, ports)
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// The condition of type `kind` the Service shows.
 pub fn status_condition(svc: &Service, kind: &str) -> Option<Condition> {
-    let c = svc
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == kind)?;
+    let c = ferrolb_runtime::service::status_condition(svc, kind)?;
     Some(Condition {
         status: c.status == "True",
         reason: c.reason.clone(),

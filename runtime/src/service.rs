@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 
 use ferrolb_core::ServiceKey;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 pub fn key_of(svc: &Service) -> ServiceKey {
     ServiceKey::new(
@@ -75,18 +76,31 @@ pub fn is_handled(svc: &Service, classes: &ServiceClasses) -> bool {
         && classes.matches(svc)
 }
 
-/// The addresses in `status.loadBalancer.ingress` (entries with only a hostname are ignored).
-pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
+/// The entries of `status.loadBalancer.ingress` that carry an address, with it
+/// (entries with only a hostname are ignored).
+pub fn status_ingress(svc: &Service) -> impl Iterator<Item = (IpAddr, &LoadBalancerIngress)> {
     svc.status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref())
-        .map(|ing| {
-            ing.iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| Some((i.ip.as_deref()?.parse().ok()?, i)))
+}
+
+/// The addresses in `status.loadBalancer.ingress`.
+pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
+    status_ingress(svc).map(|(ip, _)| ip).collect()
+}
+
+/// The Service's condition of type `kind` (`status.conditions`).
+pub fn status_condition<'a>(svc: &'a Service, kind: &str) -> Option<&'a Condition> {
+    svc.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
 }
 
 #[cfg(test)]

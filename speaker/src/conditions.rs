@@ -215,14 +215,7 @@ async fn write(
 /// The condition of `family` the Service shows, its observed generation and
 /// its transition time.
 fn shown(svc: &Service, family: Family) -> Option<(Announcement, i64, String)> {
-    let kind = condition_type(family);
-    let c = svc
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == kind)?;
+    let c = ferrolb_runtime::service::status_condition(svc, condition_type(family))?;
     let reason: &'static str = match c.reason.as_str() {
         "Announced" => "Announced",
         "NoInterface" => "NoInterface",

@@ -418,31 +418,7 @@ fn speakers_sum(lab: &Lab, name: &str) -> f64 {
 }
 
 fn controller_metric(lab: &Lab, name: &str) -> Option<f64> {
-    let ips = lab
-        .kubectl(&[
-            "-n",
-            "ferrolb-system",
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/component=controller",
-            "-o",
-            "jsonpath={.items[*].status.podIP}",
-        ])
-        .ok()?;
-    ips.split_whitespace().find_map(|pod_ip| {
-        let text = lab.exec_output(
-            &lab.client.ns,
-            &[
-                "curl",
-                "-sf",
-                "--max-time",
-                "2",
-                &format!("http://{pod_ip}:7472/metrics"),
-            ],
-        );
-        (metric(&text, "ferrolb_is_leader") == 1.0).then(|| metric(&text, name))
-    })
+    lab.leader_metrics().map(|m| metric(&m, name))
 }
 
 fn events_total(lab: &Lab) -> anyhow::Result<usize> {

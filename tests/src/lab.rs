@@ -763,6 +763,36 @@ impl Lab {
 
     /// A speaker's /metrics text, read from inside its node; `None` if it
     /// does not answer (yet).
+    /// The metrics of the leading controller (real control plane: the
+    /// controller Pods, read from the client), if one leads.
+    pub fn leader_metrics(&self) -> Option<String> {
+        let ips = self
+            .kubectl(&[
+                "-n",
+                "ferrolb-system",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/component=controller",
+                "-o",
+                "jsonpath={.items[*].status.podIP}",
+            ])
+            .ok()?;
+        ips.split_whitespace().find_map(|pod_ip| {
+            let text = self.exec_output(
+                &self.client.ns,
+                &[
+                    "curl",
+                    "-sf",
+                    "--max-time",
+                    "2",
+                    &format!("http://{pod_ip}:7472/metrics"),
+                ],
+            );
+            (metric(&text, "ferrolb_is_leader") == 1.0).then_some(text)
+        })
+    }
+
     pub fn speaker_metrics(&self, n: &Host) -> Option<String> {
         let text = self.exec_output(
             &n.ns,

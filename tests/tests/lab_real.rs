@@ -63,6 +63,23 @@ fn lab(nodes: usize) -> Option<Lab> {
     Some(lab)
 }
 
+/// Whether `count` requests from the client, 10 ms apart, were all answered.
+fn answered(lab: &Lab, target: SocketAddr, count: u64) -> bool {
+    asks(lab, target, count).iter().all(Option::is_some)
+}
+
+/// Sets the Service's `externalTrafficPolicy`.
+fn set_policy(lab: &Lab, name: &str, policy: &str) {
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        name,
+        "-p",
+        &format!(r#"{{"spec":{{"externalTrafficPolicy":"{policy}"}}}}"#),
+    ])
+    .unwrap();
+}
+
 /// `count` requests from the client, 10 ms apart: each answer, or `None`.
 fn asks(lab: &Lab, target: SocketAddr, count: u64) -> Vec<Option<String>> {
     lab.client_requests(target, count)
@@ -93,10 +110,7 @@ fn quickstart_web(lab: &Lab) -> (String, SocketAddr) {
     .unwrap();
     let target: SocketAddr = format!("{ip}:80").parse().unwrap();
     eventually("20 answers in a row", LIMIT, || {
-        asks(lab, target, 20)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(lab, target, 20).then_some(())
     })
     .unwrap();
     (ip, target)
@@ -313,26 +327,16 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
 
     // Failover: with externalTrafficPolicy Local a node forwards only to its
     // own Pods, so the owner's cut link is all that stops the traffic.
-    lab.kubectl(&[
-        "patch",
-        "svc",
-        "web",
-        "-p",
-        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
-    ])
-    .unwrap();
+    set_policy(&lab, "web", "Local");
     eventually("20 answers in a row with Local", LIMIT, || {
-        asks(&lab, target, 20)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(&lab, target, 20).then_some(())
     })
     .unwrap();
     let before = owner(&lab, &ip).expect("a node answers ARP for the address");
     lab.unplug(&before).unwrap();
     let deadline = Instant::now() + LIMIT;
     let after = loop {
-        let ok = asks(&lab, target, 3).iter().all(Option::is_some);
+        let ok = answered(&lab, target, 3);
         match owner(&lab, &ip) {
             Some(n) if ok && n != before => break n,
             _ => {}
@@ -388,10 +392,7 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
     .unwrap();
     lab.stall_speaker(pid, &node, &witness).unwrap();
     eventually("answers after the stall", LIMIT, || {
-        asks(&lab, target, 5)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(&lab, target, 5).then_some(())
     })
     .unwrap();
 
@@ -492,31 +493,7 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
 
     // The leading controller's metrics, also under MetalLB's names.
     let metrics = eventually("the leading controller's metrics", LIMIT, || {
-        let ips = lab
-            .kubectl(&[
-                "-n",
-                "ferrolb-system",
-                "get",
-                "pods",
-                "-l",
-                "app.kubernetes.io/component=controller",
-                "-o",
-                "jsonpath={.items[*].status.podIP}",
-            ])
-            .ok()?;
-        ips.split_whitespace().find_map(|pod_ip| {
-            let text = lab.exec_output(
-                &lab.client.ns,
-                &[
-                    "curl",
-                    "-sf",
-                    "--max-time",
-                    "2",
-                    &format!("http://{pod_ip}:7472/metrics"),
-                ],
-            );
-            (ferrolb_tests::lab::metric(&text, "ferrolb_is_leader") == 1.0).then_some(text)
-        })
+        lab.leader_metrics()
     })
     .unwrap();
     let in_use = ferrolb_tests::lab::metric(&metrics, "ferrolb_addresses_in_use");
@@ -621,9 +598,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
     let target: SocketAddr = "192.0.2.245:80".parse().unwrap();
     eventually("answers on both ports", LIMIT, || {
         let alt: SocketAddr = "192.0.2.245:81".parse().unwrap();
-        (asks(&lab, target, 5).iter().all(Option::is_some)
-            && asks(&lab, alt, 5).iter().all(Option::is_some))
-        .then_some(())
+        (answered(&lab, target, 5) && asks(&lab, alt, 5).iter().all(Option::is_some)).then_some(())
     })
     .unwrap();
     let macs = lab.arp_answerers("192.0.2.245", 5);
@@ -713,12 +688,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
     eventually(
         "answers after the owner's speaker was killed",
         LIMIT,
-        || {
-            asks(&lab, target, 3)
-                .iter()
-                .all(Option::is_some)
-                .then_some(())
-        },
+        || answered(&lab, target, 3).then_some(()),
     )
     .unwrap();
     eventually("the killed speaker started again", LIMIT, || {
@@ -788,10 +758,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
     lab.kubectl(&["label", "node", &first, &format!("{label}=false")])
         .unwrap();
     eventually("20 answers in a row", LIMIT, || {
-        asks(&lab, target, 20)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(&lab, target, 20).then_some(())
     })
     .unwrap();
     assert_eq!(
@@ -805,10 +772,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
         let from = owner(&lab, &ip).expect("an owner");
         let prober = lab.start_prober(target).unwrap();
         eventually("the prober's first answer", LIMIT, || {
-            asks(&lab, target, 1)
-                .iter()
-                .all(Option::is_some)
-                .then_some(())
+            answered(&lab, target, 1).then_some(())
         })
         .unwrap();
         match step {
@@ -828,7 +792,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
         }
         .unwrap();
         let to = eventually(&format!("{ip} moved off {from} ({step})"), LIMIT, || {
-            let ok = asks(&lab, target, 3).iter().all(Option::is_some);
+            let ok = answered(&lab, target, 3);
             owner(&lab, &ip).filter(|n| ok && *n != from)
         })
         .unwrap();
@@ -858,7 +822,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
     .unwrap();
     let preferred = eventually("web served from the preferred of two nodes", LIMIT, || {
         let n = owner(&lab, &ip)?;
-        let ok = asks(&lab, target, 3).iter().all(Option::is_some);
+        let ok = answered(&lab, target, 3);
         (ok && n == moved[1]).then_some(n)
     })
     .unwrap_or_else(|e| panic!("{e:#}: owner {:?}", owner(&lab, &ip)));
@@ -885,7 +849,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
             ])
             .unwrap();
             eventually(&format!("round {round}: {ip} on {want}"), LIMIT, || {
-                let ok = asks(&lab, target, 2).iter().all(Option::is_some);
+                let ok = answered(&lab, target, 2);
                 owner(&lab, &ip).filter(|n| ok && n == want)
             })
             .unwrap();
@@ -931,23 +895,14 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
 fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     let Some(mut lab) = lab(3) else { return };
     let (ip, target) = quickstart_web(&lab);
-    lab.kubectl(&[
-        "patch",
-        "svc",
-        "web",
-        "-p",
-        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
-    ])
-    .unwrap();
+    set_policy(&lab, "web", "Local");
     // web's healthCheckNodePort on its owner stops answering (dropped by
     // nftables in the owner's namespace, while the EndpointSlices still show
     // a ready Pod there): the owner withdraws from web (its Pod's
     // annotation) and a node with a ready Pod takes over; unblocked, the
     // withdrawal ends.
     let hc_owner = eventually("web's owner", LIMIT, || {
-        asks(&lab, target, 3)
-            .iter()
-            .all(Option::is_some)
+        answered(&lab, target, 3)
             .then(|| owner(&lab, &ip))
             .flatten()
     })
@@ -995,7 +950,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
         &format!("{ip} moved off {hc_owner} (healthCheckNodePort)"),
         LIMIT,
         || {
-            let ok = asks(&lab, target, 3).iter().all(Option::is_some);
+            let ok = answered(&lab, target, 3);
             owner(&lab, &ip).filter(|n| ok && *n != hc_owner)
         },
     )
@@ -1008,25 +963,12 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     })
     .unwrap();
     eventually("answers after the withdrawal ended", LIMIT, || {
-        asks(&lab, target, 5)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(&lab, target, 5).then_some(())
     })
     .unwrap();
-    lab.kubectl(&[
-        "patch",
-        "svc",
-        "web",
-        "-p",
-        r#"{"spec":{"externalTrafficPolicy":"Cluster"}}"#,
-    ])
-    .unwrap();
+    set_policy(&lab, "web", "Cluster");
     eventually("answers with Cluster again", LIMIT, || {
-        asks(&lab, target, 5)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(&lab, target, 5).then_some(())
     })
     .unwrap();
     let first = owner(&lab, &ip).expect("an owner");
@@ -1048,10 +990,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     std::thread::sleep(Duration::from_millis(200));
     ferrolb_tests::lab::run("kill", &["-CONT", &pid.to_string()]).unwrap();
     eventually("answers after the pause", LIMIT, || {
-        asks(&lab, target, 5)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(&lab, target, 5).then_some(())
     })
     .unwrap();
     let (_, gap) = prober.stop();
@@ -1066,10 +1005,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     // Killed: the address moves within the threshold and a few probes.
     let prober = lab.start_prober(target).unwrap();
     eventually("the prober's first answer", LIMIT, || {
-        asks(&lab, target, 1)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(&lab, target, 1).then_some(())
     })
     .unwrap();
     let killed = Instant::now();
@@ -1080,10 +1016,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     .unwrap();
     let moved_after = killed.elapsed();
     eventually("answers from the new owner", LIMIT, || {
-        asks(&lab, target, 5)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(&lab, target, 5).then_some(())
     })
     .unwrap();
     let (answers, gap) = prober.stop();
@@ -1105,10 +1038,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     })
     .unwrap();
     eventually("answers after kube-proxy came back", LIMIT, || {
-        asks(&lab, target, 5)
-            .iter()
-            .all(Option::is_some)
-            .then_some(())
+        answered(&lab, target, 5).then_some(())
     })
     .unwrap();
 }
