@@ -54,6 +54,11 @@ impl ConditionWriter {
         ConditionWriter { tx, queued }
     }
 
+    /// Drops every write not yet sent: the node decides nothing now.
+    pub fn cancel_all(&self) {
+        self.sync(&HashMap::new(), &[]);
+    }
+
     /// Queues what differs between `wanted` and what `services` show, and
     /// cancels what is no longer wanted.
     pub fn sync(&self, wanted: &HashMap<Key, Announcement>, services: &[Arc<Service>]) {

@@ -492,6 +492,7 @@ impl State {
         // acknowledged.
         let rejoining = view.as_ref().is_some_and(|v| v.rejoining);
         if rejoining {
+            self.conditions.cancel_all();
             if self.rejoined {
                 self.start_hold();
             }
@@ -624,9 +625,13 @@ impl State {
         let failed = self.announcer.set(&desired);
         self.interfaces_failed = !failed.is_empty();
         // After the table is set: the condition writes never delay an answer.
-        if let Some((wanted, services)) = conditions {
-            self.conditions
-                .sync(&wanted.into_iter().collect(), &services);
+        match conditions {
+            Some((wanted, services)) => self
+                .conditions
+                .sync(&wanted.into_iter().collect(), &services),
+            // Fenced, not joined or not synced: this node says nothing, and
+            // what it queued while it decided is not sent.
+            None => self.conditions.cancel_all(),
         }
         for (name, e) in failed {
             warn!(interface = %name, error = %e, "skipped interface, tried again at the next rescan");
