@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     writeln!(out, "|---|---|---|---|---|---|")?;
 
-    let (ip, target) = web(&lab)?;
+    let (ip, target) = lab.quickstart_web()?;
     for step in ["label", "taint"] {
         let mut gaps = vec![];
         for trial in 0..TRIALS {
@@ -163,49 +163,14 @@ fn stats(v: &[u64]) -> (u64, u64, u64) {
     (at(0.5), at(0.99), *v.last().unwrap())
 }
 
-fn owner(lab: &Lab, ip: &str) -> Option<String> {
-    let mac = lab.client_neighbour(ip)?;
-    lab.node_by_mac(&mac).map(|n| n.name.clone())
-}
-
-fn answering(lab: &Lab, target: SocketAddr, n: u64) -> bool {
-    lab.client_requests(target, n).iter().all(Option::is_some)
-}
-
-/// The quickstart's `web`: 3 lab-echo replicas behind a LoadBalancer Service.
-fn web(lab: &Lab) -> anyhow::Result<(String, SocketAddr)> {
-    lab.kubectl(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=ferrolb.io/lab-echo",
-        "--replicas=3",
-    ])?;
-    lab.kubectl(&[
-        "expose",
-        "deployment",
-        "web",
-        "--type=LoadBalancer",
-        "--port=80",
-    ])?;
-    let ip = eventually("an address for web", LIMIT, || {
-        lab.external_ips("web").into_iter().next()
-    })?;
-    let target: SocketAddr = format!("{ip}:80").parse()?;
-    eventually("web answering", LIMIT, || {
-        answering(lab, target, 20).then_some(())
-    })?;
-    Ok((ip, target))
-}
-
 /// Takes the owner out by `step` and lets it back: the gap and the new owner.
 fn take_out(lab: &Lab, ip: &str, target: SocketAddr, step: &str) -> anyhow::Result<(u64, String)> {
     let from = eventually("an owner", LIMIT, || {
-        answering(lab, target, 3).then(|| owner(lab, ip)).flatten()
+        lab.answered(target, 3).then(|| lab.owner(ip)).flatten()
     })?;
     let prober = lab.start_prober(target)?;
     eventually("the prober's first answer", LIMIT, || {
-        answering(lab, target, 1).then_some(())
+        lab.answered(target, 1).then_some(())
     })?;
     match step {
         "label" => lab.kubectl(&[
@@ -223,8 +188,8 @@ fn take_out(lab: &Lab, ip: &str, target: SocketAddr, step: &str) -> anyhow::Resu
         ])?,
     };
     let to = eventually(&format!("{ip} moved off {from}"), LIMIT, || {
-        let ok = answering(lab, target, 3);
-        owner(lab, ip).filter(|n| ok && *n != from)
+        let ok = lab.answered(target, 3);
+        lab.owner(ip).filter(|n| ok && *n != from)
     })?;
     let (answers, gap) = prober.stop();
     if answers < 10 {
@@ -267,22 +232,22 @@ fn local_terminating(lab: &Lab) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
     let (mut gaps, mut moved) = (vec![], vec![]);
     for trial in 0..TRIALS {
         let from = eventually("loc answered by its owner", LIMIT, || {
-            let ok = answering(lab, target, 10);
-            owner(lab, &ip).filter(|n| ok && nodes.contains(n))
+            let ok = lab.answered(target, 10);
+            lab.owner(&ip).filter(|n| ok && nodes.contains(n))
         })?;
         let prober = lab.start_prober(target)?;
         eventually("the prober's first answer", LIMIT, || {
-            answering(lab, target, 1).then_some(())
+            lab.answered(target, 1).then_some(())
         })?;
         let pod = format!("loc-{from}");
         let deleted = Instant::now();
         lab.kubectl(&["delete", "pod", &pod, "--wait=false"])?;
         let to = eventually(&format!("{ip} moved off {from}"), LIMIT, || {
-            owner(lab, &ip).filter(|n| *n != from)
+            lab.owner(&ip).filter(|n| *n != from)
         })?;
         moved.push(deleted.elapsed().as_millis() as u64);
         eventually("answers from the other node", LIMIT, || {
-            answering(lab, target, 5).then_some(())
+            lab.answered(target, 5).then_some(())
         })?;
         let (_, gap) = prober.stop();
         eprintln!("local, trial {trial}: {ip} {from} -> {to}, gap {gap} ms");
@@ -331,18 +296,14 @@ fn health_check_node_port(lab: &Lab) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
     let (mut gaps, mut moved) = (vec![], vec![]);
     for trial in 0..TRIALS {
         let from = eventually("loc answered, nothing withdrawn", LIMIT, || {
-            let ok = answering(lab, target, 10) && withdrawn(lab) == 0;
-            owner(lab, &ip).filter(|_| ok)
+            let ok = lab.answered(target, 10) && withdrawn(lab) == 0;
+            lab.owner(&ip).filter(|_| ok)
         })?;
         let ns = lab.node(&from).context("the owner")?.ns.clone();
-        let nft = |args: &str| -> anyhow::Result<()> {
-            let mut full = vec!["netns", "exec", ns.as_str(), "nft"];
-            full.extend(args.split_whitespace());
-            ferrolb_tests::lab::run("ip", &full).map(drop)
-        };
+        let nft = |args: &str| lab.nft(&ns, args);
         let prober = lab.start_prober(target)?;
         eventually("the prober's first answer", LIMIT, || {
-            answering(lab, target, 1).then_some(())
+            lab.answered(target, 1).then_some(())
         })?;
         let blocked = Instant::now();
         nft("add table inet flbbench")?;
@@ -351,11 +312,11 @@ fn health_check_node_port(lab: &Lab) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
             "add rule inet flbbench input tcp dport {port} drop"
         ))?;
         let to = eventually(&format!("{ip} moved off {from}"), LIMIT, || {
-            owner(lab, &ip).filter(|n| *n != from)
+            lab.owner(&ip).filter(|n| *n != from)
         })?;
         moved.push(blocked.elapsed().as_millis() as u64);
         eventually("answers from the other node", LIMIT, || {
-            answering(lab, target, 5).then_some(())
+            lab.answered(target, 5).then_some(())
         })?;
         let (_, gap) = prober.stop();
         eprintln!("healthCheckNodePort, trial {trial}: {ip} {from} -> {to}, gap {gap} ms");
@@ -379,23 +340,21 @@ fn kube_proxy_death(
     let (mut gaps, mut moved) = (vec![], vec![]);
     for trial in 0..TRIALS {
         let from = eventually("an owner with a healthy data path", LIMIT, || {
-            let n = answering(lab, target, 3)
-                .then(|| owner(lab, ip))
-                .flatten()?;
+            let n = lab.answered(target, 3).then(|| lab.owner(ip)).flatten()?;
             (healthy(lab, &n) == Some(1.0)).then_some(n)
         })?;
         let prober = lab.start_prober(target)?;
         eventually("the prober's first answer", LIMIT, || {
-            answering(lab, target, 1).then_some(())
+            lab.answered(target, 1).then_some(())
         })?;
         let killed = Instant::now();
         lab.signal(&format!("kube-proxy-{from}"), "KILL")?;
         let to = eventually(&format!("{ip} moved off {from}"), LIMIT, || {
-            owner(lab, ip).filter(|n| *n != from)
+            lab.owner(ip).filter(|n| *n != from)
         })?;
         moved.push(killed.elapsed().as_millis() as u64);
         eventually("answers from the new owner", LIMIT, || {
-            answering(lab, target, 5).then_some(())
+            lab.answered(target, 5).then_some(())
         })?;
         let (_, gap) = prober.stop();
         eprintln!("kube-proxy, trial {trial}: {ip} {from} -> {to}, gap {gap} ms");

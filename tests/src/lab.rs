@@ -991,6 +991,56 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// The node whose MAC the client's neighbour table holds for `address`:
+    /// the node that answered ARP/NDP for it last.
+    pub fn owner(&self, address: &str) -> Option<String> {
+        let mac = self.client_neighbour(address)?;
+        self.node_by_mac(&mac).map(|n| n.name.clone())
+    }
+
+    /// Whether `count` requests from the client, 10 ms apart, were all answered.
+    pub fn answered(&self, target: std::net::SocketAddr, count: u64) -> bool {
+        self.client_requests(target, count)
+            .iter()
+            .all(Option::is_some)
+    }
+
+    /// The README's quickstart on the real control plane: Deployment `web`
+    /// (3 lab-echo replicas) exposed as a LoadBalancer Service `web` on port
+    /// 80, once it answers 20 requests in a row: its address and target.
+    pub fn quickstart_web(&self) -> anyhow::Result<(String, std::net::SocketAddr)> {
+        self.kubectl(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=ferrolb.io/lab-echo",
+            "--replicas=3",
+        ])?;
+        self.kubectl(&[
+            "expose",
+            "deployment",
+            "web",
+            "--type=LoadBalancer",
+            "--port=80",
+        ])?;
+        let limit = Duration::from_secs(90);
+        let ip = eventually("an EXTERNAL-IP for web", limit, || {
+            self.external_ips("web").into_iter().next()
+        })?;
+        let target: std::net::SocketAddr = format!("{ip}:80").parse()?;
+        eventually("20 answers in a row from web", limit, || {
+            self.answered(target, 20).then_some(())
+        })?;
+        Ok((ip, target))
+    }
+
+    /// Runs `nft ARGS` (split on whitespace) in the namespace `ns`.
+    pub fn nft(&self, ns: &str, args: &str) -> anyhow::Result<()> {
+        let mut full = vec!["netns", "exec", ns, "nft"];
+        full.extend(args.split_whitespace());
+        run("ip", &full).map(drop)
+    }
+
     /// The MAC the client's neighbour table holds for `address`, if any.
     pub fn client_neighbour(&self, address: &str) -> Option<String> {
         let out = self

@@ -63,11 +63,6 @@ fn lab(nodes: usize) -> Option<Lab> {
     Some(lab)
 }
 
-/// Whether `count` requests from the client, 10 ms apart, were all answered.
-fn answered(lab: &Lab, target: SocketAddr, count: u64) -> bool {
-    asks(lab, target, count).iter().all(Option::is_some)
-}
-
 /// Sets the Service's `externalTrafficPolicy`.
 fn set_policy(lab: &Lab, name: &str, policy: &str) {
     lab.kubectl(&[
@@ -83,37 +78,6 @@ fn set_policy(lab: &Lab, name: &str, policy: &str) {
 /// `count` requests from the client, 10 ms apart: each answer, or `None`.
 fn asks(lab: &Lab, target: SocketAddr, count: u64) -> Vec<Option<String>> {
     lab.client_requests(target, count)
-}
-
-/// The quickstart's Deployment `web` (3 lab-echo replicas) behind a
-/// LoadBalancer Service `web`, answering: its address and target.
-fn quickstart_web(lab: &Lab) -> (String, SocketAddr) {
-    lab.kubectl(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=ferrolb.io/lab-echo",
-        "--replicas=3",
-    ])
-    .unwrap();
-    lab.kubectl(&[
-        "expose",
-        "deployment",
-        "web",
-        "--type=LoadBalancer",
-        "--port=80",
-    ])
-    .unwrap();
-    let ip = eventually("an EXTERNAL-IP for web", LIMIT, || {
-        lab.external_ips("web").into_iter().next()
-    })
-    .unwrap();
-    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
-    eventually("20 answers in a row", LIMIT, || {
-        answered(lab, target, 20).then_some(())
-    })
-    .unwrap();
-    (ip, target)
 }
 
 /// The Pod names that answered.
@@ -190,11 +154,6 @@ fn events_count(lab: &Lab, name: &str, reason: &str) -> usize {
     .count()
 }
 
-fn owner(lab: &Lab, ip: &str) -> Option<String> {
-    let mac = lab.client_neighbour(ip)?;
-    lab.node_by_mac(&mac).map(|n| n.name.clone())
-}
-
 /// Replays the API server's audit log through the manifests' RBAC rules:
 /// the requests the real authorizer denied, and the permissions no request used.
 fn rbac_report(lab: &Lab) -> (Vec<String>, Vec<String>) {
@@ -229,7 +188,7 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
     let Some(lab) = lab(3) else { return };
 
     // The README's quickstart, verbatim but for the image.
-    let (ip, target) = quickstart_web(&lab);
+    let (ip, target) = lab.quickstart_web().unwrap();
     assert!(
         ip.starts_with("192.0.2.24") || ip.starts_with("192.0.2.25"),
         "{ip}"
@@ -242,7 +201,7 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
 
     // The status as `kubectl describe` shows it: the address with ipMode and
     // ports, the controller's condition and the owner's.
-    let first = owner(&lab, &ip).expect("a node answers ARP for the address");
+    let first = lab.owner(&ip).expect("a node answers ARP for the address");
     let svc = service(&lab, "web").unwrap();
     assert_eq!(
         svc["status"]["loadBalancer"]["ingress"],
@@ -329,15 +288,15 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
     // own Pods, so the owner's cut link is all that stops the traffic.
     set_policy(&lab, "web", "Local");
     eventually("20 answers in a row with Local", LIMIT, || {
-        answered(&lab, target, 20).then_some(())
+        lab.answered(target, 20).then_some(())
     })
     .unwrap();
-    let before = owner(&lab, &ip).expect("a node answers ARP for the address");
+    let before = lab.owner(&ip).expect("a node answers ARP for the address");
     lab.unplug(&before).unwrap();
     let deadline = Instant::now() + LIMIT;
     let after = loop {
-        let ok = answered(&lab, target, 3);
-        match owner(&lab, &ip) {
+        let ok = lab.answered(target, 3);
+        match lab.owner(&ip) {
             Some(n) if ok && n != before => break n,
             _ => {}
         }
@@ -392,7 +351,7 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
     .unwrap();
     lab.stall_speaker(pid, &node, &witness).unwrap();
     eventually("answers after the stall", LIMIT, || {
-        answered(&lab, target, 5).then_some(())
+        lab.answered(target, 5).then_some(())
     })
     .unwrap();
 
@@ -514,7 +473,7 @@ fn quickstart_failover_and_rbac_on_a_real_control_plane() {
 
     // The owner's speaker, under MetalLB's names too (it sent gratuitous
     // ARP when it took the address; the client may have asked it nothing).
-    let owner_now = owner(&lab, &ip).expect("an owner");
+    let owner_now = lab.owner(&ip).expect("an owner");
     let node = lab.node(&owner_now).unwrap().clone();
     let speaker = eventually("the owner's metallb_speaker_announced", LIMIT, || {
         lab.speaker_metrics(&node).filter(|m| {
@@ -598,7 +557,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
     let target: SocketAddr = "192.0.2.245:80".parse().unwrap();
     eventually("answers on both ports", LIMIT, || {
         let alt: SocketAddr = "192.0.2.245:81".parse().unwrap();
-        (answered(&lab, target, 5) && asks(&lab, alt, 5).iter().all(Option::is_some)).then_some(())
+        (lab.answered(target, 5) && asks(&lab, alt, 5).iter().all(Option::is_some)).then_some(())
     })
     .unwrap();
     let macs = lab.arp_answerers("192.0.2.245", 5);
@@ -680,7 +639,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
 
     // The owner's speaker killed (SIGKILL, no hand-over): another node takes
     // over, and the agent starts the process again.
-    let owner = owner(&lab, "192.0.2.245").expect("an owner");
+    let owner = lab.owner("192.0.2.245").expect("an owner");
     let node = lab.node(&owner).unwrap().clone();
     let pids = lab.pids_in(&node.ns, "ferrolb-speaker");
     assert_eq!(pids.len(), 1, "one speaker on {owner}: {pids:?}");
@@ -688,7 +647,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
     eventually(
         "answers after the owner's speaker was killed",
         LIMIT,
-        || answered(&lab, target, 3).then_some(()),
+        || lab.answered(target, 3).then_some(()),
     )
     .unwrap();
     eventually("the killed speaker started again", LIMIT, || {
@@ -750,29 +709,29 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
 #[test]
 fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plane() {
     let Some(lab) = lab(3) else { return };
-    let (ip, target) = quickstart_web(&lab);
+    let (ip, target) = lab.quickstart_web().unwrap();
     let label = "node.kubernetes.io/exclude-from-external-load-balancers";
 
     // "false" keeps the owner.
-    let first = owner(&lab, &ip).expect("an owner");
+    let first = lab.owner(&ip).expect("an owner");
     lab.kubectl(&["label", "node", &first, &format!("{label}=false")])
         .unwrap();
     eventually("20 answers in a row", LIMIT, || {
-        answered(&lab, target, 20).then_some(())
+        lab.answered(target, 20).then_some(())
     })
     .unwrap();
     assert_eq!(
-        owner(&lab, &ip).as_deref(),
+        lab.owner(&ip).as_deref(),
         Some(first.as_str()),
         "a false label keeps the node"
     );
 
     let mut moved = vec![first.clone()];
     for step in ["label", "taint"] {
-        let from = owner(&lab, &ip).expect("an owner");
+        let from = lab.owner(&ip).expect("an owner");
         let prober = lab.start_prober(target).unwrap();
         eventually("the prober's first answer", LIMIT, || {
-            answered(&lab, target, 1).then_some(())
+            lab.answered(target, 1).then_some(())
         })
         .unwrap();
         match step {
@@ -792,8 +751,8 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
         }
         .unwrap();
         let to = eventually(&format!("{ip} moved off {from} ({step})"), LIMIT, || {
-            let ok = answered(&lab, target, 3);
-            owner(&lab, &ip).filter(|n| ok && *n != from)
+            let ok = lab.answered(target, 3);
+            lab.owner(&ip).filter(|n| ok && *n != from)
         })
         .unwrap();
         let (answers, gap) = prober.stop();
@@ -821,11 +780,11 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
     ])
     .unwrap();
     let preferred = eventually("web served from the preferred of two nodes", LIMIT, || {
-        let n = owner(&lab, &ip)?;
-        let ok = answered(&lab, target, 3);
+        let n = lab.owner(&ip)?;
+        let ok = lab.answered(target, 3);
         (ok && n == moved[1]).then_some(n)
     })
-    .unwrap_or_else(|e| panic!("{e:#}: owner {:?}", owner(&lab, &ip)));
+    .unwrap_or_else(|e| panic!("{e:#}: owner {:?}", lab.owner(&ip)));
     let other = moved[2].clone();
     let announcing_before = events_count(&lab, "web", "Announcing");
     let suppressed = |lab: &Lab| -> f64 {
@@ -849,8 +808,8 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
             ])
             .unwrap();
             eventually(&format!("round {round}: {ip} on {want}"), LIMIT, || {
-                let ok = answered(&lab, target, 2);
-                owner(&lab, &ip).filter(|n| ok && n == want)
+                let ok = lab.answered(target, 2);
+                lab.owner(&ip).filter(|n| ok && n == want)
             })
             .unwrap();
         }
@@ -894,7 +853,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
 #[test]
 fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     let Some(mut lab) = lab(3) else { return };
-    let (ip, target) = quickstart_web(&lab);
+    let (ip, target) = lab.quickstart_web().unwrap();
     set_policy(&lab, "web", "Local");
     // web's healthCheckNodePort on its owner stops answering (dropped by
     // nftables in the owner's namespace, while the EndpointSlices still show
@@ -902,20 +861,14 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     // annotation) and a node with a ready Pod takes over; unblocked, the
     // withdrawal ends.
     let hc_owner = eventually("web's owner", LIMIT, || {
-        answered(&lab, target, 3)
-            .then(|| owner(&lab, &ip))
-            .flatten()
+        lab.answered(target, 3).then(|| lab.owner(&ip)).flatten()
     })
     .unwrap();
     let port = service(&lab, "web").unwrap()["spec"]["healthCheckNodePort"]
         .as_u64()
         .expect("a Local Service has a healthCheckNodePort");
     let hc_ns = lab.node(&hc_owner).unwrap().ns.clone();
-    let nft = |args: &str| {
-        let mut full = vec!["netns", "exec", hc_ns.as_str(), "nft"];
-        full.extend(args.split_whitespace());
-        ferrolb_tests::lab::run("ip", &full).unwrap();
-    };
+    let nft = |args: &str| lab.nft(&hc_ns, args).unwrap();
     let withdrawn_on = |node: &str| -> Option<String> {
         let pods: serde_json::Value = serde_json::from_str(
             &lab.kubectl(&[
@@ -950,8 +903,8 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
         &format!("{ip} moved off {hc_owner} (healthCheckNodePort)"),
         LIMIT,
         || {
-            let ok = answered(&lab, target, 3);
-            owner(&lab, &ip).filter(|n| ok && *n != hc_owner)
+            let ok = lab.answered(target, 3);
+            lab.owner(&ip).filter(|n| ok && *n != hc_owner)
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}; logs in {}", lab.dir.display()));
@@ -963,15 +916,15 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     })
     .unwrap();
     eventually("answers after the withdrawal ended", LIMIT, || {
-        answered(&lab, target, 5).then_some(())
+        lab.answered(target, 5).then_some(())
     })
     .unwrap();
     set_policy(&lab, "web", "Cluster");
     eventually("answers with Cluster again", LIMIT, || {
-        answered(&lab, target, 5).then_some(())
+        lab.answered(target, 5).then_some(())
     })
     .unwrap();
-    let first = owner(&lab, &ip).expect("an owner");
+    let first = lab.owner(&ip).expect("an owner");
     let healthy = |lab: &Lab, node: &str| {
         let h = lab.node(node).unwrap();
         lab.speaker_metrics(h)
@@ -990,12 +943,12 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     std::thread::sleep(Duration::from_millis(200));
     ferrolb_tests::lab::run("kill", &["-CONT", &pid.to_string()]).unwrap();
     eventually("answers after the pause", LIMIT, || {
-        answered(&lab, target, 5).then_some(())
+        lab.answered(target, 5).then_some(())
     })
     .unwrap();
     let (_, gap) = prober.stop();
     assert_eq!(
-        owner(&lab, &ip).as_deref(),
+        lab.owner(&ip).as_deref(),
         Some(first.as_str()),
         "a 200 ms pause moved the address"
     );
@@ -1005,18 +958,18 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     // Killed: the address moves within the threshold and a few probes.
     let prober = lab.start_prober(target).unwrap();
     eventually("the prober's first answer", LIMIT, || {
-        answered(&lab, target, 1).then_some(())
+        lab.answered(target, 1).then_some(())
     })
     .unwrap();
     let killed = Instant::now();
     lab.signal(&format!("kube-proxy-{first}"), "KILL").unwrap();
     let to = eventually(&format!("{ip} moved off {first}"), LIMIT, || {
-        owner(&lab, &ip).filter(|n| *n != first)
+        lab.owner(&ip).filter(|n| *n != first)
     })
     .unwrap();
     let moved_after = killed.elapsed();
     eventually("answers from the new owner", LIMIT, || {
-        answered(&lab, target, 5).then_some(())
+        lab.answered(target, 5).then_some(())
     })
     .unwrap();
     let (answers, gap) = prober.stop();
@@ -1038,7 +991,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     })
     .unwrap();
     eventually("answers after kube-proxy came back", LIMIT, || {
-        answered(&lab, target, 5).then_some(())
+        lab.answered(target, 5).then_some(())
     })
     .unwrap();
 }
