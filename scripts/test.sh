@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# A one-off build gains nothing from incremental state (gigabytes in target/).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Real Kubernetes v1.36.3 binaries from Go modules (docs/kube-binaries.md):
 # built once into a cache (about 15 minutes and 4 GiB the first time), then a no-op.
 FERROLB_KUBE_BIN="$(scripts/build-kube.sh | tail -n 1)"
