@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 
 use ferrolb_core::config_gate::{ConfigGate, Outcome};
+use ferrolb_core::crd::{self, ObjectRef, Problem};
+use ferrolb_core::selector::Labels;
+use ferrolb_core::sources::{Input, Source};
 use ferrolb_core::{Allocator, Change, PortKey, Protocol, ServiceKey};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 
@@ -70,6 +73,13 @@ pub enum Notice {
         message: String,
         on_object: bool,
     },
+    /// About one MetalLB object (an invalid field, a pool nothing announces).
+    Object {
+        target: ObjectRef,
+        severity: Severity,
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// The config as the controller sees it, for metrics.
@@ -89,6 +99,13 @@ pub struct Engine {
     synced: bool,
     /// Parsing, refusing and keeping configs (shared with the speakers).
     gate: ConfigGate,
+    /// Which sources are read, and what each holds (`None`: not known yet).
+    source: Source,
+    configmap_text: Option<Result<String, String>>,
+    objects_text: Option<Result<String, String>>,
+    /// Namespace labels, when the config source may select namespaces by
+    /// label (`None`: not watched).
+    namespace_labels: Option<BTreeMap<String, Labels>>,
     /// The last config warning while the config is stale (for the
     /// condition of Services waiting for an address).
     config_problem: Option<String>,
@@ -106,8 +123,12 @@ pub struct Engine {
 
 impl Engine {
     /// `classes`: the `loadBalancerClass` values to handle.
-    pub fn new(classes: Classes) -> Engine {
+    pub fn new(classes: Classes, source: Source) -> Engine {
         Engine {
+            source,
+            configmap_text: None,
+            objects_text: None,
+            namespace_labels: source.reads_crds().then(BTreeMap::new),
             classes,
             allocator: Allocator::new(),
             services: BTreeMap::new(),
@@ -203,9 +224,60 @@ impl Engine {
                 .cloned()
                 .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned()),
         };
+        self.configmap_text = Some(text);
+        self.offer_config(cm.is_some());
+    }
+
+    /// The MetalLB objects changed: their text, or why they cannot be read.
+    pub fn objects_changed(&mut self, text: Result<String, String>) {
+        self.objects_text = Some(text);
+        let on_configmap = matches!(self.configmap_text, Some(Ok(_)));
+        self.offer_config(on_configmap);
+    }
+
+    /// Offers the sources' content to the gate once every source read is known.
+    fn offer_config(&mut self, on_object: bool) {
+        let input = Input {
+            configmap: match (self.source.reads_configmap(), &self.configmap_text) {
+                (false, _) => None,
+                (true, None) => return,
+                (true, Some(t)) => Some(t.clone()),
+            },
+            crds: match (self.source.reads_crds(), &self.objects_text) {
+                (false, _) => None,
+                (true, None) => return,
+                (true, Some(t)) => Some(t.clone()),
+            },
+        };
         let allocator = &self.allocator;
-        let outcome = self.gate.offer(text, |c| allocator.check_config(c));
-        self.apply_config(outcome, cm.is_some());
+        let outcome = self.gate.offer_input(input, |c| allocator.check_config(c));
+        self.apply_config(outcome, on_object);
+    }
+
+    /// A Namespace's labels changed (`None`: deleted): Services there may
+    /// now match other pools' namespace selectors.
+    pub fn namespace_changed(&mut self, name: &str, labels: Option<Labels>) {
+        let Some(known) = self.namespace_labels.as_mut() else {
+            return;
+        };
+        let changed = match labels {
+            Some(l) => known.insert(name.to_owned(), l.clone()) != Some(l),
+            None => known.remove(name).is_some(),
+        };
+        if changed && self.synced {
+            let keys: Vec<ServiceKey> = self
+                .services
+                .keys()
+                .filter(|k| k.namespace == name)
+                .cloned()
+                .collect();
+            self.run(keys);
+        }
+    }
+
+    /// The labels of a Service's namespace, when known.
+    fn labels_of_namespace(&self, namespace: &str) -> Option<&Labels> {
+        self.namespace_labels.as_ref()?.get(namespace)
     }
 
     /// Carries out what the gate decided: the notice, and a new config
@@ -217,18 +289,23 @@ impl Engine {
             Outcome::Missing { message } => {
                 self.config_notice(Severity::Warning, "ConfigMissing", message, on_object)
             }
-            Outcome::Invalid { message } => {
-                self.config_notice(Severity::Warning, "InvalidConfig", message, true)
+            Outcome::Invalid { message, problems } => {
+                self.object_notices(problems);
+                self.config_notice(Severity::Warning, "InvalidConfig", message, on_object)
             }
             Outcome::Refused { message, .. } => {
                 if let Some(reason) = reason {
-                    self.config_notice(Severity::Warning, reason, message, true);
+                    self.config_notice(Severity::Warning, reason, message, on_object);
                 }
             }
             Outcome::Loaded {
-                message, changed, ..
+                message,
+                changed,
+                notices,
+                ..
             } => {
-                self.config_notice(Severity::Normal, "ConfigLoaded", message, true);
+                self.object_notices(notices);
+                self.config_notice(Severity::Normal, "ConfigLoaded", message, on_object);
                 if changed {
                     let config = self.gate.in_force().cloned().expect("just loaded");
                     self.allocator
@@ -370,6 +447,32 @@ impl Engine {
         });
     }
 
+    /// An Event on each MetalLB object a problem names.
+    fn object_notices(&mut self, problems: Vec<Problem>) {
+        for p in problems {
+            let (severity, reason) = match p.severity {
+                crd::Severity::Error => (Severity::Warning, "InvalidConfig"),
+                crd::Severity::Warning => (Severity::Warning, "ConfigWarning"),
+                crd::Severity::Notice => (Severity::Normal, "ConfigNotice"),
+            };
+            // The first object is the one the field belongs to; another
+            // (the other side of an overlap) hears the whole problem.
+            let own = match &p.field {
+                Some(f) => format!("{f}: {}", p.message),
+                None => p.message.clone(),
+            };
+            let whole = p.to_string();
+            for (i, target) in p.targets.into_iter().enumerate() {
+                self.notices.push(Notice::Object {
+                    target,
+                    severity,
+                    reason,
+                    message: if i == 0 { own.clone() } else { whole.clone() },
+                });
+            }
+        }
+    }
+
     /// The first full pass, once the Services are listed and a config is loaded.
     fn try_sync(&mut self) {
         if self.synced || !self.listed || self.allocator.config().is_none() {
@@ -384,7 +487,8 @@ impl Engine {
             .collect();
         for (_, svc) in &handled {
             let ips = status_ips(svc);
-            if let (false, Ok(spec)) = (ips.is_empty(), spec_of(svc)) {
+            let ns_labels = self.labels_of_namespace(&key_of(svc).namespace).cloned();
+            if let (false, Ok(spec)) = (ips.is_empty(), spec_of(svc, ns_labels)) {
                 // A status that cannot be learned is replaced by the pass below.
                 let _ = self.allocator.learn(&spec, &ips);
             }
@@ -470,7 +574,7 @@ impl Engine {
                 self.proxy_warned.remove(key);
             }
         }
-        let spec = match spec_of(svc) {
+        let spec = match spec_of(svc, self.labels_of_namespace(&key.namespace).cloned()) {
             Ok(spec) => spec,
             Err(why) => {
                 if self.allocator.allocation(key).is_none() {

@@ -13,6 +13,7 @@ mod check_config;
 mod engine;
 mod lease;
 mod metrics;
+mod pool_status;
 mod run;
 mod service;
 mod status;
@@ -69,6 +70,15 @@ struct RunArgs {
     /// Name of the config ConfigMap.
     #[arg(long, env = "FERROLB_CONFIG_NAME", default_value = "config")]
     config_name: String,
+    /// Where the pools come from: `configmap` (the ConfigMap), `crds`
+    /// (MetalLB's IPAddressPool and L2Advertisement objects in the config
+    /// namespace), or `both` (a pool or address in both is refused).
+    #[arg(long, env = "FERROLB_CONFIG_SOURCE", default_value = "configmap")]
+    config_source: ferrolb_core::sources::Source,
+    /// Namespace of MetalLB's objects, when they are read (default: the
+    /// config namespace; MetalLB's own is metallb-system).
+    #[arg(long, env = "FERROLB_CRDS_NAMESPACE")]
+    crds_namespace: Option<String>,
     /// Handle Services with this spec.loadBalancerClass; repeatable, or
     /// comma-separated. Services of any other class are ignored.
     #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS", value_delimiter = ',')]
@@ -211,11 +221,16 @@ async fn controller(args: RunArgs) -> anyhow::Result<()> {
         info!("{which}: stopping");
     });
     let settings = run::Settings {
+        crds_namespace: args
+            .crds_namespace
+            .clone()
+            .unwrap_or_else(|| namespace.clone()),
         config_namespace: namespace.clone(),
         config_name: args.config_name.clone(),
         classes,
         identity: identity.clone(),
         write_concurrency: args.write_concurrency,
+        source: args.config_source,
     };
     let lease_cfg = args.leader_election.then(|| lease::LeaseConfig {
         namespace: args

@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ferrolb_core::ServiceKey;
+use ferrolb_core::sources::Source;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Service};
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -17,6 +18,7 @@ use kube::runtime::watcher::{self, Event};
 use tracing::{debug, info, warn};
 
 use ferrolb_runtime::events::{self, EventSink};
+use ferrolb_runtime::metallb;
 
 use crate::engine::{Engine, Notice, Severity};
 use crate::metrics::{Metrics, ReasonLabel};
@@ -25,10 +27,14 @@ use crate::status::Writer;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub config_namespace: String,
+    /// Namespace of MetalLB's objects, when they are read.
+    pub crds_namespace: String,
     pub config_name: String,
     pub classes: crate::service::Classes,
     pub identity: String,
     pub write_concurrency: usize,
+    /// The ConfigMap, MetalLB's objects, or both.
+    pub source: Source,
 }
 
 /// Runs until `stop` resolves; returns an error only if it cannot go on.
@@ -43,12 +49,43 @@ pub async fn run(
     let mut service_events = watcher(services, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut config_events = watcher(
-        configmaps,
-        watcher::Config::default().fields(&format!("metadata.name={}", settings.config_name)),
-    )
-    .default_backoff()
-    .boxed();
+    let mut config_events = if settings.source.reads_configmap() {
+        watcher(
+            configmaps,
+            watcher::Config::default().fields(&format!("metadata.name={}", settings.config_name)),
+        )
+        .default_backoff()
+        .boxed()
+    } else {
+        futures::stream::pending().boxed()
+    };
+    // MetalLB's objects, and the Namespaces their pools may select by label.
+    let (mut objects, mut object_events) = if settings.source.reads_crds() {
+        let (o, s) = metallb::watch(client.clone(), &settings.crds_namespace);
+        (Some(o), s)
+    } else {
+        (None, futures::stream::pending().boxed())
+    };
+    let mut namespace_events = if settings.source.reads_crds() {
+        watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed()
+    } else {
+        futures::stream::pending().boxed()
+    };
+    let mut namespace_listing: Option<Vec<Namespace>> = None;
+    let pool_status = settings.source.reads_crds().then(|| {
+        crate::pool_status::PoolStatusWriter::start(
+            client.clone(),
+            &settings.crds_namespace,
+            metrics.clone(),
+        )
+    });
+    let mut bgp_check = tokio::time::interval(Duration::from_secs(60));
+    let mut bgp_seen: BTreeSet<String> = BTreeSet::new();
     let events = EventSink::start_counted(
         client.clone(),
         events::Options {
@@ -59,7 +96,7 @@ pub async fn run(
         },
         metrics.clone(),
     );
-    let mut engine = Engine::new(settings.classes.clone());
+    let mut engine = Engine::new(settings.classes.clone(), settings.source);
     let mut writer = Writer::new(client.clone(), settings.write_concurrency);
     let mut listing: Option<Vec<Service>> = None;
     let mut config_listing: Option<Option<ConfigMap>> = None;
@@ -67,6 +104,7 @@ pub async fn run(
     tokio::pin!(stop);
     info!(
         config = %format!("{}/{}", settings.config_namespace, settings.config_name),
+        source = %settings.source,
         classes = ?settings.classes.names,
         without_class = settings.classes.without_class,
         "watching Services and the config"
@@ -127,6 +165,44 @@ pub async fn run(
                     None => anyhow::bail!("the ConfigMap watch ended"),
                 }
             }
+            Some(u) = object_events.next() => {
+                let o = objects.as_mut().expect("only watched with the objects");
+                match o.note(u) {
+                    Ok(Some(news)) => warn!("{news}"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        metrics.api_error("watch_metallb");
+                        warn!(error = %e, "a MetalLB object watch failed; it restarts with backoff");
+                    }
+                }
+                if let Some(text) = o.input() {
+                    engine.objects_changed(text);
+                }
+            }
+            Some(ev) = namespace_events.next() => match ev {
+                Ok(Event::Init) => namespace_listing = Some(Vec::new()),
+                Ok(Event::InitApply(ns)) => namespace_listing.get_or_insert_with(Vec::new).push(ns),
+                Ok(Event::InitDone) => {
+                    for ns in namespace_listing.take().unwrap_or_default() {
+                        let name = ns.metadata.name.clone().unwrap_or_default();
+                        engine.namespace_changed(&name, Some(ns.metadata.labels.unwrap_or_default()));
+                    }
+                }
+                Ok(Event::Apply(ns)) => {
+                    let name = ns.metadata.name.clone().unwrap_or_default();
+                    engine.namespace_changed(&name, Some(ns.metadata.labels.unwrap_or_default()));
+                }
+                Ok(Event::Delete(ns)) => {
+                    engine.namespace_changed(ns.metadata.name.as_deref().unwrap_or_default(), None);
+                }
+                Err(e) => {
+                    metrics.api_error("watch_namespaces");
+                    warn!(error = %e, "the Namespace watch failed; it restarts with backoff");
+                }
+            },
+            _ = bgp_check.tick(), if settings.source.reads_crds() => {
+                check_bgp(&client, &settings.crds_namespace, &events, &mut bgp_seen).await;
+            }
             Some(done) = writer.done.recv() => writer.completed(done, &engine, &metrics),
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(far_future).into()), if retry_at.is_some() => {}
         }
@@ -136,6 +212,7 @@ pub async fn run(
                 &events,
                 &engine,
                 configmap.as_ref(),
+                objects.as_ref(),
                 &settings,
                 &metrics,
                 notice,
@@ -162,7 +239,22 @@ pub async fn run(
 
         let status = engine.config_status();
         metrics.set_config(status.loaded, status.stale);
-        metrics.set_pools(&engine.allocator().pool_stats());
+        let stats = engine.allocator().pool_stats();
+        if let (Some(w), Some(o)) = (&pool_status, &objects) {
+            let names: BTreeSet<String> = o
+                .pools()
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            w.set(
+                stats
+                    .iter()
+                    .filter(|p| names.contains(&p.name))
+                    .map(|p| (p.name.clone(), crate::pool_status::status_of(p)))
+                    .collect(),
+            );
+        }
+        metrics.set_pools(&stats);
         metrics.pending_services.set(engine.pending().len() as i64);
         metrics.ready.store(engine.is_synced(), Ordering::Relaxed);
     }
@@ -199,6 +291,7 @@ fn publish(
     events: &EventSink,
     engine: &Engine,
     configmap: Option<&ConfigMap>,
+    objects: Option<&metallb::Objects>,
     settings: &Settings,
     metrics: &Metrics,
     notice: Notice,
@@ -253,6 +346,30 @@ fn publish(
                 };
                 (reference, severity, reason, message, "LoadConfig")
             }
+            Notice::Object {
+                target,
+                severity,
+                reason,
+                message,
+            } => {
+                let object = format!(
+                    "{} {}/{}",
+                    target.kind,
+                    target
+                        .namespace
+                        .as_deref()
+                        .unwrap_or(&settings.crds_namespace),
+                    target.name
+                );
+                match severity {
+                    Severity::Normal => info!(%object, reason, "{message}"),
+                    Severity::Warning => warn!(%object, reason, "{message}"),
+                }
+                let reference = objects
+                    .and_then(|o| o.get(&target.kind, &target.name))
+                    .map(|o| object_reference(&target.kind, &o));
+                (reference, severity, reason, message, "LoadConfig")
+            }
         };
     if let Some(regarding) = regarding {
         events.publish(events::Pending {
@@ -261,6 +378,53 @@ fn publish(
             reason,
             note: crate::engine::truncate(message, 1000),
             action,
+        });
+    }
+}
+
+/// A reference to a MetalLB object, for an Event on it.
+fn object_reference(kind: &str, o: &kube::api::DynamicObject) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(format!("{}/{}", metallb::GROUP, metallb::VERSION)),
+        kind: Some(kind.to_owned()),
+        name: o.metadata.name.clone(),
+        namespace: o.metadata.namespace.clone(),
+        uid: o.metadata.uid.clone(),
+        resource_version: o.metadata.resource_version.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+/// Says once, in the log and an Event on each, that MetalLB's BGP objects
+/// in the namespace are ignored (`seen`: those already reported).
+async fn check_bgp(
+    client: &kube::Client,
+    namespace: &str,
+    events: &EventSink,
+    seen: &mut BTreeSet<String>,
+) {
+    let found = match metallb::bgp_objects(client, namespace).await {
+        Ok(f) => f,
+        Err(e) => {
+            debug!(error = %e, "listing MetalLB's BGP objects failed");
+            return;
+        }
+    };
+    for (kind, o) in found {
+        let name = o.metadata.name.clone().unwrap_or_default();
+        if !seen.insert(format!("{kind}/{name}")) {
+            continue;
+        }
+        let message = format!(
+            "{kind} {namespace}/{name}: BGP is not supported (ferrolb announces in layer 2 only); the object is ignored and the layer-2 config is read without it"
+        );
+        warn!(object = %format!("{kind} {namespace}/{name}"), reason = "BGPNotSupported", "{message}");
+        events.publish(events::Pending {
+            regarding: object_reference(&kind, &o),
+            warning: true,
+            reason: "BGPNotSupported",
+            note: message,
+            action: "LoadConfig",
         });
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use ferrolb_core::selector::Labels;
 use ferrolb_core::service::{self, ALLOCATED_FROM_POOL};
 use ferrolb_core::{Family, FamilyPolicy, PortKey, Protocol, ServiceSpec, Sharing};
 pub use ferrolb_runtime::service::{key_of, status_ips};
@@ -74,7 +75,8 @@ pub fn pool_annotation(svc: &Service) -> Option<&str> {
 }
 
 /// What the allocator needs of the Service, or why its annotations are unusable.
-pub fn spec_of(svc: &Service) -> Result<ServiceSpec, String> {
+/// `namespace_labels`: the labels of its namespace, when watched.
+pub fn spec_of(svc: &Service, namespace_labels: Option<Labels>) -> Result<ServiceSpec, String> {
     let empty = BTreeMap::new();
     let annotations = svc.metadata.annotations.as_ref().unwrap_or(&empty);
     let spec = svc.spec.clone().unwrap_or_default();
@@ -118,9 +120,9 @@ pub fn spec_of(svc: &Service) -> Result<ServiceSpec, String> {
             ports,
         },
         labels: svc.metadata.labels.clone().unwrap_or_default(),
-        // The controller does not watch Namespaces: a pool that admits
-        // namespaces by label selector (MetalLB CRDs, not read by the
-        // controller yet) gives no new address to a namespace it does not list.
-        namespace_labels: None,
+        // Known when the config source may select namespaces by label (the
+        // MetalLB objects); else such a pool gives no new address to a
+        // namespace it does not list.
+        namespace_labels,
     })
 }

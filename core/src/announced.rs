@@ -89,6 +89,30 @@ pub fn is_designated(node: &str, alive: Option<&BTreeSet<String>>) -> bool {
     }
 }
 
+/// What this node's MetalLB `ServiceL2Status` objects should say: one per
+/// Service that holds an address this node announces (on at least one
+/// interface), with the interfaces to list. `listed` gives, per address, the
+/// interfaces named by the pool's advertisements that chose them (empty when
+/// they name none: MetalLB then lists no interface, meaning all of them).
+pub fn l2_statuses(
+    mine: &BTreeMap<IpAddr, Vec<String>>,
+    listed: &BTreeMap<IpAddr, Vec<String>>,
+    services: &[ServiceInfo],
+) -> BTreeMap<ServiceKey, Vec<String>> {
+    let mut out: BTreeMap<ServiceKey, BTreeSet<String>> = BTreeMap::new();
+    for s in services {
+        for a in &s.addresses {
+            if mine.get(a).is_some_and(|on| !on.is_empty()) {
+                let entry = out.entry(s.key.clone()).or_default();
+                entry.extend(listed.get(a).into_iter().flatten().cloned());
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +181,34 @@ mod tests {
         let mine = BTreeMap::from([(ip("192.0.2.1"), vec![])]);
         let a = announcements("a", &ownership, &mine, &[svc("web", &["192.0.2.1"])], false);
         assert_eq!(a.values().next().unwrap().reason, "NoInterface");
+    }
+
+    #[test]
+    fn l2_statuses_list_services_this_node_announces() {
+        let services = [
+            svc("a", &["192.0.2.1"]),
+            svc("b", &["192.0.2.2", "2001:db8::2"]),
+            svc("c", &["192.0.2.3"]),
+            svc("shared", &["192.0.2.1"]),
+        ];
+        let mine: BTreeMap<IpAddr, Vec<String>> = [
+            (ip("192.0.2.1"), vec!["eth0".to_owned()]),
+            (ip("2001:db8::2"), vec!["eth1".to_owned()]),
+            // Owned, but no interface may carry it: not announced.
+            (ip("192.0.2.3"), vec![]),
+        ]
+        .into_iter()
+        .collect();
+        let listed: BTreeMap<IpAddr, Vec<String>> = [(ip("2001:db8::2"), vec!["eth1".to_owned()])]
+            .into_iter()
+            .collect();
+        let got = l2_statuses(&mine, &listed, &services);
+        let keys: Vec<String> = got.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, ["ns/a", "ns/b", "ns/shared"]);
+        assert!(
+            got[&ServiceKey::new("ns", "a")].is_empty(),
+            "all interfaces"
+        );
+        assert_eq!(got[&ServiceKey::new("ns", "b")], ["eth1"]);
     }
 }

@@ -1,5 +1,6 @@
 //! The one gate every config passes before it is used, by the controller and
-//! the speakers alike: the ConfigMap's text is parsed; a config that does not
+//! the speakers alike: the sources' content (the ConfigMap's text, MetalLB's
+//! objects, or both: [`crate::sources`]) is read; a config that does not
 //! parse, a missing ConfigMap, or a valid config that would take an address
 //! from a Service that holds it, leaves the last good config in force; every
 //! change of the content is heard once (good to bad, bad to good, the same
@@ -11,8 +12,10 @@
 //! See docs/architecture.md, section 3.
 
 use crate::allocator::Orphan;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::config_change;
+use crate::crd::Problem;
+use crate::sources::{self, Input, Unread};
 
 /// What the gate decided about an offered text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,8 +24,12 @@ pub enum Outcome {
     Unchanged,
     /// The ConfigMap or its `config` key is missing (reason `ConfigMissing`).
     Missing { message: String },
-    /// The text does not parse (reason `InvalidConfig`).
-    Invalid { message: String },
+    /// The text does not parse (reason `InvalidConfig`). `problems`: what is
+    /// wrong with each MetalLB object (and its warnings), for Events on them.
+    Invalid {
+        message: String,
+        problems: Vec<Problem>,
+    },
     /// Valid, but it would take addresses from Services (reason
     /// `StaleConfig`). `repeated`: the same refusal was reported before, so
     /// only the log may mention it again.
@@ -34,6 +41,8 @@ pub enum Outcome {
         message: String,
         changed: bool,
         pools: usize,
+        /// Warnings and notices about the MetalLB objects read.
+        notices: Vec<Problem>,
     },
 }
 
@@ -57,8 +66,8 @@ pub struct ConfigGate {
     /// e.g. "nothing is assigned until a valid config is loaded".
     until_loaded: &'static str,
     in_force: Option<Config>,
-    /// The last text offered (`Err`: why there was none).
-    last_text: Option<Result<String, String>>,
+    /// The last content offered.
+    last_input: Option<Input>,
     /// A valid config refused because of held addresses, offered again by
     /// [`ConfigGate::retry`] whenever addresses are freed.
     refused: Option<Config>,
@@ -71,7 +80,7 @@ impl ConfigGate {
         ConfigGate {
             until_loaded,
             in_force: None,
-            last_text: None,
+            last_input: None,
             refused: None,
             last_refusal: None,
             stale: false,
@@ -102,57 +111,73 @@ impl ConfigGate {
         }
     }
 
-    /// The ConfigMap's text: `Err` says why there is none. `orphans` lists
-    /// the held addresses a candidate config would take away.
+    /// The ConfigMap's text alone: `Err` says why there is none. `orphans`
+    /// lists the held addresses a candidate config would take away.
     pub fn offer(
         &mut self,
         text: Result<String, String>,
         orphans: impl Fn(&Config) -> Vec<Orphan>,
     ) -> Outcome {
-        let fresh = self.last_text.as_ref() != Some(&text);
+        self.offer_input(Input::configmap(text), orphans)
+    }
+
+    /// The content of every source read (see [`sources::read`]).
+    pub fn offer_input(
+        &mut self,
+        input: Input,
+        orphans: impl Fn(&Config) -> Vec<Orphan>,
+    ) -> Outcome {
+        let fresh = self.last_input.as_ref() != Some(&input);
         if !fresh && self.refused.is_none() {
             return Outcome::Unchanged;
         }
-        self.last_text = Some(text.clone());
         self.refused = None;
         if fresh {
             // Every new content is a transition the user hears about.
             self.last_refusal = None;
         }
-        let text = match text {
-            Err(why) => {
+        let read = sources::read(&input);
+        self.last_input = Some(input);
+        match read {
+            Err(Unread::Missing(why)) => {
                 self.stale = true;
-                return Outcome::Missing {
+                Outcome::Missing {
                     message: format!("{why}; {}", self.kept()),
-                };
-            }
-            Ok(t) => t,
-        };
-        match config::parse(&text) {
-            Err(errors) => {
-                self.stale = true;
-                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                Outcome::Invalid {
-                    message: format!("config refused, {}: {}", self.kept(), list.join("; ")),
                 }
             }
-            Ok(new) => self.consider(new, orphans),
+            Err(Unread::Invalid { message, problems }) => {
+                self.stale = true;
+                Outcome::Invalid {
+                    message: format!("config refused, {}: {message}", self.kept()),
+                    problems,
+                }
+            }
+            Ok(read) => {
+                let notices = if fresh { read.notices } else { vec![] };
+                self.consider(read.config, notices, orphans)
+            }
         }
     }
 
     /// Offers the refused config again (call it when addresses were freed).
     pub fn retry(&mut self, orphans: impl Fn(&Config) -> Vec<Orphan>) -> Outcome {
         match self.refused.take() {
-            Some(c) => self.consider(c, orphans),
+            Some(c) => self.consider(c, vec![], orphans),
             None => Outcome::Unchanged,
         }
     }
 
-    fn consider(&mut self, new: Config, orphans: impl Fn(&Config) -> Vec<Orphan>) -> Outcome {
+    fn consider(
+        &mut self,
+        new: Config,
+        notices: Vec<Problem>,
+        orphans: impl Fn(&Config) -> Vec<Orphan>,
+    ) -> Outcome {
         if self.in_force.as_ref() == Some(&new) {
             // Parses to the config in force: silent, unless it ends a stale
-            // spell (bad to good must be heard).
-            if !self.stale {
+            // spell (bad to good must be heard) or brings new warnings about
+            // the objects (an advertisement naming no pool changes nothing).
+            if !self.stale && notices.is_empty() {
                 return Outcome::Unchanged;
             }
             self.stale = false;
@@ -160,6 +185,7 @@ impl ConfigGate {
                 message: config_change::describe(Some(&new), &new),
                 changed: false,
                 pools: new.pools.len(),
+                notices,
             };
         }
         // With nothing in force yet, nothing is held that a config could take.
@@ -190,6 +216,7 @@ impl ConfigGate {
             message,
             changed: true,
             pools,
+            notices,
         }
     }
 }
@@ -253,7 +280,7 @@ mod tests {
     fn the_first_invalid_config_says_nothing_is_done_until_a_valid_one() {
         let mut g = gate();
         match g.offer(Ok("address-pools: [\n".into()), none) {
-            Outcome::Invalid { message } => assert!(
+            Outcome::Invalid { message, .. } => assert!(
                 message.starts_with(
                     "config refused, nothing is assigned until a valid config is loaded: "
                 ),

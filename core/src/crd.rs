@@ -62,6 +62,20 @@ pub struct Problem {
     /// The field concerned, as a path: `spec.addresses[1]`.
     pub field: Option<String>,
     pub message: String,
+    /// The objects concerned, where they have a kind and a name (an Event
+    /// goes on each); empty for the file as a whole.
+    #[serde(skip)]
+    pub targets: Vec<ObjectRef>,
+}
+
+/// Which object a [`Problem`] concerns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectRef {
+    /// `metallb.io/v1beta1`.
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
 }
 
 impl fmt::Display for Problem {
@@ -171,6 +185,7 @@ fn flatten(doc: &Value) -> Vec<(String, &Value)> {
 /// Problems of one object.
 struct Sink<'a> {
     object: String,
+    target: Option<ObjectRef>,
     problems: &'a mut Vec<Problem>,
     errors: usize,
 }
@@ -185,6 +200,7 @@ impl Sink<'_> {
             object: self.object.clone(),
             field: field.map(str::to_owned),
             message: message.into(),
+            targets: self.target.iter().cloned().collect(),
         });
     }
     fn err(&mut self, field: &str, message: impl Into<String>) {
@@ -414,6 +430,7 @@ fn interfaces(sink: &mut Sink, v: Option<&Value>, path: &str) -> Vec<String> {
 /// An IPAddressPool as read, before the cross-object checks.
 struct RawPool {
     object: String,
+    target: Option<ObjectRef>,
     name: String,
     labels: Labels,
     /// Each address entry with its field path and text.
@@ -425,6 +442,7 @@ struct RawPool {
 /// An L2Advertisement as read.
 struct RawAdvertisement {
     object: String,
+    target: Option<ObjectRef>,
     /// Named pools with their field paths.
     pools: Vec<(String, String)>,
     pool_selectors: Vec<LabelSelector>,
@@ -446,6 +464,7 @@ pub fn parse(text: &str) -> Parsed {
                     object: "the file".to_owned(),
                     field: None,
                     message,
+                    targets: vec![],
                 }],
             };
         }
@@ -453,6 +472,7 @@ pub fn parse(text: &str) -> Parsed {
     let mut pools: Vec<RawPool> = Vec::new();
     let mut ads: Vec<RawAdvertisement> = Vec::new();
     let mut bgp: Vec<String> = Vec::new();
+    let mut bgp_targets: Vec<ObjectRef> = Vec::new();
     let mut seen_ads: BTreeSet<(String, String)> = BTreeSet::new();
     // The namespaces of the layer-2 objects: MetalLB reads one.
     let mut namespaces: BTreeSet<String> = BTreeSet::new();
@@ -480,8 +500,18 @@ pub fn parse(text: &str) -> Parsed {
                 (Some(k), None) => format!("{k} in {place}"),
                 (None, _) => place.clone(),
             };
+            let target = match (api, kind, name) {
+                (Some(a), Some(k), Some(n)) => Some(ObjectRef {
+                    api_version: a.to_owned(),
+                    kind: k.to_owned(),
+                    namespace: namespace.map(str::to_owned),
+                    name: n.to_owned(),
+                }),
+                _ => None,
+            };
             let mut sink = Sink {
                 object,
+                target,
                 problems: &mut problems,
                 errors: 0,
             };
@@ -500,6 +530,7 @@ pub fn parse(text: &str) -> Parsed {
             match (kind, metallb) {
                 (Some(k), true) if BGP_KINDS.contains(&k) => {
                     bgp.push(sink.object.clone());
+                    bgp_targets.extend(sink.target.clone());
                     continue;
                 }
                 (Some(k), true) if STATUS_KINDS.contains(&k) => {
@@ -613,10 +644,11 @@ pub fn parse(text: &str) -> Parsed {
 
     // Pools: duplicate names, then overlaps, each against every pool before.
     let mut names: BTreeMap<String, String> = BTreeMap::new();
-    let mut seen: Vec<(AddrRange, String, String)> = Vec::new();
+    let mut seen: Vec<(AddrRange, String, String, Option<ObjectRef>)> = Vec::new();
     for p in &mut pools {
         let mut sink = Sink {
             object: p.object.clone(),
+            target: p.target.clone(),
             problems: &mut problems,
             errors: 0,
         };
@@ -631,15 +663,23 @@ pub fn parse(text: &str) -> Parsed {
             }
         }
         for (path, text, r) in &p.entries {
-            if let Some((_, other, other_text)) = seen.iter().find(|(o, _, _)| o.overlaps(r)) {
+            if let Some((_, other, other_text, other_target)) =
+                seen.iter().find(|(o, _, _, _)| o.overlaps(r))
+            {
                 let whose = if *other == p.object {
                     format!("entry {other_text:?} of the same pool")
                 } else {
                     format!("entry {other_text:?} of {other}")
                 };
                 sink.err(path, format!("{text:?} overlaps with {whose}"));
+                // Both objects hear of it: either may be the one to fix.
+                if let (Some(t), Some(last)) = (other_target, sink.problems.last_mut())
+                    && !last.targets.contains(t)
+                {
+                    last.targets.push(t.clone());
+                }
             }
-            seen.push((*r, p.object.clone(), text.clone()));
+            seen.push((*r, p.object.clone(), text.clone(), p.target.clone()));
         }
         p.ok &= sink.errors == 0;
     }
@@ -648,6 +688,7 @@ pub fn parse(text: &str) -> Parsed {
     for ad in &ads {
         let mut sink = Sink {
             object: ad.object.clone(),
+            target: ad.target.clone(),
             problems: &mut problems,
             errors: 0,
         };
@@ -687,6 +728,7 @@ pub fn parse(text: &str) -> Parsed {
     for p in pools.iter().filter(|p| p.ok) {
         let mut sink = Sink {
             object: p.object.clone(),
+            target: p.target.clone(),
             problems: &mut problems,
             errors: 0,
         };
@@ -713,6 +755,7 @@ pub fn parse(text: &str) -> Parsed {
             severity: Severity::Warning,
             object: "the file".to_owned(),
             field: None,
+            targets: vec![],
             message: format!(
                 "the objects are in several namespaces ({}): MetalLB reads only those of its own namespace (metallb-system by default), so it would not see some of them; this check reads them all",
                 namespaces.into_iter().collect::<Vec<_>>().join(", ")
@@ -724,6 +767,7 @@ pub fn parse(text: &str) -> Parsed {
             severity: Severity::Notice,
             object: bgp.join(", "),
             field: None,
+            targets: bgp_targets,
             message: "BGP is not supported (ferrolb announces in layer 2 only): these objects are ignored; the layer-2 config is read without them".to_owned(),
         });
     }
@@ -801,6 +845,7 @@ fn read_pool(
         .map(|a| read_allocation(sink, a));
     RawPool {
         object: sink.object.clone(),
+        target: sink.target.clone(),
         name: name.clone().unwrap_or_default(),
         labels,
         pool: AddressPool {
@@ -930,6 +975,7 @@ fn read_advertisement(
     };
     RawAdvertisement {
         object: sink.object.clone(),
+        target: sink.target.clone(),
         pools,
         pool_selectors,
         advertisement,
@@ -1033,7 +1079,7 @@ fn selector_spec(s: &[LabelSelector]) -> Vec<SelectorSpec> {
 
 /// An address entry as MetalLB writes it: a CIDR when the range is one, else
 /// `first-last`.
-fn entry_text(r: &AddrRange) -> String {
+pub(crate) fn entry_text(r: &AddrRange) -> String {
     match r.cidrs().as_slice() {
         [one] => one.to_string(),
         _ => r.to_string(),

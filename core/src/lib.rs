@@ -18,6 +18,7 @@ pub mod packet;
 pub mod ring;
 pub mod selector;
 pub mod service;
+pub mod sources;
 
 pub use addr::{AddrRange, Family};
 pub use allocator::{

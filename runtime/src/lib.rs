@@ -5,6 +5,7 @@
 //! `core`; this is plumbing.
 
 pub mod events;
+pub mod metallb;
 pub mod serve;
 pub mod service;
 

@@ -38,6 +38,13 @@ pub struct Settings {
     pub node: String,
     pub config_namespace: String,
     pub config_name: String,
+    pub config_source: ferrolb_core::sources::Source,
+    /// Namespace of MetalLB's objects, when they are read.
+    pub crds_namespace: String,
+    /// This speaker's Pod (POD_NAME): owns its ServiceL2Status objects.
+    pub pod_name: Option<String>,
+    /// Write MetalLB's ServiceL2Status objects.
+    pub service_l2_status: bool,
     /// Namespace of the speaker Pods and the membership Secret.
     pub namespace: String,
     /// Label selector of the speaker Pods (peer discovery).
@@ -101,6 +108,8 @@ struct State {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     configmaps: Store<ConfigMap>,
+    /// MetalLB's objects, when they are a config source.
+    objects: Option<ferrolb_runtime::metallb::Objects>,
     pods: Store<Pod>,
     secrets: Option<Store<Secret>>,
     synced: BTreeSet<Source>,
@@ -128,6 +137,8 @@ struct State {
     client: kube::Client,
     events: EventSink,
     conditions: crate::conditions::ConditionWriter,
+    /// MetalLB's ServiceL2Status objects of this node.
+    l2status: Option<crate::l2status::L2StatusWriter>,
     /// Carrier of the interfaces that would announce (`core::datapath::carrier_gate`).
     carrier: ferrolb_core::datapath::HealthGate,
     /// The Services whose `healthCheckNodePort` is probed (`None`: off).
@@ -166,7 +177,16 @@ pub async fn run(
         watcher::Config::default().labels(&settings.speaker_selector),
         Source::Pods,
     );
-    let mut streams = vec![s1, s2, s3, s4, s5];
+    let mut streams = vec![s1, s2, s3, s5];
+    if settings.config_source.reads_configmap() {
+        streams.push(s4);
+    }
+    let (objects, mut object_events) = if settings.config_source.reads_crds() {
+        let (o, s) = ferrolb_runtime::metallb::watch(client.clone(), &settings.crds_namespace);
+        (Some(o), s)
+    } else {
+        (None, futures::stream::pending().boxed())
+    };
     let (secrets, membership) = match &settings.membership {
         Some(m) => {
             let (secrets, s6) = watch(
@@ -204,6 +224,14 @@ pub async fn run(
     let (fresh_tx, mut fresh_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
     let mut state = State {
         conditions: crate::conditions::ConditionWriter::start(client.clone(), metrics.clone()),
+        l2status: settings.service_l2_status.then(|| {
+            crate::l2status::L2StatusWriter::start(
+                client.clone(),
+                settings.namespace.clone(),
+                settings.node.clone(),
+                metrics.clone(),
+            )
+        }),
         carrier: ferrolb_core::datapath::carrier_gate(),
         service_health: settings
             .service_health
@@ -230,6 +258,7 @@ pub async fn run(
         slices,
         nodes,
         configmaps,
+        objects,
         pods,
         secrets,
         synced: BTreeSet::new(),
@@ -267,6 +296,10 @@ pub async fn run(
                 while let Some(Some(change)) = changes.next().now_or_never() {
                     state.note(change);
                 }
+                true
+            }
+            Some(u) = object_events.next() => {
+                state.note_objects(u);
                 true
             }
             r = async { view.as_mut().expect("guarded").changed().await }, if view.is_some() => {
@@ -334,27 +367,59 @@ impl State {
         }
     }
 
-    fn read_config(&mut self) {
-        if !self.synced.contains(&Source::Config) {
+    /// Takes in an update of MetalLB's objects and reads the config again.
+    fn note_objects(&mut self, u: ferrolb_runtime::metallb::Update) {
+        let Some(o) = self.objects.as_mut() else {
             return;
+        };
+        match o.note(u) {
+            Ok(Some(news)) => warn!("{news}"),
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.api_error("watch_metallb");
+                warn!(error = %e, "a MetalLB object watch failed; it restarts with backoff");
+            }
         }
-        let cm = self.configmaps.state().into_iter().next();
-        let text: Result<String, String> = match &cm {
-            None => Err(format!(
-                "the ConfigMap {}/{} does not exist",
-                self.settings.config_namespace, self.settings.config_name
-            )),
-            Some(cm) => cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get("config"))
-                .cloned()
-                .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned()),
+        self.read_config();
+    }
+
+    /// Offers the config sources' content to the gate, once each source
+    /// read has been listed.
+    fn read_config(&mut self) {
+        let source = self.settings.config_source;
+        let configmap = if source.reads_configmap() {
+            if !self.synced.contains(&Source::Config) {
+                return;
+            }
+            let cm = self.configmaps.state().into_iter().next();
+            Some(match &cm {
+                None => Err(format!(
+                    "the ConfigMap {}/{} does not exist",
+                    self.settings.config_namespace, self.settings.config_name
+                )),
+                Some(cm) => cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("config"))
+                    .cloned()
+                    .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned()),
+            })
+        } else {
+            None
+        };
+        let crds = match &self.objects {
+            Some(o) => match o.input() {
+                None => return,
+                some => some,
+            },
+            None => None,
         };
         let held = self.held_addresses();
-        let outcome = self.gate.offer(text, |c| {
-            ferrolb_core::allocator::orphaned_addresses(c, held.clone())
-        });
+        let outcome = self
+            .gate
+            .offer_input(ferrolb_core::sources::Input { configmap, crds }, |c| {
+                ferrolb_core::allocator::orphaned_addresses(c, held.clone())
+            });
         self.config_outcome(outcome);
     }
 
@@ -364,7 +429,7 @@ impl State {
         self.metrics.config_stale.set(i64::from(self.gate.stale()));
         match outcome {
             Outcome::Unchanged => {}
-            Outcome::Missing { message } | Outcome::Invalid { message } => warn!("{message}"),
+            Outcome::Missing { message } | Outcome::Invalid { message, .. } => warn!("{message}"),
             Outcome::Refused {
                 message,
                 repeated: false,
@@ -503,6 +568,10 @@ impl State {
         let mut mine: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
         // The announcement conditions this node writes; `None`: it decides nothing now.
         let mut conditions = None;
+        // What this node's ServiceL2Status objects should say; `None`: leave them.
+        let mut l2 = None;
+        // Per owned address, the interfaces its pool's advertisements name.
+        let mut listed: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
         // (Service, address) for each owned address, for MetalLB's metric.
         let mut announced: Vec<(String, IpAddr)> = Vec::new();
         if let (true, true, false, Some(config)) = (synced, joined, fenced, self.gate.in_force()) {
@@ -570,8 +639,17 @@ impl State {
                             .map(|s| (s.key.to_string(), address)),
                     );
                 }
-                mine.insert(address, on.iter().map(|i| i.name.clone()).collect());
+                let names: Vec<String> = on.iter().map(|i| i.name.clone()).collect();
+                if !pool_interfaces.is_empty() {
+                    listed.insert(address, names.clone());
+                }
+                mine.insert(address, names);
             }
+            l2 = Some(ferrolb_core::announced::l2_statuses(
+                &mine,
+                &listed,
+                &state.services,
+            ));
             if let Some(tx) = &self.service_health {
                 let targets = health_targets(&self.settings.node, &nodes, &state, &mine, &services);
                 tx.send_if_modified(|t| {
@@ -632,6 +710,23 @@ impl State {
             // Fenced, not joined or not synced: this node says nothing, and
             // what it queued while it decided is not sent.
             None => self.conditions.cancel_all(),
+        }
+        // Fenced or not joined: this node announces nothing, and says so.
+        if l2.is_none() && synced {
+            l2 = Some(BTreeMap::new());
+        }
+        if let (Some(services), Some(writer)) = (l2, &self.l2status) {
+            let owner = self.settings.pod_name.as_ref().and_then(|name| {
+                self.pods
+                    .state()
+                    .iter()
+                    .find(|p| p.metadata.name.as_deref() == Some(name))
+                    .and_then(|p| Some((name.clone(), p.metadata.uid.clone()?)))
+            });
+            writer.set(crate::l2status::Wanted {
+                services: Some(services),
+                owner,
+            });
         }
         for (name, e) in failed {
             warn!(interface = %name, error = %e, "skipped interface, tried again at the next rescan");

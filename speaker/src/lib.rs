@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod daemon;
 pub mod datapath;
 pub mod interfaces;
+pub mod l2status;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;

@@ -40,6 +40,19 @@ struct RunArgs {
     /// Name of the config ConfigMap.
     #[arg(long, env = "FERROLB_CONFIG_NAME", default_value = "config")]
     config_name: String,
+    /// Where the pools come from: `configmap`, `crds` (MetalLB's
+    /// IPAddressPool and L2Advertisement objects in the config namespace) or
+    /// `both`; the same as the controller's.
+    #[arg(long, env = "FERROLB_CONFIG_SOURCE", default_value = "configmap")]
+    config_source: ferrolb_core::sources::Source,
+    /// Namespace of MetalLB's objects, when they are read (default: the
+    /// config namespace; MetalLB's own is metallb-system).
+    #[arg(long, env = "FERROLB_CRDS_NAMESPACE")]
+    crds_namespace: Option<String>,
+    /// Write MetalLB's ServiceL2Status objects (one per Service this node
+    /// announces); needs their CRD and RBAC (manifests/components).
+    #[arg(long, env = "FERROLB_SERVICE_L2_STATUS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    service_l2_status: bool,
     /// Namespace of the speaker Pods and the membership Secret (default: the config namespace).
     #[arg(long, env = "FERROLB_SPEAKER_NAMESPACE")]
     speaker_namespace: Option<String>,
@@ -244,8 +257,15 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
         }),
         node,
         namespace: speaker_namespace.clone(),
+        crds_namespace: args
+            .crds_namespace
+            .clone()
+            .unwrap_or_else(|| config_namespace.clone()),
         config_namespace,
         config_name: args.config_name,
+        config_source: args.config_source,
+        pod_name: args.pod_name.clone(),
+        service_l2_status: args.service_l2_status,
         speaker_selector: args.speaker_selector,
         secret_name: args.membership_secret_name,
         secret_key: args.membership_secret_key,

@@ -467,7 +467,12 @@ impl Lab {
                 base64::engine::general_purpose::STANDARD.encode(key)
             ),
         ])?;
-        self.kubectl(&["apply", "-f", &config.to_string_lossy()])?;
+        // The config may be objects of kinds the kustomization just defined
+        // (MetalLB's CRDs): applied once they are served.
+        eventually("the lab's config applied", Duration::from_secs(60), || {
+            self.kubectl(&["apply", "-f", &config.to_string_lossy()])
+                .ok()
+        })?;
         eventually(
             "a ready speaker on every node and a ready controller",
             Duration::from_secs(120),
@@ -612,16 +617,29 @@ impl Lab {
     fn check_pools(&self, config: &Path) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(config)
             .with_context(|| format!("reading {}", config.display()))?;
-        let doc = ferrolb_core::config::extract_config_document(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-        let parsed = ferrolb_core::config::parse(&doc).map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!(
-                "{} is not a valid config: {}",
-                config.display(),
-                list.join("; ")
-            )
-        })?;
+        // A ConfigMap, or MetalLB's objects (the `crds` config source).
+        let parsed = if ferrolb_core::crd::looks_like_crds(&text) {
+            let p = ferrolb_core::crd::parse(&text);
+            let list: Vec<String> = p.errors().map(ToString::to_string).collect();
+            p.config.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} is not a valid config: {}",
+                    config.display(),
+                    list.join("; ")
+                )
+            })?
+        } else {
+            let doc = ferrolb_core::config::extract_config_document(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            ferrolb_core::config::parse(&doc).map_err(|errors| {
+                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!(
+                    "{} is not a valid config: {}",
+                    config.display(),
+                    list.join("; ")
+                )
+            })?
+        };
         let taken = [self.cp.clone(), self.client.clone()]
             .into_iter()
             .chain(self.nodes.clone())

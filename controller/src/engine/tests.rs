@@ -103,13 +103,15 @@ fn reasons(e: &mut Engine) -> Vec<&'static str> {
     e.take_notices()
         .into_iter()
         .map(|n| match n {
-            Notice::Service { reason, .. } | Notice::Config { reason, .. } => reason,
+            Notice::Service { reason, .. }
+            | Notice::Config { reason, .. }
+            | Notice::Object { reason, .. } => reason,
         })
         .collect()
 }
 
 fn started(pools: &str, services: Vec<Service>) -> Engine {
-    let mut e = Engine::new(Classes::default());
+    let mut e = Engine::new(Classes::default(), Source::ConfigMap);
     e.config_changed(Some(&cm(pools)));
     e.services_listed(services);
     assert!(e.is_synced());
@@ -118,7 +120,7 @@ fn started(pools: &str, services: Vec<Service>) -> Engine {
 
 #[test]
 fn nothing_is_assigned_before_a_config_is_loaded() {
-    let mut e = Engine::new(Classes::default());
+    let mut e = Engine::new(Classes::default(), Source::ConfigMap);
     e.services_listed(vec![lb("ns", "a")]);
     assert!(!e.is_synced());
     assert_eq!(e.desired(&key("ns", "a")), None);
@@ -206,10 +208,13 @@ fn services_of_other_classes_or_types_are_never_touched() {
     assert_eq!(e.desired(&key("ns", "other")), None);
     assert_eq!(e.desired(&key("ns", "np")), None);
     // A controller given a class handles only that class.
-    let mut c = Engine::new(Classes {
-        names: ["ferrolb.io/lb".to_owned()].into(),
-        without_class: false,
-    });
+    let mut c = Engine::new(
+        Classes {
+            names: ["ferrolb.io/lb".to_owned()].into(),
+            without_class: false,
+        },
+        Source::ConfigMap,
+    );
     c.config_changed(Some(&cm(POOLS)));
     c.services_listed(vec![
         lb("ns", "mine").class("ferrolb.io/lb"),
@@ -321,7 +326,7 @@ fn config_notices(e: &mut Engine) -> Vec<(&'static str, String)> {
             Notice::Config {
                 reason, message, ..
             } => Some((reason, message)),
-            Notice::Service { .. } => None,
+            Notice::Service { .. } | Notice::Object { .. } => None,
         })
         .collect()
 }
@@ -554,7 +559,7 @@ fn several_classes_and_services_without_one() {
     let pools =
         "address-pools:\n- name: default\n  protocol: layer2\n  addresses: [192.0.2.1-192.0.2.9]\n";
     for without_class in [true, false] {
-        let mut e = Engine::new(classes(without_class));
+        let mut e = Engine::new(classes(without_class), Source::ConfigMap);
         e.config_changed(Some(&cm(pools)));
         e.services_listed(services.clone());
         assert_eq!(ips(&e, "ns", "a").len(), 1);
@@ -602,7 +607,7 @@ fn service_messages(e: &mut Engine) -> Vec<(&'static str, String)> {
             Notice::Service {
                 reason, message, ..
             } => Some((reason, message)),
-            Notice::Config { .. } => None,
+            Notice::Config { .. } | Notice::Object { .. } => None,
         })
         .collect()
 }
@@ -758,4 +763,139 @@ fn a_port_that_clashes_on_a_kept_shared_address_carries_an_error() {
         .collect();
     assert_eq!(errors, [(80, Some(PORT_CONFLICT)), (81, None)]);
     assert_eq!(d.assigned.unwrap().reason, "LoadBalancerFailed");
+}
+
+// === MetalLB's objects as the config source ===
+
+const OBJECTS: &str = "apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: staging, namespace: metallb-system}
+spec:
+  addresses: [192.0.2.10/32]
+  serviceAllocation:
+    namespaceSelectors:
+    - matchLabels: {env: staging}
+---
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: rest, namespace: metallb-system}
+spec:
+  addresses: [192.0.2.20/32]
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: all, namespace: metallb-system}
+";
+
+fn ns_labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn object_notices(e: &mut Engine) -> Vec<(String, &'static str, String)> {
+    e.take_notices()
+        .into_iter()
+        .filter_map(|n| match n {
+            Notice::Object {
+                target,
+                reason,
+                message,
+                ..
+            } => Some((format!("{} {}", target.kind, target.name), reason, message)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_objects_source_waits_for_the_objects_and_selects_namespaces_by_label() {
+    let mut e = Engine::new(Classes::default(), Source::Crds);
+    e.namespace_changed("qa", Some(ns_labels(&[("env", "staging")])));
+    e.services_listed(vec![lb("qa", "a")]);
+    assert!(!e.is_synced(), "nothing before the objects are listed");
+    e.config_changed(Some(&cm(POOLS)));
+    assert!(!e.is_synced(), "the ConfigMap is not a source here");
+    e.objects_changed(Ok(OBJECTS.into()));
+    assert!(e.is_synced());
+    assert_eq!(ips(&e, "qa", "a"), ["192.0.2.10"]);
+}
+
+#[test]
+fn a_relabelled_namespace_gets_the_pool_its_labels_select() {
+    let mut e = Engine::new(Classes::default(), Source::Crds);
+    e.namespace_changed("dev", Some(ns_labels(&[])));
+    e.objects_changed(Ok(OBJECTS.into()));
+    e.services_listed(vec![lb("dev", "a"), lb("dev", "b")]);
+    // "rest" has one address; "staging" does not admit dev yet.
+    let mut got: Vec<Vec<String>> = vec![ips(&e, "dev", "a"), ips(&e, "dev", "b")];
+    got.sort();
+    assert_eq!(got, [vec![], vec!["192.0.2.20".to_owned()]]);
+    e.namespace_changed("dev", Some(ns_labels(&[("env", "staging")])));
+    let mut got: Vec<String> = [ips(&e, "dev", "a"), ips(&e, "dev", "b")].concat();
+    got.sort();
+    assert_eq!(got, ["192.0.2.10", "192.0.2.20"]);
+}
+
+#[test]
+fn an_invalid_object_gets_a_warning_on_itself_and_the_last_good_config_stays() {
+    let mut e = Engine::new(Classes::default(), Source::Crds);
+    e.objects_changed(Ok(OBJECTS.into()));
+    e.services_listed(vec![lb("ns", "a")]);
+    assert_eq!(ips(&e, "ns", "a"), ["192.0.2.20"]);
+    e.take_notices();
+    let broken = format!(
+        "{OBJECTS}---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: broken, namespace: metallb-system}}\nspec:\n  addresses: [192.0.2.20/32]\n"
+    );
+    e.objects_changed(Ok(broken));
+    let notices: Vec<_> = object_notices(&mut e)
+        .into_iter()
+        .filter(|n| n.1 == "InvalidConfig")
+        .collect();
+    // The overlap is said on both pools: the field's owner first.
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert_eq!(notices[0].0, "IPAddressPool broken");
+    assert!(notices[0].2.starts_with("spec.addresses[0]: \"192.0.2.20/32\" overlaps with entry \"192.0.2.20/32\" of IPAddressPool metallb-system/rest"), "{notices:?}");
+    assert_eq!(notices[1].0, "IPAddressPool rest");
+    assert!(
+        notices[1]
+            .2
+            .starts_with("IPAddressPool metallb-system/broken, spec.addresses[0]: "),
+        "{notices:?}"
+    );
+    assert!(e.config_status().stale);
+    assert_eq!(ips(&e, "ns", "a"), ["192.0.2.20"], "nothing is lost");
+    // The kinds disappear (CRDs deleted): the last good config stays too.
+    e.objects_changed(Err("the IPAddressPool kind is not served".into()));
+    assert_eq!(ips(&e, "ns", "a"), ["192.0.2.20"]);
+}
+
+#[test]
+fn a_pool_nothing_announces_is_a_warning_on_the_pool() {
+    let mut e = Engine::new(Classes::default(), Source::Crds);
+    let text = OBJECTS.replace("kind: L2Advertisement\nmetadata: {name: all, namespace: metallb-system}\n", "kind: L2Advertisement\nmetadata: {name: all, namespace: metallb-system}\nspec:\n  ipAddressPools: [rest]\n");
+    e.objects_changed(Ok(text));
+    let notices = object_notices(&mut e);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].0, "IPAddressPool staging");
+    assert_eq!(notices[0].1, "ConfigWarning");
+    assert!(notices[0].2.contains("not announced"), "{notices:?}");
+}
+
+#[test]
+fn both_sources_merge_the_configmap_and_the_objects() {
+    let mut e = Engine::new(Classes::default(), Source::Both);
+    e.config_changed(Some(&cm(POOLS)));
+    e.services_listed(vec![lb("qa", "a")]);
+    assert!(!e.is_synced(), "waits for the objects too");
+    e.objects_changed(Ok(OBJECTS.into()));
+    assert!(e.is_synced());
+    let names: Vec<String> = e
+        .allocator()
+        .pool_stats()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["default", "staging", "rest"]);
 }
