@@ -385,7 +385,12 @@ fn publish(
 /// A reference to a MetalLB object, for an Event on it.
 fn object_reference(kind: &str, o: &kube::api::DynamicObject) -> ObjectReference {
     ObjectReference {
-        api_version: Some(format!("{}/{}", metallb::GROUP, metallb::VERSION)),
+        api_version: Some(
+            o.types
+                .as_ref()
+                .map(|t| t.api_version.clone())
+                .unwrap_or_else(|| format!("{}/{}", metallb::GROUP, metallb::VERSION)),
+        ),
         kind: Some(kind.to_owned()),
         name: o.metadata.name.clone(),
         namespace: o.metadata.namespace.clone(),

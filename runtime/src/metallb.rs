@@ -25,7 +25,21 @@ pub const BGP_KINDS: [&str; 4] = ["BGPPeer", "BGPAdvertisement", "BFDProfile", "
 
 /// The API resource of a `metallb.io/v1beta1` kind.
 pub fn resource(kind: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), &plural(kind))
+    resource_at(kind, VERSION)
+}
+
+fn resource_at(kind: &str, version: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, version, kind), &plural(kind))
+}
+
+/// The version a BGP kind is listed at: MetalLB stores BGPPeer as v1beta2
+/// (its v1beta1 is served only through MetalLB's conversion webhook).
+fn bgp_version(kind: &str) -> &'static str {
+    if kind == "BGPPeer" {
+        "v1beta2"
+    } else {
+        VERSION
+    }
 }
 
 /// The resource name of a kind, as MetalLB's CRDs define it.
@@ -47,10 +61,10 @@ pub fn not_installed(e: &watcher::Error) -> bool {
         watcher::Error::InitialListFailed(e)
         | watcher::Error::WatchStartFailed(e)
         | watcher::Error::WatchFailed(e) => match e {
-            kube::Error::Api(s) => s.is_not_found(),
+            kube::Error::Api(s) => s.code == 404,
             _ => false,
         },
-        watcher::Error::WatchError(s) => s.is_not_found(),
+        watcher::Error::WatchError(s) => s.code == 404,
         watcher::Error::NoResourceVersion => false,
     }
 }
@@ -213,11 +227,11 @@ pub async fn bgp_objects(
 ) -> Result<Vec<(String, DynamicObject)>, kube::Error> {
     let mut out = Vec::new();
     for kind in BGP_KINDS {
-        let ar = resource(kind);
+        let ar = resource_at(kind, bgp_version(kind));
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
         match api.list(&ListParams::default()).await {
             Ok(list) => out.extend(list.items.into_iter().map(|o| (kind.to_owned(), o))),
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e),
         }
     }
@@ -226,6 +240,30 @@ pub async fn bgp_objects(
 
 #[cfg(test)]
 mod tests {
+    use kube::core::Status;
+    use kube::runtime::watcher;
+
+    /// The API server answers a kind it does not serve with a bare 404
+    /// (`404 page not found`, no Status reason): that is "not installed".
+    #[test]
+    fn a_bare_404_means_not_installed() {
+        let bare = || {
+            kube::Error::Api(
+                Status::failure("404 page not found", "")
+                    .with_code(404)
+                    .boxed(),
+            )
+        };
+        assert!(super::not_installed(&watcher::Error::InitialListFailed(
+            bare()
+        )));
+        assert!(super::not_installed(&watcher::Error::WatchFailed(bare())));
+        let forbidden = kube::Error::Api(Status::failure("no", "Forbidden").with_code(403).boxed());
+        assert!(!super::not_installed(&watcher::Error::InitialListFailed(
+            forbidden
+        )));
+    }
+
     #[test]
     fn plurals_are_those_of_metallbs_crds() {
         let got: Vec<String> = [

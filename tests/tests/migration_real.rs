@@ -17,12 +17,24 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ferrolb_tests::apiserver::rbac::{Rbac, audit_request};
 use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
 use ferrolb_tests::kubeproxy::ProxyMode;
 use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, eventually};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(90);
+const CONTROLLER: &str = "system:serviceaccount:ferrolb-system:ferrolb-controller";
+const SPEAKER: &str = "system:serviceaccount:ferrolb-system:ferrolb-speaker";
+
+/// MetalLB's BGPPeer kind (as its CRD serves it, storage version v1beta2),
+/// so that a user's BGP object can be present.
+const BGP_PEER_CRD: &str = r#"{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+ "metadata": {"name": "bgppeers.metallb.io"},
+ "spec": {"group": "metallb.io", "scope": "Namespaced",
+  "names": {"kind": "BGPPeer", "listKind": "BGPPeerList", "plural": "bgppeers", "singular": "bgppeer"},
+  "versions": [{"name": "v1beta2", "served": true, "storage": true,
+   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}"#;
 
 /// The user's objects, as MetalLB reads them (the lab's segment addresses).
 /// `edge` is announced only from the node labelled `kubernetes.io/hostname:
@@ -268,6 +280,28 @@ fn metallb_objects_unchanged_assign_and_announce_on_a_real_control_plane() {
     )
     .unwrap_or_else(|e| panic!("{e:#}: {:?}", l2_statuses(&lab, "default", "web")));
 
+    // The owner excluded from load balancers (the label Kubernetes
+    // defines): another node takes over, and the ServiceL2Status follows,
+    // the old owner deleting its own.
+    let label = "node.kubernetes.io/exclude-from-external-load-balancers";
+    lab.kubectl(&["label", "node", &owner, &format!("{label}=")])
+        .unwrap();
+    let next = eventually("another node answering for web", LIMIT, || {
+        lab.owner(&ip).filter(|n| *n != owner)
+    })
+    .unwrap();
+    eventually(
+        "web's ServiceL2Status from the new owner only",
+        LIMIT,
+        || {
+            let s = l2_statuses(&lab, "default", "web");
+            (s.len() == 1 && s[0].0 == next).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", l2_statuses(&lab, "default", "web")));
+    lab.kubectl(&["label", "node", &owner, &format!("{label}-")])
+        .unwrap();
+
     // Dual-stack from the same pool.
     let dual = service(
         &lab,
@@ -401,5 +435,65 @@ fn metallb_objects_unchanged_assign_and_announce_on_a_real_control_plane() {
     // pool would have clashed with keeps its address.
     lab.kubectl(&["delete", "ipaddresspool", "broken", "-n", "metallb-system"])
         .unwrap();
-    assert_eq!(lab.external_ips("web"), [ip]);
+    assert_eq!(lab.external_ips("web"), std::slice::from_ref(&ip));
+
+    // A BGP object: said once, on the object; the layer-2 config stands.
+    lab.apply(&serde_json::from_str(BGP_PEER_CRD).unwrap())
+        .unwrap();
+    eventually("the BGPPeer kind served", LIMIT, || {
+        lab.apply(&json!({
+            "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+            "metadata": {"name": "router", "namespace": "metallb-system"},
+            "spec": {"myASN": 64500, "peerASN": 64501, "peerAddress": "192.0.2.1"}
+        }))
+        .ok()
+    })
+    .unwrap();
+    let said = eventually("a BGPNotSupported Event on BGPPeer router", LIMIT, || {
+        object_event(&lab, "BGPPeer", "router", "BGPNotSupported")
+    })
+    .unwrap();
+    assert!(said.contains("BGP is not supported"), "{said}");
+    answers(&lab, &ip);
+
+    // Every call was allowed by the real authorizer, and every permission
+    // the config-from-crds component grants was used.
+    let text =
+        std::fs::read_to_string(root().join("manifests/components/config-from-crds/rbac.yaml"))
+            .unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| {
+            d["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("Role") || k.starts_with("ClusterRole"))
+        })
+        .collect();
+    let rbac = Rbac::from_documents(&docs).unwrap();
+    let log = lab.control_plane.as_ref().unwrap().audit_log();
+    eventually("every permission of the component used", LIMIT, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut denied = Vec::new();
+        for (a, code) in text.lines().filter_map(audit_request) {
+            if code == 403 {
+                denied.push(format!(
+                    "{} {} {} ({:?})",
+                    a.user, a.verb, a.resource, a.namespace
+                ));
+            } else if (200..300).contains(&code) || code == 404 || code == 409 {
+                let _ = rbac.check(&a);
+            }
+        }
+        assert!(denied.is_empty(), "the API server denied: {denied:#?}");
+        let mut unused = rbac.unused(CONTROLLER);
+        unused.extend(rbac.unused(SPEAKER));
+        if unused.is_empty() {
+            Some(())
+        } else {
+            eprintln!("not used yet: {unused:?}");
+            None
+        }
+    })
+    .unwrap();
 }

@@ -899,3 +899,60 @@ fn both_sources_merge_the_configmap_and_the_objects() {
         .collect();
     assert_eq!(names, ["default", "staging", "rest"]);
 }
+
+/// `check-config --to-crds`: the objects it writes give the same
+/// assignments as the ConfigMap they come from.
+#[test]
+fn converted_objects_assign_as_the_configmap_does() {
+    let cm_text = "address-pools:
+- name: team-a
+  protocol: layer2
+  namespaces: [team-a]
+  addresses: [198.51.100.0/30]
+- name: default
+  protocol: layer2
+  addresses: [192.0.2.64/30, \"2001:db8::/126\"]
+  avoid-buggy-ips: true
+- name: reserved
+  protocol: layer2
+  auto-assign: false
+  addresses: [203.0.113.0/24]
+";
+    let config = ferrolb_core::config::parse(cm_text).unwrap();
+    let objects = ferrolb_core::crd::to_crds(&config, "metallb-system").unwrap();
+    assert!(objects.warnings.is_empty(), "{:?}", objects.warnings);
+    let services = || {
+        let mut list = Vec::new();
+        for ns in ["team-a", "team-b", "default"] {
+            for i in 0..4 {
+                list.push(lb(ns, &format!("s{i}")));
+            }
+        }
+        let mut asks = lb("default", "asks");
+        asks.metadata.annotations = Some(BTreeMap::from([(
+            "metallb.io/address-pool".to_owned(),
+            "reserved".to_owned(),
+        )]));
+        list.push(asks);
+        list
+    };
+    let mut from_cm = Engine::new(Classes::default(), Source::ConfigMap);
+    from_cm.config_changed(Some(&cm(cm_text)));
+    from_cm.services_listed(services());
+    let mut from_objects = Engine::new(Classes::default(), Source::Crds);
+    from_objects.objects_changed(Ok(objects.yaml));
+    from_objects.services_listed(services());
+    let mut assigned = 0;
+    for s in services() {
+        let k = key_of(&s);
+        let (a, b) = (
+            ips(&from_cm, &k.namespace, &k.name),
+            ips(&from_objects, &k.namespace, &k.name),
+        );
+        assert_eq!(a, b, "{k}");
+        assigned += usize::from(!a.is_empty());
+    }
+    // team-a's 4 addresses to team-a, default's 4 to 4 of the 8 others,
+    // and the reserved pool to the Service that asks for it.
+    assert_eq!(assigned, 9);
+}
