@@ -5,7 +5,7 @@
 //! defaults and printer columns are MetalLB's, and the schema refuses what
 //! MetalLB's refuses. Needs the Kubernetes binaries (`FERROLB_KUBE_BIN`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferrolb_tests::kube::{ControlPlane, KUBE_BIN_ENV, KubeBinaries};
@@ -35,7 +35,7 @@ fn metallb_objects_apply_unchanged_over_the_crd_component() {
     let component = root().join("manifests/components/metallb-crds");
     let k = work.join("kustomization");
     std::fs::create_dir_all(&k).unwrap();
-    let rel = relative(&k, &component);
+    let rel = ferrolb_tests::relative_path(&k, &component);
     std::fs::write(
         k.join("kustomization.yaml"),
         format!(
@@ -125,23 +125,4 @@ fn metallb_objects_apply_unchanged_over_the_crd_component() {
     assert!(format!("{refused:#}").contains("addresses"), "{refused:#}");
     drop(cp);
     let _ = std::fs::remove_dir_all(&work);
-}
-
-/// `to` relative to `from` (kustomize wants relative paths to components).
-fn relative(from: &Path, to: &Path) -> PathBuf {
-    let from = from.canonicalize().unwrap();
-    let to = to.canonicalize().unwrap();
-    let common = from
-        .components()
-        .zip(to.components())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let mut out = PathBuf::new();
-    for _ in from.components().skip(common) {
-        out.push("..");
-    }
-    for c in to.components().skip(common) {
-        out.push(c);
-    }
-    out
 }

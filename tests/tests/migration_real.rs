@@ -98,24 +98,6 @@ fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-fn relative(from: &Path, to: &Path) -> PathBuf {
-    let from = from.canonicalize().unwrap();
-    let to = to.canonicalize().unwrap();
-    let common = from
-        .components()
-        .zip(to.components())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let mut out = PathBuf::new();
-    for _ in from.components().skip(common) {
-        out.push("..");
-    }
-    for c in to.components().skip(common) {
-        out.push(c);
-    }
-    out
-}
-
 fn lab(dir: &Path) -> Option<Lab> {
     let Some(bins) = KubeBinaries::from_env() else {
         assert!(
@@ -132,7 +114,11 @@ fn lab(dir: &Path) -> Option<Lab> {
     // README's migration section writes it.
     let k = dir.join("kustomization");
     std::fs::create_dir_all(&k).unwrap();
-    let rel = |p: &str| relative(&k, &root().join(p)).display().to_string();
+    let rel = |p: &str| {
+        ferrolb_tests::relative_path(&k, &root().join(p))
+            .display()
+            .to_string()
+    };
     std::fs::write(
         k.join("kustomization.yaml"),
         format!(
