@@ -106,6 +106,10 @@ pub struct Engine {
     /// Namespace labels, when the config source may select namespaces by
     /// label (`None`: not watched).
     namespace_labels: Option<BTreeMap<String, Labels>>,
+    /// The Namespaces have been listed (or are not watched): until then a
+    /// pool selecting namespaces by label would refuse every namespace, and
+    /// a Service could get an address from another pool for good.
+    namespaces_listed: bool,
     /// The last config warning while the config is stale (for the
     /// condition of Services waiting for an address).
     config_problem: Option<String>,
@@ -129,6 +133,7 @@ impl Engine {
             configmap_text: None,
             objects_text: None,
             namespace_labels: source.reads_crds().then(BTreeMap::new),
+            namespaces_listed: !source.reads_crds(),
             classes,
             allocator: Allocator::new(),
             services: BTreeMap::new(),
@@ -272,6 +277,33 @@ impl Engine {
                 .cloned()
                 .collect();
             self.run(keys);
+        }
+    }
+
+    /// Every Namespace and its labels (the watch's first listing, or a
+    /// relisting): replaces what was known; then the first pass may start.
+    pub fn namespaces_listed(&mut self, list: BTreeMap<String, Labels>) {
+        let Some(known) = self.namespace_labels.as_mut() else {
+            return;
+        };
+        let changed: BTreeSet<String> = list
+            .iter()
+            .filter(|(n, l)| known.get(*n) != Some(*l))
+            .map(|(n, _)| n.clone())
+            .chain(known.keys().filter(|n| !list.contains_key(*n)).cloned())
+            .collect();
+        *known = list;
+        self.namespaces_listed = true;
+        if self.synced {
+            let keys: Vec<ServiceKey> = self
+                .services
+                .keys()
+                .filter(|k| changed.contains(&k.namespace))
+                .cloned()
+                .collect();
+            self.run(keys);
+        } else {
+            self.try_sync();
         }
     }
 
@@ -475,7 +507,11 @@ impl Engine {
 
     /// The first full pass, once the Services are listed and a config is loaded.
     fn try_sync(&mut self) {
-        if self.synced || !self.listed || self.allocator.config().is_none() {
+        if self.synced
+            || !self.listed
+            || !self.namespaces_listed
+            || self.allocator.config().is_none()
+        {
             return;
         }
         // Learn every address already in a status, before any new one is given out.

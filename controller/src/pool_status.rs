@@ -3,7 +3,10 @@
 //! `availableIPv6` (counts; a shared address counts once, and addresses a
 //! pool avoids, `avoidBuggyIPs`, are not available). Written in the
 //! background once the counts have held for [`SETTLE`], one patch per pool
-//! whose counts changed, so a burst of assignments costs one write per pool.
+//! whose status (as the watch shows it) differs, so a burst of assignments
+//! costs one write per pool, and a status someone else changed, or a stale
+//! one from an earlier leader, is put right. The task stops with the writer
+//! (when leadership is lost).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,8 +36,18 @@ pub fn status_of(p: &PoolStats) -> Value {
     })
 }
 
+/// Per pool (by object name): the status wanted, and the one the watch shows.
+pub type Wanted = BTreeMap<String, (Value, Option<Value>)>;
+
 pub struct PoolStatusWriter {
-    tx: watch::Sender<BTreeMap<String, Value>>,
+    tx: watch::Sender<Wanted>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PoolStatusWriter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl PoolStatusWriter {
@@ -43,12 +56,12 @@ impl PoolStatusWriter {
         let (tx, rx) = watch::channel(BTreeMap::new());
         let api: Api<DynamicObject> =
             Api::namespaced_with(client, namespace, &metallb::resource("IPAddressPool"));
-        tokio::spawn(worker(api, metrics, rx));
-        PoolStatusWriter { tx }
+        let task = tokio::spawn(worker(api, metrics, rx));
+        PoolStatusWriter { tx, task }
     }
 
-    /// The status each pool (by object name) should show.
-    pub fn set(&self, wanted: BTreeMap<String, Value>) {
+    /// The status each pool should show, and what it shows.
+    pub fn set(&self, wanted: Wanted) {
         self.tx.send_if_modified(|w| {
             let changed = *w != wanted;
             *w = wanted;
@@ -57,25 +70,24 @@ impl PoolStatusWriter {
     }
 }
 
-async fn worker(
-    api: Api<DynamicObject>,
-    metrics: Arc<Metrics>,
-    mut rx: watch::Receiver<BTreeMap<String, Value>>,
-) {
-    let mut written: BTreeMap<String, Value> = BTreeMap::new();
+async fn worker(api: Api<DynamicObject>, metrics: Arc<Metrics>, mut rx: watch::Receiver<Wanted>) {
     let mut retry = false;
     loop {
-        if retry {
-            let _ = tokio::time::timeout(RETRY, rx.changed()).await;
-        } else if rx.changed().await.is_err() {
+        let changed = if retry {
+            tokio::time::timeout(RETRY, rx.changed())
+                .await
+                .unwrap_or(Ok(()))
+        } else {
+            rx.changed().await
+        };
+        if changed.is_err() {
             return;
         }
         tokio::time::sleep(SETTLE).await;
         let wanted = rx.borrow_and_update().clone();
-        written.retain(|name, _| wanted.contains_key(name));
         retry = false;
-        for (name, status) in &wanted {
-            if written.get(name) == Some(status) {
+        for (name, (status, shown)) in &wanted {
+            if shown.as_ref() == Some(status) {
                 continue;
             }
             match api
@@ -86,10 +98,7 @@ async fn worker(
                 )
                 .await
             {
-                Ok(_) => {
-                    debug!(pool = %name, "IPAddressPool status written");
-                    written.insert(name.clone(), status.clone());
-                }
+                Ok(_) => debug!(pool = %name, "IPAddressPool status written"),
                 // Deleted meanwhile: the next config says so.
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {

@@ -84,8 +84,7 @@ pub async fn run(
             metrics.clone(),
         )
     });
-    let mut bgp_check = tokio::time::interval(Duration::from_secs(60));
-    let mut bgp_seen: BTreeSet<String> = BTreeSet::new();
+
     let events = EventSink::start_counted(
         client.clone(),
         events::Options {
@@ -97,6 +96,23 @@ pub async fn run(
         metrics.clone(),
     );
     let mut engine = Engine::new(settings.classes.clone(), settings.source);
+    // MetalLB's BGP objects, said once each, in the background: a slow API
+    // server never holds up allocation.
+    let bgp_task = settings.source.reads_crds().then(|| {
+        let (client, namespace, events) = (
+            client.clone(),
+            settings.crds_namespace.clone(),
+            events.clone(),
+        );
+        tokio::spawn(async move {
+            let mut seen: BTreeSet<String> = BTreeSet::new();
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                check_bgp(&client, &namespace, &events, &mut seen).await;
+            }
+        })
+    });
     let mut writer = Writer::new(client.clone(), settings.write_concurrency);
     let mut listing: Option<Vec<Service>> = None;
     let mut config_listing: Option<Option<ConfigMap>> = None;
@@ -182,12 +198,19 @@ pub async fn run(
             Some(ev) = namespace_events.next() => match ev {
                 Ok(Event::Init) => namespace_listing = Some(Vec::new()),
                 Ok(Event::InitApply(ns)) => namespace_listing.get_or_insert_with(Vec::new).push(ns),
-                Ok(Event::InitDone) => {
-                    for ns in namespace_listing.take().unwrap_or_default() {
-                        let name = ns.metadata.name.clone().unwrap_or_default();
-                        engine.namespace_changed(&name, Some(ns.metadata.labels.unwrap_or_default()));
-                    }
-                }
+                Ok(Event::InitDone) => engine.namespaces_listed(
+                    namespace_listing
+                        .take()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|ns| {
+                            (
+                                ns.metadata.name.unwrap_or_default(),
+                                ns.metadata.labels.unwrap_or_default(),
+                            )
+                        })
+                        .collect(),
+                ),
                 Ok(Event::Apply(ns)) => {
                     let name = ns.metadata.name.clone().unwrap_or_default();
                     engine.namespace_changed(&name, Some(ns.metadata.labels.unwrap_or_default()));
@@ -200,9 +223,6 @@ pub async fn run(
                     warn!(error = %e, "the Namespace watch failed; it restarts with backoff");
                 }
             },
-            _ = bgp_check.tick(), if settings.source.reads_crds() => {
-                check_bgp(&client, &settings.crds_namespace, &events, &mut bgp_seen).await;
-            }
             Some(done) = writer.done.recv() => writer.completed(done, &engine, &metrics),
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(far_future).into()), if retry_at.is_some() => {}
         }
@@ -241,22 +261,27 @@ pub async fn run(
         metrics.set_config(status.loaded, status.stale);
         let stats = engine.allocator().pool_stats();
         if let (Some(w), Some(o)) = (&pool_status, &objects) {
-            let names: BTreeSet<String> = o
+            let shown: std::collections::BTreeMap<String, Option<serde_json::Value>> = o
                 .pools()
                 .iter()
-                .filter_map(|p| p.metadata.name.clone())
+                .filter_map(|p| Some((p.metadata.name.clone()?, p.data.get("status").cloned())))
                 .collect();
             w.set(
                 stats
                     .iter()
-                    .filter(|p| names.contains(&p.name))
-                    .map(|p| (p.name.clone(), crate::pool_status::status_of(p)))
+                    .filter_map(|p| {
+                        let now = shown.get(&p.name)?.clone();
+                        Some((p.name.clone(), (crate::pool_status::status_of(p), now)))
+                    })
                     .collect(),
             );
         }
         metrics.set_pools(&stats);
         metrics.pending_services.set(engine.pending().len() as i64);
         metrics.ready.store(engine.is_synced(), Ordering::Relaxed);
+    }
+    if let Some(t) = bgp_task {
+        t.abort();
     }
     writer.drain(Duration::from_secs(3)).await;
     Ok(())

@@ -113,6 +113,26 @@ pub fn l2_statuses(
         .collect()
 }
 
+/// For each Service, the nodes that own one of its addresses (a dual-stack
+/// Service may have one per family): another node's ServiceL2Status for it
+/// is stale only if that node is not among them.
+pub fn announcers(
+    ownership: &BTreeMap<IpAddr, Owner>,
+    services: &[ServiceInfo],
+) -> BTreeMap<ServiceKey, BTreeSet<String>> {
+    services
+        .iter()
+        .map(|s| {
+            let nodes = s
+                .addresses
+                .iter()
+                .filter_map(|a| ownership.get(a)?.node().map(str::to_owned))
+                .collect();
+            (s.key.clone(), nodes)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +230,27 @@ mod tests {
             "all interfaces"
         );
         assert_eq!(got[&ServiceKey::new("ns", "b")], ["eth1"]);
+    }
+
+    #[test]
+    fn announcers_are_the_owners_of_each_family() {
+        let services = [
+            svc("dual", &["192.0.2.2", "2001:db8::2"]),
+            svc("none", &["192.0.2.9"]),
+        ];
+        let ownership: BTreeMap<IpAddr, Owner> = [
+            (ip("192.0.2.2"), Owner::Node("a".into())),
+            (ip("2001:db8::2"), Owner::Node("b".into())),
+            (ip("192.0.2.9"), Owner::Nobody(Unowned::NoServingEndpoint)),
+        ]
+        .into_iter()
+        .collect();
+        let got = announcers(&ownership, &services);
+        let nodes: Vec<&str> = got[&ServiceKey::new("ns", "dual")]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(nodes, ["a", "b"]);
+        assert!(got[&ServiceKey::new("ns", "none")].is_empty());
     }
 }

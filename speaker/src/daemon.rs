@@ -645,10 +645,9 @@ impl State {
                 }
                 mine.insert(address, names);
             }
-            l2 = Some(ferrolb_core::announced::l2_statuses(
-                &mine,
-                &listed,
-                &state.services,
+            l2 = Some((
+                ferrolb_core::announced::l2_statuses(&mine, &listed, &state.services),
+                ferrolb_core::announced::announcers(&ownership, &state.services),
             ));
             if let Some(tx) = &self.service_health {
                 let targets = health_targets(&self.settings.node, &nodes, &state, &mine, &services);
@@ -711,11 +710,13 @@ impl State {
             // what it queued while it decided is not sent.
             None => self.conditions.cancel_all(),
         }
-        // Fenced or not joined: this node announces nothing, and says so.
-        if l2.is_none() && synced {
-            l2 = Some(BTreeMap::new());
+        // Fenced: this node announces nothing, and says so. Not synced, no
+        // config yet or still joining: it has not decided, and its objects
+        // (kept from before a restart) stay until it has.
+        if l2.is_none() && fenced {
+            l2 = Some((BTreeMap::new(), BTreeMap::new()));
         }
-        if let (Some(services), Some(writer)) = (l2, &self.l2status) {
+        if let (Some((services, announcers)), Some(writer)) = (l2, &self.l2status) {
             let owner = self.settings.pod_name.as_ref().and_then(|name| {
                 self.pods
                     .state()
@@ -725,6 +726,7 @@ impl State {
             });
             writer.set(crate::l2status::Wanted {
                 services: Some(services),
+                announcers,
                 owner,
             });
         }

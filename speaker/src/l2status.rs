@@ -11,7 +11,10 @@
 //! wanted is read once it has held for [`SETTLE`] and then made true with
 //! one list and only the writes that differ (at most [`CONCURRENCY`] at
 //! once), so a steady state writes nothing and a flapping owner writes once
-//! it settles. When the kind is not served (its CRD is not installed) or the
+//! it settles. As MetalLB does, the new announcer of a Service also deletes
+//! the other nodes' objects for it (a dead node cannot delete its own), and
+//! an object owned by an earlier Pod of this speaker is replaced. Every
+//! [`RESYNC`] the objects are listed again, so one deleted by hand comes back. When the kind is not served (its CRD is not installed) or the
 //! speaker may not list it, it says so once and looks again, backing off to
 //! every [`RECHECK`].
 
@@ -38,6 +41,8 @@ const CONCURRENCY: usize = 8;
 const RECHECK: Duration = Duration::from_secs(300);
 /// After a failed round, the next one.
 const RETRY: Duration = Duration::from_secs(5);
+/// After a good round, the next check even if nothing changed.
+const RESYNC: Duration = Duration::from_secs(300);
 
 pub const LABEL_NODE: &str = "metallb.io/node";
 pub const LABEL_SERVICE_NAME: &str = "metallb.io/service-name";
@@ -49,6 +54,10 @@ pub struct Wanted {
     /// Service -> interfaces to list. `None`: nothing decided yet (nothing
     /// is written or deleted before the first decision).
     pub services: Option<BTreeMap<ServiceKey, Vec<String>>>,
+    /// Per Service, the nodes announcing one of its addresses now: another
+    /// node's object for a Service this node announces is deleted only if
+    /// that node is not one of them (a dual-stack Service may have two).
+    pub announcers: BTreeMap<ServiceKey, std::collections::BTreeSet<String>>,
     /// The speaker Pod's name and uid, for the owner reference.
     pub owner: Option<(String, String)>,
 }
@@ -103,7 +112,9 @@ async fn worker(
             }
             Some(after) => {
                 // A change or the timer, whichever comes first.
-                let _ = tokio::time::timeout(after, rx.changed()).await;
+                if let Ok(Err(_)) = tokio::time::timeout(after, rx.changed()).await {
+                    return;
+                }
             }
         }
         // Let it settle: a flapping owner writes once it stops.
@@ -113,7 +124,16 @@ async fn worker(
             again = None;
             continue;
         };
-        match round(&api, &node, &namespace, &services, wanted.owner.as_ref()).await {
+        match round(
+            &api,
+            &node,
+            &namespace,
+            &services,
+            &wanted.announcers,
+            wanted.owner.as_ref(),
+        )
+        .await
+        {
             Ok(writes) => {
                 if !served {
                     info!("ServiceL2Status objects are served again: written");
@@ -122,7 +142,7 @@ async fn worker(
                 if writes > 0 {
                     debug!(writes, "ServiceL2Status objects updated");
                 }
-                again = None;
+                again = Some(RESYNC);
                 recheck = RETRY;
             }
             Err(Failure::NotServed) => {
@@ -180,6 +200,29 @@ fn status_body(node: &str, key: &ServiceKey, interfaces: &[String]) -> serde_jso
     status
 }
 
+/// The merge patch that makes an object's status `status`: a list of
+/// interfaces no longer wanted is removed (null), not left as it was.
+fn status_patch(status: &serde_json::Value) -> serde_json::Value {
+    let mut status = status.clone();
+    if status.get("interfaces").is_none() {
+        status["interfaces"] = serde_json::Value::Null;
+    }
+    json!({ "status": status })
+}
+
+/// Whether the object is owned by the speaker Pod `owner` (name, uid); an
+/// object kept from an earlier Pod is not.
+fn owned_by(o: &DynamicObject, owner: Option<&(String, String)>) -> bool {
+    let Some((_, uid)) = owner else {
+        return true;
+    };
+    o.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.uid == *uid)
+}
+
 enum Failure {
     /// The kind is not served: its CRD is not installed.
     NotServed,
@@ -194,12 +237,12 @@ async fn round(
     node: &str,
     namespace: &str,
     wanted: &BTreeMap<ServiceKey, Vec<String>>,
+    announcers: &BTreeMap<ServiceKey, std::collections::BTreeSet<String>>,
     owner: Option<&(String, String)>,
 ) -> Result<usize, Failure> {
-    let list = match api
-        .list(&ListParams::default().labels(&format!("{LABEL_NODE}={node}")))
-        .await
-    {
+    // Every node's objects: this node's to reconcile, the others' for the
+    // Services this node now announces to delete.
+    let list = match api.list(&ListParams::default()).await {
         Ok(l) => l,
         Err(kube::Error::Api(s)) if s.code == 404 => return Err(Failure::NotServed),
         Err(kube::Error::Api(s)) if s.code == 403 => return Err(Failure::Forbidden),
@@ -209,8 +252,26 @@ async fn round(
     let mut delete: Vec<String> = Vec::new();
     for o in list.items {
         let name = o.metadata.name.clone().unwrap_or_default();
-        match service_of(&o) {
-            Some(k) if wanted.contains_key(&k) && !kept.contains_key(&k) => {
+        let of_node = o
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_NODE))
+            .cloned()
+            .unwrap_or_default();
+        let service = service_of(&o);
+        if of_node != node {
+            // Another node's: deleted once this node announces the Service
+            // and that node announces none of its addresses.
+            if service.is_some_and(|k| {
+                wanted.contains_key(&k) && !announcers.get(&k).is_some_and(|a| a.contains(&of_node))
+            }) {
+                delete.push(name);
+            }
+            continue;
+        }
+        match service {
+            Some(k) if wanted.contains_key(&k) && !kept.contains_key(&k) && owned_by(&o, owner) => {
                 kept.insert(k, o);
             }
             _ => delete.push(name),
@@ -261,7 +322,7 @@ async fn round(
                         .patch_status(
                             &name,
                             &PatchParams::default(),
-                            &Patch::Merge(json!({"status": status})),
+                            &Patch::Merge(status_patch(&status)),
                         )
                         .await
                         .map(|_| ()),
@@ -290,7 +351,7 @@ async fn round(
                         api.patch_status(
                             &name,
                             &PatchParams::default(),
-                            &Patch::Merge(json!({"status": status})),
+                            &Patch::Merge(status_patch(&status)),
                         )
                         .await
                         .map(|_| ())
@@ -305,4 +366,25 @@ async fn round(
         r.map_err(Failure::Api)?;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_interface_list_is_removed_by_the_patch() {
+        let key = ServiceKey::new("default", "web");
+        let all = status_body("node-1", &key, &[]);
+        assert!(all.get("interfaces").is_none(), "as MetalLB writes it");
+        assert_eq!(
+            status_patch(&all)["status"]["interfaces"],
+            serde_json::Value::Null
+        );
+        let named = status_body("node-1", &key, &["eth0".to_owned()]);
+        assert_eq!(
+            status_patch(&named)["status"]["interfaces"],
+            json!([{"name": "eth0"}])
+        );
+    }
 }

@@ -419,8 +419,17 @@ fn metallb_objects_unchanged_assign_and_announce_on_a_real_control_plane() {
 
     // Fixed: the objects are in force again, and the Service the broken
     // pool would have clashed with keeps its address.
+    let stale = || {
+        lab.leader_metrics()
+            .map(|m| ferrolb_tests::lab::metric(&m, "ferrolb_config_stale"))
+    };
+    assert_eq!(stale(), Some(1.0), "the broken objects are not in force");
     lab.kubectl(&["delete", "ipaddresspool", "broken", "-n", "metallb-system"])
         .unwrap();
+    eventually("the objects in force again", LIMIT, || {
+        (stale() == Some(0.0)).then_some(())
+    })
+    .unwrap();
     assert_eq!(lab.external_ips("web"), std::slice::from_ref(&ip));
 
     // A BGP object: said once, on the object; the layer-2 config stands.
@@ -441,6 +450,22 @@ fn metallb_objects_unchanged_assign_and_announce_on_a_real_control_plane() {
     .unwrap();
     assert!(said.contains("BGP is not supported"), "{said}");
     answers(&lab, &ip);
+
+    // The owner's cable pulled: it can reach nobody, so the new owner
+    // deletes its ServiceL2Status for web (as MetalLB's new announcer does).
+    let owner = lab.owner(&ip).expect("a node answers for web");
+    lab.unplug(&owner).unwrap();
+    eventually(
+        "web's ServiceL2Status from the new owner only, the cut node's deleted",
+        LIMIT,
+        || {
+            let s = l2_statuses(&lab, "default", "web");
+            (s.len() == 1 && s[0].0 != owner).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", l2_statuses(&lab, "default", "web")));
+    answers(&lab, &ip);
+    lab.plug(&owner).unwrap();
 
     // Every call was allowed by the real authorizer, and every permission
     // the config-from-crds component grants was used.

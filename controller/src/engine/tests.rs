@@ -812,7 +812,10 @@ fn object_notices(e: &mut Engine) -> Vec<(String, &'static str, String)> {
 #[test]
 fn the_objects_source_waits_for_the_objects_and_selects_namespaces_by_label() {
     let mut e = Engine::new(Classes::default(), Source::Crds);
-    e.namespace_changed("qa", Some(ns_labels(&[("env", "staging")])));
+    e.namespaces_listed(BTreeMap::from([(
+        "qa".to_owned(),
+        ns_labels(&[("env", "staging")]),
+    )]));
     e.services_listed(vec![lb("qa", "a")]);
     assert!(!e.is_synced(), "nothing before the objects are listed");
     e.config_changed(Some(&cm(POOLS)));
@@ -825,7 +828,7 @@ fn the_objects_source_waits_for_the_objects_and_selects_namespaces_by_label() {
 #[test]
 fn a_relabelled_namespace_gets_the_pool_its_labels_select() {
     let mut e = Engine::new(Classes::default(), Source::Crds);
-    e.namespace_changed("dev", Some(ns_labels(&[])));
+    e.namespaces_listed(BTreeMap::from([("dev".to_owned(), ns_labels(&[]))]));
     e.objects_changed(Ok(OBJECTS.into()));
     e.services_listed(vec![lb("dev", "a"), lb("dev", "b")]);
     // "rest" has one address; "staging" does not admit dev yet.
@@ -841,6 +844,7 @@ fn a_relabelled_namespace_gets_the_pool_its_labels_select() {
 #[test]
 fn an_invalid_object_gets_a_warning_on_itself_and_the_last_good_config_stays() {
     let mut e = Engine::new(Classes::default(), Source::Crds);
+    e.namespaces_listed(BTreeMap::new());
     e.objects_changed(Ok(OBJECTS.into()));
     e.services_listed(vec![lb("ns", "a")]);
     assert_eq!(ips(&e, "ns", "a"), ["192.0.2.20"]);
@@ -874,6 +878,7 @@ fn an_invalid_object_gets_a_warning_on_itself_and_the_last_good_config_stays() {
 #[test]
 fn a_pool_nothing_announces_is_a_warning_on_the_pool() {
     let mut e = Engine::new(Classes::default(), Source::Crds);
+    e.namespaces_listed(BTreeMap::new());
     let text = OBJECTS.replace("kind: L2Advertisement\nmetadata: {name: all, namespace: metallb-system}\n", "kind: L2Advertisement\nmetadata: {name: all, namespace: metallb-system}\nspec:\n  ipAddressPools: [rest]\n");
     e.objects_changed(Ok(text));
     let notices = object_notices(&mut e);
@@ -886,6 +891,7 @@ fn a_pool_nothing_announces_is_a_warning_on_the_pool() {
 #[test]
 fn both_sources_merge_the_configmap_and_the_objects() {
     let mut e = Engine::new(Classes::default(), Source::Both);
+    e.namespaces_listed(BTreeMap::new());
     e.config_changed(Some(&cm(POOLS)));
     e.services_listed(vec![lb("qa", "a")]);
     assert!(!e.is_synced(), "waits for the objects too");
@@ -940,6 +946,7 @@ fn converted_objects_assign_as_the_configmap_does() {
     from_cm.config_changed(Some(&cm(cm_text)));
     from_cm.services_listed(services());
     let mut from_objects = Engine::new(Classes::default(), Source::Crds);
+    from_objects.namespaces_listed(BTreeMap::new());
     from_objects.objects_changed(Ok(objects.yaml));
     from_objects.services_listed(services());
     let mut assigned = 0;
@@ -955,4 +962,21 @@ fn converted_objects_assign_as_the_configmap_does() {
     // team-a's 4 addresses to team-a, default's 4 to 4 of the 8 others,
     // and the reserved pool to the Service that asks for it.
     assert_eq!(assigned, 9);
+}
+
+#[test]
+fn nothing_is_assigned_before_the_namespaces_are_listed() {
+    // Else a Service of a namespace a pool selects by label would take an
+    // address from another pool, for good.
+    let mut e = Engine::new(Classes::default(), Source::Crds);
+    e.objects_changed(Ok(OBJECTS.into()));
+    e.services_listed(vec![lb("qa", "a")]);
+    assert!(!e.is_synced());
+    assert_eq!(e.desired(&key("qa", "a")), None);
+    e.namespaces_listed(BTreeMap::from([(
+        "qa".to_owned(),
+        ns_labels(&[("env", "staging")]),
+    )]));
+    assert!(e.is_synced());
+    assert_eq!(ips(&e, "qa", "a"), ["192.0.2.10"]);
 }
