@@ -71,8 +71,8 @@ struct RunArgs {
     #[arg(long, env = "FERROLB_CONFIG_NAME", default_value = "config")]
     config_name: String,
     /// Where the pools come from: `configmap` (the ConfigMap), `crds`
-    /// (MetalLB's IPAddressPool and L2Advertisement objects in the config
-    /// namespace), or `both` (a pool or address in both is refused).
+    /// (MetalLB's IPAddressPool and L2Advertisement objects in
+    /// --crds-namespace), or `both` (a pool or address in both is refused).
     #[arg(long, env = "FERROLB_CONFIG_SOURCE", default_value = "configmap")]
     config_source: ferrolb_core::sources::Source,
     /// Namespace of MetalLB's objects, when they are read (default: the

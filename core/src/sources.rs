@@ -19,7 +19,8 @@ pub enum Source {
     /// The ConfigMap's `config` key.
     #[default]
     ConfigMap,
-    /// IPAddressPool and L2Advertisement objects in the config namespace.
+    /// IPAddressPool and L2Advertisement objects in one namespace
+    /// (`--crds-namespace`).
     Crds,
     /// Both, merged; a pool or address in both is refused.
     Both,

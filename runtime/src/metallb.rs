@@ -139,7 +139,7 @@ impl Objects {
                     return Ok(None);
                 }
                 let why = format!(
-                    "the {kind} kind ({GROUP}/{VERSION}) is not served: its CRD is not installed (kubectl apply -k manifests/components/metallb-crds, or keep MetalLB's CRDs)"
+                    "the {kind} kind ({GROUP}/{VERSION}) is not served: its CRD is not installed (add the component manifests/components/metallb-crds to your kustomization, or keep MetalLB's CRDs)"
                 );
                 self.missing[u.kind] = Some(why.clone());
                 Ok(Some(why))

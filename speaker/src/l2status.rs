@@ -148,7 +148,7 @@ async fn worker(
             Err(Failure::NotServed) => {
                 if served {
                     info!(
-                        "the ServiceL2Status kind (metallb.io/v1beta1) is not served: its CRD is not installed, so no ServiceL2Status object is written (kubectl apply -k manifests/components/metallb-crds installs it)"
+                        "the ServiceL2Status kind (metallb.io/v1beta1) is not served: its CRD is not installed, so no ServiceL2Status object is written (the component manifests/components/metallb-crds installs it)"
                     );
                     served = false;
                 }

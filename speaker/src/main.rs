@@ -41,7 +41,7 @@ struct RunArgs {
     #[arg(long, env = "FERROLB_CONFIG_NAME", default_value = "config")]
     config_name: String,
     /// Where the pools come from: `configmap`, `crds` (MetalLB's
-    /// IPAddressPool and L2Advertisement objects in the config namespace) or
+    /// IPAddressPool and L2Advertisement objects in --crds-namespace) or
     /// `both`; the same as the controller's.
     #[arg(long, env = "FERROLB_CONFIG_SOURCE", default_value = "configmap")]
     config_source: ferrolb_core::sources::Source,

@@ -119,10 +119,16 @@ fn lab(dir: &Path) -> Option<Lab> {
             .display()
             .to_string()
     };
+    // A cluster that never had MetalLB: its namespace first (README).
+    std::fs::write(
+        k.join("metallb-system.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: metallb-system\n",
+    )
+    .unwrap();
     std::fs::write(
         k.join("kustomization.yaml"),
         format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {}\ncomponents:\n- {}\n- {}\n",
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- metallb-system.yaml\n- {}\ncomponents:\n- {}\n- {}\n",
             rel("manifests"),
             rel("manifests/components/metallb-crds"),
             rel("manifests/components/config-from-crds"),
