@@ -222,12 +222,7 @@ impl Engine {
     pub fn config_changed(&mut self, cm: Option<&ConfigMap>) {
         let text: Result<String, String> = match cm {
             None => Err("the ConfigMap does not exist".to_owned()),
-            Some(cm) => cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get("config"))
-                .cloned()
-                .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned()),
+            Some(cm) => ferrolb_runtime::service::config_text(cm),
         };
         self.configmap_text = Some(text);
         self.offer_config(cm.is_some());

@@ -103,6 +103,15 @@ pub fn status_condition<'a>(svc: &'a Service, kind: &str) -> Option<&'a Conditio
         .find(|c| c.type_ == kind)
 }
 
+/// The config document of the ConfigMap (its key `config`), or why it has none.
+pub fn config_text(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Result<String, String> {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get("config"))
+        .cloned()
+        .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned())
+}
+
 #[cfg(test)]
 mod class_tests {
     use super::*;

@@ -397,12 +397,7 @@ impl State {
                     "the ConfigMap {}/{} does not exist",
                     self.settings.config_namespace, self.settings.config_name
                 )),
-                Some(cm) => cm
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("config"))
-                    .cloned()
-                    .ok_or_else(|| "the ConfigMap has no key \"config\" under data".to_owned()),
+                Some(cm) => ferrolb_runtime::service::config_text(cm),
             })
         } else {
             None
@@ -640,15 +635,18 @@ impl State {
                     );
                 }
                 let names: Vec<String> = on.iter().map(|i| i.name.clone()).collect();
-                if !pool_interfaces.is_empty() {
+                if !pool_interfaces.is_empty() && self.l2status.is_some() {
                     listed.insert(address, names.clone());
                 }
                 mine.insert(address, names);
             }
-            l2 = Some((
-                ferrolb_core::announced::l2_statuses(&mine, &listed, &state.services),
-                ferrolb_core::announced::announcers(&ownership, &state.services),
-            ));
+            // Only with --service-l2-status: a full pass over the Services.
+            if self.l2status.is_some() {
+                l2 = Some((
+                    ferrolb_core::announced::l2_statuses(&mine, &listed, &state.services),
+                    ferrolb_core::announced::announcers(&ownership, &state.services),
+                ));
+            }
             if let Some(tx) = &self.service_health {
                 let targets = health_targets(&self.settings.node, &nodes, &state, &mine, &services);
                 tx.send_if_modified(|t| {

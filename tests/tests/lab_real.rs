@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ferrolb_tests::apiserver::rbac::{Rbac, audit_request};
+use ferrolb_tests::apiserver::rbac::{Rbac, replay_audit_log};
 use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
 use ferrolb_tests::kubeproxy::ProxyMode;
 use ferrolb_tests::lab::{DUAL_STACK_POOLS, Lab, LabOptions, RealOptions, eventually};
@@ -164,19 +164,7 @@ fn rbac_report(lab: &Lab) -> (Vec<String>, Vec<String>) {
     }
     let rbac = Rbac::from_documents(&docs).unwrap();
     let log = lab.control_plane.as_ref().unwrap().audit_log();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let mut denied = Vec::new();
-    for (a, code) in text.lines().filter_map(audit_request) {
-        if code == 403 {
-            denied.push(format!(
-                "{} {} {} ({:?})",
-                a.user, a.verb, a.resource, a.namespace
-            ));
-        } else if (200..300).contains(&code) || code == 404 || code == 409 {
-            // Allowed by the real authorizer: record which grant allows it.
-            let _ = rbac.check(&a);
-        }
-    }
+    let denied = replay_audit_log(&rbac, &log);
     let mut unused = rbac.unused(CONTROLLER);
     unused.extend(rbac.unused(SPEAKER));
     (denied, unused)

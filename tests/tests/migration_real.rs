@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferrolb_tests::apiserver::rbac::{Rbac, audit_request};
+use ferrolb_tests::apiserver::rbac::{Rbac, replay_audit_log};
 use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
 use ferrolb_tests::kubeproxy::ProxyMode;
 use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, eventually};
@@ -490,18 +490,7 @@ fn metallb_objects_unchanged_assign_and_announce_on_a_real_control_plane() {
     let rbac = Rbac::from_documents(&docs).unwrap();
     let log = lab.control_plane.as_ref().unwrap().audit_log();
     eventually("every permission of the component used", LIMIT, || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let mut denied = Vec::new();
-        for (a, code) in text.lines().filter_map(audit_request) {
-            if code == 403 {
-                denied.push(format!(
-                    "{} {} {} ({:?})",
-                    a.user, a.verb, a.resource, a.namespace
-                ));
-            } else if (200..300).contains(&code) || code == 404 || code == 409 {
-                let _ = rbac.check(&a);
-            }
-        }
+        let denied = replay_audit_log(&rbac, &log);
         assert!(denied.is_empty(), "the API server denied: {denied:#?}");
         let mut unused = rbac.unused(CONTROLLER);
         unused.extend(rbac.unused(SPEAKER));

@@ -338,6 +338,26 @@ mod tests {
     }
 }
 
+/// Replays a real API server's audit log through `rbac`: the requests the
+/// real authorizer denied (as `user verb resource (namespace)`), while each
+/// allowed one is recorded against the grant that allows it (for
+/// [`Rbac::unused`]).
+pub fn replay_audit_log(rbac: &Rbac, log: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut denied = Vec::new();
+    for (a, code) in text.lines().filter_map(audit_request) {
+        if code == 403 {
+            denied.push(format!(
+                "{} {} {} ({:?})",
+                a.user, a.verb, a.resource, a.namespace
+            ));
+        } else if (200..300).contains(&code) || code == 404 || code == 409 {
+            let _ = rbac.check(&a);
+        }
+    }
+    denied
+}
+
 /// A request of a real API server's audit log (one JSON event, `--audit-log-format=json`)
 /// as the authorizer's attributes, with the response code; `None` for other lines.
 pub fn audit_request(line: &str) -> Option<(Attributes, u16)> {
