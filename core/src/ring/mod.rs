@@ -623,6 +623,20 @@ impl Member {
         self.restart(now, Rejoin::Asked);
     }
 
+    /// Holds this node back from owning addresses as its peers do after
+    /// removing it as failed: for the hold-down from `now`, plus two
+    /// intervals so that the old owner stops first. For a fresh member of a
+    /// node that left without every peer's acknowledgement (its link was
+    /// down): the peers removed it as failed, not as left, and hold it
+    /// down from re-admitting it; without this it would own its addresses
+    /// at once while they still give them to others (two nodes answering).
+    pub fn hold_self(&mut self, now: Instant) {
+        let me = self.me.clone();
+        self.held
+            .insert(me, now + self.s.hold_down + self.s.interval * 2);
+        self.out.push_back(Output::ViewChanged);
+    }
+
     // ----- inputs -----
 
     /// A gap in the caller's clock longer than `stall_after`: peers have

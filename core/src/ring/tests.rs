@@ -485,3 +485,49 @@ fn a_rolling_restart_moves_each_address_at_most_away_and_back() {
     let all: Vec<u32> = (0..6).collect();
     assert!(sim.agree_on(&all));
 }
+
+/// The speaker's pause path (docs/membership.md): the owner's link is cut,
+/// it leaves but no peer hears it, so they remove it as failed and hold it
+/// down once it is back; its link returns and it joins again as a fresh
+/// member. It must hold itself down as they do: no address answered by two
+/// nodes, each moved away once and back once after the hold-down.
+#[test]
+fn a_node_back_from_a_cut_link_holds_down_as_its_peers_do() {
+    for held in [true, false] {
+        let mut sim = started(3, 101, 0.0);
+        let addrs = addresses(30);
+        let mut last = vec![None; addrs.len()];
+        watch_owners(&mut sim, &addrs, ms(100), &mut last);
+        let owner = answering(&sim, &addrs)[0][0];
+        let group: Vec<u32> = (0..3).map(|i| u32::from(i == owner)).collect();
+        sim.partition(group);
+        sim.leave(owner);
+        let away = watch_owners(&mut sim, &addrs, ms(1000), &mut last);
+        sim.heal();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if held {
+                sim.restart_held(owner);
+            } else {
+                sim.restart(owner);
+            }
+            watch_owners(&mut sim, &addrs, Duration::from_secs(12), &mut last)
+        }));
+        if !held {
+            // The rule matters: without it two nodes answer.
+            assert!(
+                result.is_err(),
+                "without holding down, no address had two owners"
+            );
+            continue;
+        }
+        let back = result.expect("no address answered by two nodes");
+        assert!(
+            away.iter().any(|c| *c > 0),
+            "the cut owner's addresses moved"
+        );
+        for a in 0..addrs.len() {
+            assert!(away[a] + back[a] <= 2, "address {a}: {away:?} {back:?}");
+        }
+        assert!(sim.agree_on(&[0, 1, 2]));
+    }
+}
