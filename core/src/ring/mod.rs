@@ -714,10 +714,17 @@ impl Member {
             }
             Body::Join => {
                 if self.leaving.is_none() && !self.left {
-                    self.send_to_inc(&msg.from, msg.from_inc, Body::Welcome);
+                    // Removed as failed (or re-admitted and held since):
+                    // the joiner must hold itself down as this node will.
+                    let held = self.failed.contains(&msg.from)
+                        || self.held.get(&msg.from).is_some_and(|until| *until > now);
+                    self.send_to_inc(&msg.from, msg.from_inc, Body::Welcome { held });
                 }
             }
-            Body::Welcome => {
+            Body::Welcome { held } => {
+                if held && !self.held.contains_key(&self.me) {
+                    self.hold_self(now);
+                }
                 self.unanswered.remove(&msg.from);
                 if self.welcomed.insert(msg.from.clone())
                     && self.welcomed.len() <= 2

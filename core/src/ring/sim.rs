@@ -522,7 +522,8 @@ impl Sim {
         let kinds = [
             Body::Heartbeat,
             Body::Join,
-            Body::Welcome,
+            Body::Welcome { held: false },
+            Body::Welcome { held: true },
             Body::Hello,
             Body::Alerts(Vec::new()),
             Body::Leave,

@@ -486,48 +486,75 @@ fn a_rolling_restart_moves_each_address_at_most_away_and_back() {
     assert!(sim.agree_on(&all));
 }
 
-/// The speaker's pause path (docs/membership.md): the owner's link is cut,
-/// it leaves but no peer hears it, so they remove it as failed and hold it
-/// down once it is back; its link returns and it joins again as a fresh
-/// member. It must hold itself down as they do: no address answered by two
-/// nodes, each moved away once and back once after the hold-down.
+/// A node removed as failed comes back as a fresh member: its peers hold it
+/// down from re-admitting it, and it must hold itself down as they do, or
+/// two nodes answer. The speaker's pause path (its link was cut, its leave
+/// reached no peer) holds itself at once (`restart_held`); any fresh member,
+/// e.g. a SIGKILLed speaker started again, learns it from the peers'
+/// `Welcome { held: true }` (`restart`). Either way: no address answered by
+/// two nodes, each moved away once and back once after the hold-down.
 #[test]
-fn a_node_back_from_a_cut_link_holds_down_as_its_peers_do() {
-    for held in [true, false] {
-        let mut sim = started(3, 101, 0.0);
-        let addrs = addresses(30);
-        let mut last = vec![None; addrs.len()];
-        watch_owners(&mut sim, &addrs, ms(100), &mut last);
-        let owner = answering(&sim, &addrs)[0][0];
-        let group: Vec<u32> = (0..3).map(|i| u32::from(i == owner)).collect();
-        sim.partition(group);
-        sim.leave(owner);
-        let away = watch_owners(&mut sim, &addrs, ms(1000), &mut last);
-        sim.heal();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if held {
+fn a_node_removed_as_failed_holds_down_as_its_peers_do_when_it_returns() {
+    for held_at_once in [true, false] {
+        for cut in [true, false] {
+            let mut sim = started(3, 101, 0.0);
+            let addrs = addresses(30);
+            let mut last = vec![None; addrs.len()];
+            watch_owners(&mut sim, &addrs, ms(100), &mut last);
+            let owner = answering(&sim, &addrs)[0][0];
+            if cut {
+                let group: Vec<u32> = (0..3).map(|i| u32::from(i == owner)).collect();
+                sim.partition(group);
+                sim.leave(owner);
+            } else {
+                sim.kill(owner);
+            }
+            let away = watch_owners(&mut sim, &addrs, ms(1000), &mut last);
+            sim.heal();
+            if held_at_once {
                 sim.restart_held(owner);
             } else {
                 sim.restart(owner);
             }
-            watch_owners(&mut sim, &addrs, Duration::from_secs(12), &mut last)
-        }));
-        if !held {
-            // The rule matters: without it two nodes answer.
+            let back = watch_owners(&mut sim, &addrs, Duration::from_secs(12), &mut last);
+            assert!(away.iter().any(|c| *c > 0), "the owner's addresses moved");
             assert!(
-                result.is_err(),
-                "without holding down, no address had two owners"
+                back.iter().any(|c| *c > 0),
+                "and came back after the hold-down"
             );
-            continue;
+            for a in 0..addrs.len() {
+                assert!(away[a] + back[a] <= 2, "address {a}: {away:?} {back:?}");
+            }
+            assert!(sim.agree_on(&[0, 1, 2]));
         }
-        let back = result.expect("no address answered by two nodes");
-        assert!(
-            away.iter().any(|c| *c > 0),
-            "the cut owner's addresses moved"
-        );
-        for a in 0..addrs.len() {
-            assert!(away[a] + back[a] <= 2, "address {a}: {away:?} {back:?}");
-        }
-        assert!(sim.agree_on(&[0, 1, 2]));
     }
+}
+
+#[test]
+fn a_welcome_tells_a_node_removed_as_failed_to_hold_down() {
+    let s = Settings::default();
+    let t0 = Instant::now();
+    let mut a = Member::new("a", 1, s.clone(), t0);
+    a.set_candidates(["a".to_owned(), "b".to_owned()].into(), t0);
+    while a.poll().is_some() {}
+    // "b" never joined: a plain welcome.
+    a.handle(message("b", 5, 1, 0, Body::Join), t0).unwrap();
+    let welcome = std::iter::from_fn(|| a.poll()).find_map(|o| match o {
+        Output::Send { msg, .. } => Some(msg.body),
+        _ => None,
+    });
+    assert_eq!(welcome, Some(Body::Welcome { held: false }));
+    // A fresh "c" told it is held holds itself down, from now.
+    let mut c = Member::new("c", 9, s.clone(), t0);
+    c.set_candidates(["a".to_owned(), "c".to_owned()].into(), t0);
+    let t1 = t0 + ms(5);
+    c.handle(message("a", 1, 1, 9, Body::Welcome { held: true }), t1)
+        .unwrap();
+    let until = c.view().held.get("c").copied();
+    assert_eq!(until, Some(t1 + s.hold_down + s.interval * 2));
+    let mut d = Member::new("d", 9, s.clone(), t0);
+    d.set_candidates(["a".to_owned(), "d".to_owned()].into(), t0);
+    d.handle(message("a", 1, 1, 9, Body::Welcome { held: false }), t1)
+        .unwrap();
+    assert!(d.view().held.is_empty());
 }

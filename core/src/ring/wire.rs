@@ -63,7 +63,10 @@ pub enum Body {
     Join,
     /// The answer to a `Join`, addressed to the joiner's incarnation: the
     /// joiner now knows the sender is alive, and its incarnation.
-    Welcome,
+    /// `held`: the sender removed the joiner as failed (or holds it down),
+    /// so it will hold it down from re-admitting it; the joiner holds
+    /// itself down as well (kind 11; a plain welcome keeps kind 3).
+    Welcome { held: bool },
     /// The joiner's answer to a `Welcome`: the sender is alive now, so the
     /// receiver admits it.
     Hello,
@@ -100,12 +103,12 @@ pub struct SyncEntry {
 }
 
 impl Body {
-    /// The kind byte on the wire (1..=10).
+    /// The kind byte on the wire (1..=11).
     pub fn kind(&self) -> u8 {
         match self {
             Body::Heartbeat => 1,
             Body::Join => 2,
-            Body::Welcome => 3,
+            Body::Welcome { held: false } => 3,
             Body::Hello => 4,
             Body::Alerts(_) => 5,
             Body::Leave => 6,
@@ -113,6 +116,7 @@ impl Body {
             Body::Removed { .. } => 8,
             Body::SyncRequest => 9,
             Body::Sync { .. } => 10,
+            Body::Welcome { held: true } => 11,
         }
     }
 
@@ -121,7 +125,8 @@ impl Body {
         match self {
             Body::Heartbeat => "heartbeat",
             Body::Join => "join",
-            Body::Welcome => "welcome",
+            Body::Welcome { held: false } => "welcome",
+            Body::Welcome { held: true } => "welcome-held",
             Body::Hello => "hello",
             Body::Alerts(_) => "alerts",
             Body::Leave => "leave",
@@ -274,7 +279,7 @@ pub fn decode(bytes: &[u8], key: &[u8]) -> Result<Message, Reject> {
     let body = match kind {
         1 => Body::Heartbeat,
         2 => Body::Join,
-        3 => Body::Welcome,
+        3 => Body::Welcome { held: false },
         4 => Body::Hello,
         5 => {
             let n = r.u8()?;
@@ -313,6 +318,7 @@ pub fn decode(bytes: &[u8], key: &[u8]) -> Result<Message, Reject> {
             }
             Body::Sync { entries, last }
         }
+        11 => Body::Welcome { held: true },
         _ => return Err(Reject::Malformed),
     };
     if !r.b.is_empty() {
@@ -349,7 +355,8 @@ mod tests {
         vec![
             Body::Heartbeat,
             Body::Join,
-            Body::Welcome,
+            Body::Welcome { held: false },
+            Body::Welcome { held: true },
             Body::Hello,
             Body::Alerts(vec![
                 Alert {
