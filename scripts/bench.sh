@@ -20,6 +20,9 @@ scripts/install-deps.sh
 # benchmark also runs on a real kube-apiserver.
 FERROLB_KUBE_BIN="$(scripts/build-kube.sh | tail -n 1)"
 export FERROLB_KUBE_BIN
+# The peers measured beside ferrolb (MetalLB; kube-vip's refusal is recorded).
+FERROLB_PEERS_BIN="$(scripts/build-peers.sh | tail -n 1)"
+export FERROLB_PEERS_BIN
 cargo build --release --locked --bins
 
 sections=target/bench-sections
@@ -40,6 +43,7 @@ run 7-endpoints cargo bench --locked -p ferrolb-endpoints --bench next
 run 6-config-rss cargo bench --locked -p ferrolb-core --bench config_rss
 run 8-membership cargo bench --locked -p ferrolb-core --bench membership
 run 9-kube-native cargo bench --locked -p ferrolb-tests --bench kube_native
+run 9b-peers cargo bench --locked -p ferrolb-tests --bench peers
 
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 cpu=${cpu:-$(uname -m)}

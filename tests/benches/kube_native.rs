@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
 use ferrolb_tests::kubeproxy::ProxyMode;
-use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, eventually, metric};
+use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, System, eventually, metric};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -80,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             kube: bins?,
             proxy_mode: ProxyMode::Nftables,
             manifests: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests")),
+            system: System::Ferrolb,
         }),
     })?;
     let _ = std::fs::remove_file(&config);

@@ -165,7 +165,7 @@ pub fn decide(pod: &Pod, images: &[ImageMapping]) -> PodAction {
         };
     };
     if podexec::is_exec_pod(pod, images) {
-        return match podexec::refusal(pod) {
+        return match podexec::refusal(pod, images) {
             Some(message) => PodAction::Refuse { message },
             None => PodAction::Exec {
                 host_network: spec.host_network == Some(true),
@@ -977,14 +977,26 @@ impl Agent {
         ips: &[IpAddr],
         netns: Option<(String, String)>,
     ) -> anyhow::Result<()> {
-        let plan = podexec::plan(pod, &self.cfg.images, ips, &self.cfg.internal_ips)
-            .map_err(|e| anyhow::anyhow!(e))?;
         let dir = self.cfg.state_dir.join(format!("{ns}_{name}"));
+        let plan = podexec::plan(
+            pod,
+            &self.cfg.images,
+            ips,
+            &self.cfg.internal_ips,
+            &dir.join("volumes"),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         std::fs::create_dir_all(&dir)?;
+        // The volumes, written before any container starts (a missing
+        // Secret or ConfigMap keeps the Pod from starting, as with kubelet).
+        let owner = plan.containers.iter().find_map(|c| c.user);
+        let token = self.token(ns, &plan.service_account, name, uid).await?;
+        for v in &plan.volumes {
+            self.write_volume(ns, v, owner, &token).await?;
+        }
         // The ServiceAccount token, bound to the Pod, in a kubeconfig: the
         // lab's stand-in for the projected token volume.
         let kubeconfig = dir.join("kubeconfig");
-        let token = self.token(ns, &plan.service_account, name, uid).await?;
         write_pod_kubeconfig(
             &self.cfg.kubeconfig,
             &kubeconfig,
@@ -1061,6 +1073,134 @@ impl Agent {
                 }),
             },
         );
+        Ok(())
+    }
+
+    /// Writes a volume's files into its directory: each key of the Secret or
+    /// ConfigMap a file, read once at start (kubelet would refresh them).
+    async fn write_volume(
+        &self,
+        ns: &str,
+        v: &podexec::VolumePlan,
+        owner: Option<(u32, u32)>,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        use podexec::{ProjectedFile, VolumeSource};
+        let client = self.pods.clone().into_client();
+        let files: Vec<(String, Vec<u8>)> = match &v.source {
+            VolumeSource::EmptyDir => vec![],
+            VolumeSource::Projected { files } => {
+                let mut out = vec![];
+                for (path, f) in files {
+                    let data = match f {
+                        ProjectedFile::Token => Some(token.as_bytes().to_vec()),
+                        ProjectedFile::Text(t) => Some(t.as_bytes().to_vec()),
+                        ProjectedFile::ConfigMapKey {
+                            name,
+                            key,
+                            optional,
+                        } => {
+                            let api: kube::Api<ConfigMap> =
+                                kube::Api::namespaced(client.clone(), ns);
+                            let got = api.get_opt(name).await?.and_then(|c| {
+                                c.data
+                                    .and_then(|mut d| d.remove(key))
+                                    .map(String::into_bytes)
+                            });
+                            match got {
+                                None if !optional => anyhow::bail!(
+                                    "volume {}: configMap {ns}/{name} has no key {key}",
+                                    v.name
+                                ),
+                                got => got,
+                            }
+                        }
+                        ProjectedFile::SecretKey {
+                            name,
+                            key,
+                            optional,
+                        } => {
+                            let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), ns);
+                            let got = api
+                                .get_opt(name)
+                                .await?
+                                .and_then(|s| s.data.and_then(|mut d| d.remove(key)).map(|b| b.0));
+                            match got {
+                                None if !optional => anyhow::bail!(
+                                    "volume {}: secret {ns}/{name} has no key {key}",
+                                    v.name
+                                ),
+                                got => got,
+                            }
+                        }
+                    };
+                    if let Some(data) = data {
+                        out.push((path.clone(), data));
+                    }
+                }
+                out
+            }
+            VolumeSource::Secret { name, optional } => {
+                let api: kube::Api<Secret> = kube::Api::namespaced(client, ns);
+                match api.get_opt(name).await? {
+                    Some(s) => s
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .chain(
+                            s.string_data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.into_bytes())),
+                        )
+                        .collect(),
+                    None if *optional => vec![],
+                    None => anyhow::bail!("volume {}: secret {ns}/{name} not found", v.name),
+                }
+            }
+            VolumeSource::ConfigMap { name, optional } => {
+                let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, ns);
+                match api.get_opt(name).await? {
+                    Some(c) => c
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .chain(
+                            c.binary_data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.0)),
+                        )
+                        .collect(),
+                    None if *optional => vec![],
+                    None => anyhow::bail!("volume {}: configMap {ns}/{name} not found", v.name),
+                }
+            }
+        };
+        let _ = std::fs::remove_dir_all(&v.dir);
+        std::fs::create_dir_all(&v.dir)?;
+        for (key, data) in files {
+            if key.starts_with(['/', '.']) || key.split('/').any(|c| c == ".." || c.is_empty()) {
+                anyhow::bail!("volume {}: key {key:?} is not a file name", v.name);
+            }
+            let path = v.dir.join(&key);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, data)?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&v.dir, Some(uid), Some(gid))?;
+            if let Some(parent) = v.dir.parent() {
+                std::os::unix::fs::chown(parent, Some(uid), Some(gid))?;
+            }
+        }
         Ok(())
     }
 

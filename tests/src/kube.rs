@@ -61,7 +61,8 @@ pub struct ControlPlaneOptions {
     /// The Service ranges; default [`SERVICE_CIDRS`].
     pub service_cidrs: Option<String>,
     /// Audit (at the Metadata level) every request of the ServiceAccounts of
-    /// `ferrolb-system` to [`ControlPlane::audit_log`]: who asked for what,
+    /// `ferrolb-system` (and of `metallb-system`, for the peer benchmark) to
+    /// [`ControlPlane::audit_log`]: who asked for what,
     /// and what the RBAC authorizer answered.
     pub audit: bool,
 }
@@ -72,7 +73,7 @@ kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
-  userGroups: [\"system:serviceaccounts:ferrolb-system\"]
+  userGroups: [\"system:serviceaccounts:ferrolb-system\", \"system:serviceaccounts:metallb-system\"]
 - level: None
 ";
 

@@ -68,7 +68,64 @@ pub struct RealOptions {
     /// The kustomization to deploy ferrolb from (`manifests/`); its images
     /// run as processes from `bin_dir`.
     pub manifests: PathBuf,
+    /// The load balancer the lab deploys (ferrolb, or a peer it is measured against).
+    pub system: System,
 }
+
+/// The layer-2 load balancer a real-control-plane lab runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum System {
+    /// ferrolb from [`RealOptions::manifests`]; the lab's config is its ConfigMap
+    /// (or MetalLB objects, with the CRD components in the kustomization).
+    Ferrolb,
+    /// MetalLB from its own `metallb-native.yaml` in `bin` (built by
+    /// `scripts/build-peers.sh`, with its `controller` and `speaker`); the lab's
+    /// config is an IPAddressPool and an L2Advertisement (docs/peers.md).
+    Metallb { bin: PathBuf },
+}
+
+/// MetalLB's images, mapped to the binaries `scripts/build-peers.sh` builds
+/// and the images' entrypoints.
+pub const METALLB_IMAGES: [(&str, &str); 2] = [
+    ("quay.io/metallb/controller", "/controller"),
+    ("quay.io/metallb/speaker", "/speaker"),
+];
+
+/// The lab's changes to MetalLB's manifest, as a kustomization beside a copy
+/// of it (docs/peers.md says why each is needed): no validating webhook (the
+/// API server in the lab cannot reach a Service), and the namespace from the
+/// downward API (there is no service-account volume to read it from).
+pub const METALLB_KUSTOMIZATION: &str = r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- metallb-native.yaml
+patches:
+- target:
+    kind: ValidatingWebhookConfiguration
+  patch: |
+    $patch: delete
+    apiVersion: admissionregistration.k8s.io/v1
+    kind: ValidatingWebhookConfiguration
+    metadata:
+      name: metallb-webhook-configuration
+- target:
+    kind: Deployment
+    name: controller
+  patch: |
+    - op: add
+      path: /spec/template/spec/containers/0/args/-
+      value: --webhook-mode=disabled
+    - op: add
+      path: /spec/template/spec/containers/0/env/-
+      value: {name: METALLB_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+- target:
+    kind: DaemonSet
+    name: speaker
+  patch: |
+    - op: add
+      path: /spec/template/spec/containers/0/env/-
+      value: {name: METALLB_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+"#;
 
 /// A dual-stack pool on the lab's segment (the tests' usual config).
 pub const DUAL_STACK_POOLS: &str = r#"apiVersion: v1
@@ -120,17 +177,20 @@ pub struct Lab {
 /// A running `ferrolb-lab probe` (see [`Lab::start_prober`]).
 pub struct Prober {
     child: std::process::Child,
+    /// Its output so far, read as it comes (a long run would fill the pipe).
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Prober {
     /// Stops it: the number of answers and the longest gap between two (ms).
     pub fn stop(mut self) -> (usize, u64) {
         let _ = self.child.kill();
-        let mut out = String::new();
-        if let Some(stdout) = self.child.stdout.as_mut() {
-            let _ = std::io::Read::read_to_string(stdout, &mut out);
-        }
         let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let out = self.out.lock().map(|o| o.clone()).unwrap_or_default();
         let ok: Vec<u64> = out
             .lines()
             .filter(|l| l.contains(" ok "))
@@ -370,19 +430,46 @@ impl Lab {
         let proxy_kubeconfig = cp.proxy_kubeconfig.clone();
         self.control_plane = Some(cp);
 
-        // The images of the rendered manifests run as processes from bin_dir.
-        let manifests = real.manifests.to_string_lossy().into_owned();
-        let rendered = run(&self.kubectl_bin, &["kustomize", &manifests])
-            .with_context(|| format!("rendering {manifests}"))?;
-        let mut images: Vec<String> = rendered
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("image: "))
-            .map(|i| crate::podexec::image_name(i.trim_matches('"')).to_owned())
-            .collect();
-        images.sort();
-        images.dedup();
+        // The images of the rendered manifests run as processes from bin_dir
+        // (or MetalLB's from the peers' directory).
+        let (manifests, images) = match &real.system {
+            System::Ferrolb => {
+                let manifests = real.manifests.to_string_lossy().into_owned();
+                let rendered = run(&self.kubectl_bin, &["kustomize", &manifests])
+                    .with_context(|| format!("rendering {manifests}"))?;
+                let mut images: Vec<String> = rendered
+                    .lines()
+                    .filter_map(|l| l.trim().strip_prefix("image: "))
+                    .map(|i| crate::podexec::image_name(i.trim_matches('"')).to_owned())
+                    .collect();
+                images.sort();
+                images.dedup();
+                let bin_dir = self.bin_dir.to_string_lossy().into_owned();
+                let images: Vec<String> = images.iter().map(|i| format!("{i}={bin_dir}")).collect();
+                (manifests, images)
+            }
+            System::Metallb { bin } => {
+                let dir = self.dir.join("metallb");
+                std::fs::create_dir_all(&dir)?;
+                std::fs::copy(
+                    bin.join("metallb-native.yaml"),
+                    dir.join("metallb-native.yaml"),
+                )
+                .with_context(|| {
+                    format!(
+                        "no metallb-native.yaml in {} (scripts/build-peers.sh)",
+                        bin.display()
+                    )
+                })?;
+                std::fs::write(dir.join("kustomization.yaml"), METALLB_KUSTOMIZATION)?;
+                let images = METALLB_IMAGES
+                    .iter()
+                    .map(|(image, entry)| format!("{image}={}@{entry}", bin.display()))
+                    .collect();
+                (dir.to_string_lossy().into_owned(), images)
+            }
+        };
         let agent = self.bin("ferrolb-node-agent");
-        let bin_dir = self.bin_dir.to_string_lossy().into_owned();
         let blocks = pod_blocks(self.nodes.len());
         for (i, n) in self.nodes.clone().iter().enumerate() {
             let state = self.dir.join(format!("pods-{}", n.name));
@@ -411,7 +498,7 @@ impl Lab {
             .to_vec();
             for image in &images {
                 args.push("--run-image".into());
-                args.push(format!("{image}={bin_dir}"));
+                args.push(image.clone());
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             self.spawn(
@@ -449,6 +536,9 @@ impl Lab {
             self.start_kube_proxy(&n.name)?;
         }
 
+        if let System::Metallb { .. } = real.system {
+            return self.deploy_metallb(&manifests, config);
+        }
         // ferrolb, as the README installs it.
         self.kubectl(&["apply", "-k", &manifests])?;
         let mut key = [0u8; 32];
@@ -482,6 +572,49 @@ impl Lab {
                         .kubectl(&[
                             "get", "pods", "-n", "ferrolb-system", "-l",
                             &format!("app.kubernetes.io/component={component}"),
+                            "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+                        ])
+                        .ok()?;
+                    Some(out.lines().filter(|l| *l == "True").count())
+                };
+                (ready("speaker")? == nodes && ready("controller")? >= 1).then_some(())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// MetalLB as its install guide deploys it (`kubectl apply` of its
+    /// manifest, here with the lab's kustomization), then the lab's
+    /// IPAddressPool and L2Advertisement once its CRDs are served.
+    fn deploy_metallb(&mut self, kustomization: &str, config: &Path) -> anyhow::Result<()> {
+        // The CRDs come first in the manifest; a second apply settles any
+        // object applied before its kind was served.
+        eventually(
+            "MetalLB's manifest applied",
+            Duration::from_secs(60),
+            || {
+                self.kubectl(&["apply", "--server-side", "-k", kustomization])
+                    .ok()
+            },
+        )?;
+        eventually(
+            "the lab's MetalLB config applied",
+            Duration::from_secs(60),
+            || {
+                self.kubectl(&["apply", "-f", &config.to_string_lossy()])
+                    .ok()
+            },
+        )?;
+        let nodes = self.nodes.len();
+        eventually(
+            "a ready MetalLB speaker on every node and a ready controller",
+            Duration::from_secs(180),
+            || {
+                let ready = |component: &str| -> Option<usize> {
+                    let out = self
+                        .kubectl(&[
+                            "get", "pods", "-n", "metallb-system", "-l",
+                            &format!("app=metallb,component={component}"),
                             "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
                         ])
                         .ok()?;
@@ -1105,9 +1238,9 @@ impl Lab {
     }
 
     /// A prober in the client: an HTTP request to `target` every 10 ms (100 ms
-    /// timeout) until [`Prober::stop`].
+    /// timeout) until [`Prober::stop`]; returns once it has had an answer.
     pub fn start_prober(&self, target: std::net::SocketAddr) -> anyhow::Result<Prober> {
-        let child = std::process::Command::new("ip")
+        let mut child = std::process::Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -1128,7 +1261,36 @@ impl Lab {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("starting the prober")?;
-        Ok(Prober { child })
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stdout = child.stdout.take().context("the prober's stdout")?;
+        let sink = out.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(mut o) = sink.lock() {
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            }
+        });
+        let prober = Prober {
+            child,
+            out,
+            reader: Some(reader),
+        };
+        // Its own first answer: an event after this is inside what it saw.
+        eventually("the prober's first answer", Duration::from_secs(60), || {
+            prober
+                .out
+                .lock()
+                .ok()
+                .filter(|o| o.contains(" ok "))
+                .map(drop)
+        })?;
+        Ok(prober)
     }
 
     /// The MACs that answer `arping` for `ip` from the client (`count`

@@ -19,25 +19,34 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// `IMAGE=DIR`: Pods with the image `IMAGE` (any tag or digest) run binaries from `DIR`.
+/// `IMAGE=DIR[@ENTRYPOINT]`: Pods with the image `IMAGE` (any tag or digest)
+/// run binaries from `DIR`. `ENTRYPOINT` stands for the image's own
+/// entrypoint (`/speaker` for MetalLB's speaker image): the command of a
+/// container that sets none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageMapping {
     pub image: String,
     pub dir: PathBuf,
+    pub entrypoint: Option<String>,
 }
 
 impl std::str::FromStr for ImageMapping {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (image, dir) = s
-            .split_once('=')
-            .ok_or_else(|| format!("{s:?}: expected IMAGE=DIR"))?;
+        let expected = || format!("{s:?}: expected IMAGE=DIR or IMAGE=DIR@ENTRYPOINT");
+        let (image, rest) = s.split_once('=').ok_or_else(expected)?;
+        let (dir, entrypoint) = match rest.split_once('@') {
+            Some((dir, e)) if e.starts_with('/') && e.len() > 1 => (dir, Some(e.to_owned())),
+            Some(_) => return Err(expected()),
+            None => (rest, None),
+        };
         if image.is_empty() || dir.is_empty() {
-            return Err(format!("{s:?}: expected IMAGE=DIR"));
+            return Err(expected());
         }
         Ok(ImageMapping {
             image: image_name(image).to_owned(),
             dir: PathBuf::from(dir),
+            entrypoint,
         })
     }
 }
@@ -79,10 +88,57 @@ pub struct ContainerPlan {
     pub readiness: Option<HttpProbe>,
 }
 
+/// Where a volume's files come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// A Secret of the Pod's namespace, every key a file.
+    Secret { name: String, optional: bool },
+    /// A ConfigMap of the Pod's namespace, every key a file.
+    ConfigMap { name: String, optional: bool },
+    /// An empty directory that lives as long as the Pod.
+    EmptyDir,
+    /// A projected volume (the ServiceAccount admission plugin's
+    /// `kube-api-access-*`): each file from its source.
+    Projected { files: Vec<(String, ProjectedFile)> },
+}
+
+/// One file of a projected volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectedFile {
+    /// The Pod's ServiceAccount token (the one the agent requested for it).
+    Token,
+    /// A key of a ConfigMap of the Pod's namespace.
+    ConfigMapKey {
+        name: String,
+        key: String,
+        optional: bool,
+    },
+    /// A key of a Secret of the Pod's namespace.
+    SecretKey {
+        name: String,
+        key: String,
+        optional: bool,
+    },
+    /// A downward-API field's value, resolved when planned.
+    Text(String),
+}
+
+/// A volume of the Pod, written by the agent into a directory of its own
+/// (`<volumes dir>/<volume name>`) before the containers start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumePlan {
+    pub name: String,
+    pub source: VolumeSource,
+    /// The directory the agent writes it to.
+    pub dir: PathBuf,
+}
+
 /// A Pod as processes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecPlan {
     pub host_network: bool,
+    /// The Pod's volumes that a container mounts.
+    pub volumes: Vec<VolumePlan>,
     pub service_account: String,
     /// How long a stopping container gets between SIGTERM and SIGKILL.
     pub grace: Duration,
@@ -103,10 +159,33 @@ pub fn is_exec_pod(pod: &Pod, images: &[ImageMapping]) -> bool {
 
 /// Why the agent cannot run this Pod of mapped images ([`is_exec_pod`]), or
 /// `None` if it can (pure).
-pub fn refusal(pod: &Pod) -> Option<String> {
+pub fn refusal(pod: &Pod, images: &[ImageMapping]) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
         return Some("the ferrolb lab node agent runs no init containers".into());
+    }
+    for v in spec.volumes.iter().flatten() {
+        if let Err(why) = volume_source(v, pod) {
+            return Some(why);
+        }
+    }
+    for c in &spec.containers {
+        for m in c.volume_mounts.iter().flatten() {
+            if !spec.volumes.iter().flatten().any(|v| v.name == m.name) {
+                return Some(format!(
+                    "container {}: volume mount {} names no volume of the Pod",
+                    c.name, m.name
+                ));
+            }
+            if m.sub_path.as_ref().is_some_and(|p| !p.is_empty())
+                || m.sub_path_expr.as_ref().is_some_and(|p| !p.is_empty())
+            {
+                return Some(format!(
+                    "container {}: volume mount {}: subPath is not supported by the lab node agent",
+                    c.name, m.name
+                ));
+            }
+        }
     }
     for c in &spec.containers {
         let name = &c.name;
@@ -134,9 +213,9 @@ pub fn refusal(pod: &Pod) -> Option<String> {
                 }
             }
         }
-        let Some(cmd) = c.command.as_ref().and_then(|c| c.first()) else {
+        let Some(cmd) = command(c, images).and_then(|c| c.first().cloned()) else {
             return Some(format!(
-                "container {name}: no command (the lab node agent has no image entrypoints)"
+                "container {name}: no command, and the lab node agent knows no entrypoint for its image"
             ));
         };
         if cmd.rsplit('/').next().is_none_or(str::is_empty) {
@@ -159,6 +238,180 @@ pub fn refusal(pod: &Pod) -> Option<String> {
         }
     }
     None
+}
+
+/// The container's command: its own, else its image's entrypoint (with
+/// the container's `args` after it, as a container runtime does).
+fn command(c: &Container, images: &[ImageMapping]) -> Option<Vec<String>> {
+    match &c.command {
+        Some(cmd) if !cmd.is_empty() => Some(cmd.clone()),
+        _ => {
+            let m = mapping_for(images, c.image.as_deref()?)?;
+            Some(vec![m.entrypoint.clone()?])
+        }
+    }
+}
+
+/// The files of a projected volume (`pod` resolves downward-API fields; its
+/// IPs are not known here, so status fields are refused).
+fn projected(
+    v: &k8s_openapi::api::core::v1::Volume,
+    pod: &Pod,
+) -> Result<Vec<(String, ProjectedFile)>, String> {
+    let p = v.projected.as_ref().ok_or("not projected")?;
+    let mut files = Vec::new();
+    let bad = |what: &str| {
+        format!(
+            "volume {}: {what} is not supported in a projected volume by the lab node agent",
+            v.name
+        )
+    };
+    for src in p.sources.iter().flatten() {
+        if let Some(t) = &src.service_account_token {
+            files.push((t.path.clone(), ProjectedFile::Token));
+        } else if let Some(c) = &src.config_map {
+            let items = c
+                .items
+                .as_ref()
+                .ok_or_else(|| bad("a configMap without items"))?;
+            for i in items {
+                files.push((
+                    i.path.clone(),
+                    ProjectedFile::ConfigMapKey {
+                        name: c.name.clone(),
+                        key: i.key.clone(),
+                        optional: c.optional == Some(true),
+                    },
+                ));
+            }
+        } else if let Some(c) = &src.secret {
+            let items = c
+                .items
+                .as_ref()
+                .ok_or_else(|| bad("a secret without items"))?;
+            for i in items {
+                files.push((
+                    i.path.clone(),
+                    ProjectedFile::SecretKey {
+                        name: c.name.clone(),
+                        key: i.key.clone(),
+                        optional: c.optional == Some(true),
+                    },
+                ));
+            }
+        } else if let Some(d) = &src.downward_api {
+            for i in d.items.iter().flatten() {
+                let f = i
+                    .field_ref
+                    .as_ref()
+                    .ok_or_else(|| bad("a resourceFieldRef"))?;
+                if f.field_path.starts_with("status.") || !field_supported(&f.field_path) {
+                    return Err(bad(&format!("the field {}", f.field_path)));
+                }
+                files.push((
+                    i.path.clone(),
+                    ProjectedFile::Text(field_value(pod, &f.field_path, &[], &[])),
+                ));
+            }
+        } else {
+            return Err(bad(
+                "a source other than serviceAccountToken, configMap, secret or downwardAPI",
+            ));
+        }
+    }
+    for (path, _) in &files {
+        if path.is_empty()
+            || path.starts_with('/')
+            || path.split('/').any(|c| c == ".." || c.is_empty())
+        {
+            return Err(format!(
+                "volume {}: path {path:?} is not a relative file path",
+                v.name
+            ));
+        }
+    }
+    Ok(files)
+}
+
+/// What the agent writes for a volume, or why it cannot (pure).
+fn volume_source(
+    v: &k8s_openapi::api::core::v1::Volume,
+    pod: &Pod,
+) -> Result<VolumeSource, String> {
+    if v.projected.is_some() {
+        return Ok(VolumeSource::Projected {
+            files: projected(v, pod)?,
+        });
+    }
+    if let Some(s) = &v.secret {
+        let name = s
+            .secret_name
+            .clone()
+            .ok_or_else(|| format!("volume {}: a secret volume without secretName", v.name))?;
+        if s.items.as_ref().is_some_and(|i| !i.is_empty()) {
+            return Err(format!(
+                "volume {}: secret items are not supported by the lab node agent",
+                v.name
+            ));
+        }
+        return Ok(VolumeSource::Secret {
+            name,
+            optional: s.optional == Some(true),
+        });
+    }
+    if let Some(c) = &v.config_map {
+        if c.items.as_ref().is_some_and(|i| !i.is_empty()) {
+            return Err(format!(
+                "volume {}: configMap items are not supported by the lab node agent",
+                v.name
+            ));
+        }
+        return Ok(VolumeSource::ConfigMap {
+            name: c.name.clone(),
+            optional: c.optional == Some(true),
+        });
+    }
+    if v.empty_dir.is_some() {
+        return Ok(VolumeSource::EmptyDir);
+    }
+    Err(format!(
+        "volume {}: only secret, configMap, projected and emptyDir volumes are supported by the lab node agent",
+        v.name
+    ))
+}
+
+/// `value` with a leading mount path replaced by the directory the agent
+/// wrote the volume to: the lab's stand-in for mounting it (the processes
+/// share the node's file system). A path under no mount is left alone.
+fn rewrite_mounted(value: &str, mounts: &[(String, PathBuf)]) -> String {
+    for (path, dir) in mounts {
+        let path = path.trim_end_matches('/');
+        if path.is_empty() {
+            continue;
+        }
+        // Whole words only: `--x=/etc/a/b` for a mount at /etc/a, not /etc/ab.
+        let mut out = String::new();
+        let mut rest = value;
+        let mut changed = false;
+        while let Some(i) = rest.find(path) {
+            let before_ok = i == 0 || rest[..i].ends_with(['=', ':', ',', ' ']);
+            let after = &rest[i + path.len()..];
+            let after_ok = after.is_empty() || after.starts_with(['/', ',', ':', ' ']);
+            out.push_str(&rest[..i]);
+            if before_ok && after_ok {
+                out.push_str(&dir.to_string_lossy());
+                changed = true;
+            } else {
+                out.push_str(path);
+            }
+            rest = after;
+        }
+        out.push_str(rest);
+        if changed {
+            return out;
+        }
+    }
+    value.to_owned()
 }
 
 fn field_supported(path: &str) -> bool {
@@ -272,23 +525,50 @@ pub fn expand(s: &str, vars: &HashMap<String, String>) -> String {
 }
 
 /// The processes for a Pod that [`refusal`] accepts, with its IPs known (pure).
+///
+/// Volumes go to `volumes_dir/<volume name>`; an `env` value or argument
+/// that starts with a container's mount path is rewritten to that directory.
 pub fn plan(
     pod: &Pod,
     images: &[ImageMapping],
     pod_ips: &[IpAddr],
     host_ips: &[IpAddr],
+    volumes_dir: &std::path::Path,
 ) -> Result<ExecPlan, String> {
-    if let Some(why) = refusal(pod) {
+    if let Some(why) = refusal(pod, images) {
         return Err(why);
     }
     let spec = pod.spec.as_ref().ok_or("the Pod has no spec")?;
     let pod_sc = spec.security_context.as_ref();
+    let mut volumes = Vec::new();
+    for v in spec.volumes.iter().flatten() {
+        let mounted = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.volume_mounts.iter().flatten())
+            .any(|m| m.name == v.name);
+        if mounted {
+            volumes.push(VolumePlan {
+                name: v.name.clone(),
+                source: volume_source(v, pod)?,
+                dir: volumes_dir.join(&v.name),
+            });
+        }
+    }
     let mut containers = Vec::new();
     for c in &spec.containers {
         let image = c.image.as_deref().unwrap_or("");
         let mapping = mapping_for(images, image)
             .ok_or_else(|| format!("container {}: image {image} is not mapped", c.name))?;
-        let command = c.command.clone().unwrap_or_default();
+        let command = command(c, images).ok_or("no command")?;
+        // Longest mount path first, so a nested mount wins.
+        let mut mounts: Vec<(String, PathBuf)> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.mount_path.clone(), volumes_dir.join(&m.name)))
+            .collect();
+        mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         let mut vars: HashMap<String, String> = HashMap::new();
         let mut env = Vec::new();
         for e in c.env.iter().flatten() {
@@ -297,7 +577,7 @@ pub fn plan(
                     let f = from.field_ref.as_ref().ok_or("unsupported env source")?;
                     field_value(pod, &f.field_path, pod_ips, host_ips)
                 }
-                None => expand(e.value.as_deref().unwrap_or(""), &vars),
+                None => rewrite_mounted(&expand(e.value.as_deref().unwrap_or(""), &vars), &mounts),
             };
             vars.insert(e.name.clone(), value.clone());
             env.push((e.name.clone(), value));
@@ -306,7 +586,7 @@ pub fn plan(
         let args: Vec<String> = command[1..]
             .iter()
             .chain(c.args.iter().flatten())
-            .map(|a| expand(a, &vars))
+            .map(|a| rewrite_mounted(&expand(a, &vars), &mounts))
             .collect();
         let sc = c.security_context.as_ref();
         let uid = sc
@@ -350,6 +630,7 @@ pub fn plan(
         .unwrap_or(30);
     Ok(ExecPlan {
         host_network: spec.host_network == Some(true),
+        volumes,
         service_account: spec
             .service_account_name
             .clone()
@@ -374,6 +655,7 @@ pub fn pod_netns_names(prefix: &str, uid: &str) -> (String, String) {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::Path;
 
     fn images() -> Vec<ImageMapping> {
         vec!["ghcr.io/ferrolb/ferrolb=/opt/bin".parse().unwrap()]
@@ -415,6 +697,144 @@ mod tests {
         assert!("=x".parse::<ImageMapping>().is_err());
         let m: ImageMapping = "ferrolb:1=/d".parse().unwrap();
         assert_eq!(m.image, "ferrolb");
+        assert_eq!(m.entrypoint, None);
+        let m: ImageMapping = "quay.io/metallb/speaker:v0.15.2=/d@/speaker"
+            .parse()
+            .unwrap();
+        assert_eq!(m.image, "quay.io/metallb/speaker");
+        assert_eq!(m.dir, PathBuf::from("/d"));
+        assert_eq!(m.entrypoint.as_deref(), Some("/speaker"));
+        assert!("a=/d@speaker".parse::<ImageMapping>().is_err());
+        assert!("a=/d@".parse::<ImageMapping>().is_err());
+    }
+
+    /// MetalLB's speaker as its manifest deploys it: no command (the
+    /// image's entrypoint), a Secret and a ConfigMap volume.
+    fn metallb_speaker() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "speaker-abcde", "namespace": "metallb-system", "uid": "u1"},
+            "spec": {"nodeName": "node-1", "hostNetwork": true, "serviceAccountName": "speaker",
+                     "containers": [{"name": "speaker", "image": "quay.io/metallb/speaker:v0.15.2",
+                        "args": ["--port=7472", "--log-level=info"],
+                        "env": [
+                            {"name": "METALLB_ML_SECRET_KEY_PATH", "value": "/etc/ml_secret_key"},
+                            {"name": "OTHER", "value": "/etc/ml_secret_keys/x"},
+                            {"name": "NESTED", "value": "/etc/ml_secret_key/secretkey"},
+                        ],
+                        "volumeMounts": [
+                            {"mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "name": "kube-api-access-x", "readOnly": true},
+                            {"mountPath": "/etc/ml_secret_key", "name": "memberlist", "readOnly": true},
+                            {"mountPath": "/etc/metallb", "name": "metallb-excludel2", "readOnly": true},
+                        ]}],
+                     "volumes": [
+                        {"name": "kube-api-access-x", "projected": {"sources": [
+                            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                        ]}},
+                        {"name": "memberlist", "secret": {"secretName": "memberlist", "defaultMode": 420}},
+                        {"name": "metallb-excludel2", "configMap": {"name": "metallb-excludel2", "defaultMode": 256}},
+                        {"name": "unused", "hostPath": {"path": "/x"}},
+                     ]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn image_entrypoints_and_volumes() {
+        let images: Vec<ImageMapping> =
+            vec!["quay.io/metallb/speaker=/peers@/speaker".parse().unwrap()];
+        let mut pod = metallb_speaker();
+        // An unsupported volume type is refused even when nothing mounts it.
+        assert!(refusal(&pod, &images).unwrap().contains("volume unused"));
+        pod.spec.as_mut().unwrap().volumes.as_mut().unwrap().pop();
+        let p = plan(&pod, &images, &[], &[], Path::new("/state/v")).unwrap();
+        let c = &p.containers[0];
+        assert_eq!(c.program, PathBuf::from("/peers/speaker"));
+        assert_eq!(c.args, ["--port=7472", "--log-level=info"]);
+        let env: HashMap<_, _> = c.env.iter().cloned().collect();
+        assert_eq!(env["METALLB_ML_SECRET_KEY_PATH"], "/state/v/memberlist");
+        assert_eq!(
+            env["OTHER"], "/etc/ml_secret_keys/x",
+            "a longer name is no mount"
+        );
+        assert_eq!(env["NESTED"], "/state/v/memberlist/secretkey");
+        assert_eq!(
+            p.volumes[0].source,
+            VolumeSource::Projected {
+                files: vec![
+                    ("token".into(), ProjectedFile::Token),
+                    (
+                        "ca.crt".into(),
+                        ProjectedFile::ConfigMapKey {
+                            name: "kube-root-ca.crt".into(),
+                            key: "ca.crt".into(),
+                            optional: false
+                        }
+                    ),
+                    (
+                        "namespace".into(),
+                        ProjectedFile::Text("metallb-system".into())
+                    ),
+                ]
+            }
+        );
+        assert_eq!(
+            p.volumes[1..],
+            [
+                VolumePlan {
+                    name: "memberlist".into(),
+                    source: VolumeSource::Secret {
+                        name: "memberlist".into(),
+                        optional: false
+                    },
+                    dir: PathBuf::from("/state/v/memberlist"),
+                },
+                VolumePlan {
+                    name: "metallb-excludel2".into(),
+                    source: VolumeSource::ConfigMap {
+                        name: "metallb-excludel2".into(),
+                        optional: false
+                    },
+                    dir: PathBuf::from("/state/v/metallb-excludel2"),
+                },
+            ]
+        );
+        // Without the entrypoint the image cannot run.
+        let bare: Vec<ImageMapping> = vec!["quay.io/metallb/speaker=/peers".parse().unwrap()];
+        assert!(refusal(&pod, &bare).unwrap().contains("no command"));
+        // A mount of a volume the Pod does not have, and subPath, are refused.
+        let mut sub = pod.clone();
+        sub.spec.as_mut().unwrap().containers[0]
+            .volume_mounts
+            .as_mut()
+            .unwrap()[0]
+            .sub_path = Some("k".into());
+        assert!(refusal(&sub, &images).unwrap().contains("subPath"));
+        let mut status_field = pod.clone();
+        let v = &mut status_field
+            .spec
+            .as_mut()
+            .unwrap()
+            .volumes
+            .as_mut()
+            .unwrap()[0];
+        v.projected.as_mut().unwrap().sources.as_mut().unwrap()[2] = serde_json::from_value(
+            json!({"downwardAPI": {"items": [{"path": "ip", "fieldRef": {"fieldPath": "status.podIP"}}]}}),
+        )
+        .unwrap();
+        assert!(
+            refusal(&status_field, &images)
+                .unwrap()
+                .contains("status.podIP")
+        );
+        let mut missing = pod;
+        missing.spec.as_mut().unwrap().volumes = None;
+        assert!(
+            refusal(&missing, &images)
+                .unwrap()
+                .contains("names no volume")
+        );
     }
 
     #[test]
@@ -433,7 +853,7 @@ mod tests {
             "192.0.2.11".parse().unwrap(),
             "2001:db8::b".parse().unwrap(),
         ];
-        let p = plan(&speaker(), &images(), &host, &host).unwrap();
+        let p = plan(&speaker(), &images(), &host, &host, Path::new("/v")).unwrap();
         assert!(p.host_network);
         assert_eq!(p.service_account, "ferrolb-speaker");
         assert_eq!(p.grace, Duration::from_secs(5));
@@ -471,7 +891,7 @@ mod tests {
         spec.security_context =
             Some(serde_json::from_value(json!({"runAsUser": 65532, "runAsGroup": 65532})).unwrap());
         spec.containers[0].security_context = None;
-        let p = plan(&pod, &images(), &[], &[]).unwrap();
+        let p = plan(&pod, &images(), &[], &[], Path::new("/v")).unwrap();
         assert_eq!(p.containers[0].user, Some((65532, 65532)));
 
         assert!(is_exec_pod(&pod, &images()));
@@ -487,30 +907,36 @@ mod tests {
             .unwrap(),
         ]);
         assert!(
-            refusal(&secret)
+            refusal(&secret, &images())
                 .unwrap()
                 .contains("only value and fieldRef")
         );
 
         let mut no_cmd = pod.clone();
         no_cmd.spec.as_mut().unwrap().containers[0].command = None;
-        assert!(refusal(&no_cmd).unwrap().contains("no command"));
+        assert!(refusal(&no_cmd, &images()).unwrap().contains("no command"));
 
         let mut bad_port = pod.clone();
         bad_port.spec.as_mut().unwrap().containers[0].readiness_probe = Some(
             serde_json::from_value(json!({"httpGet": {"path": "/", "port": "nope"}})).unwrap(),
         );
-        assert!(refusal(&bad_port).unwrap().contains("not a port"));
+        assert!(
+            refusal(&bad_port, &images())
+                .unwrap()
+                .contains("not a port")
+        );
 
         let mut exec = pod.clone();
         exec.spec.as_mut().unwrap().containers[0].readiness_probe =
             Some(serde_json::from_value(json!({"exec": {"command": ["true"]}})).unwrap());
-        assert!(refusal(&exec).unwrap().contains("httpGet"));
+        assert!(refusal(&exec, &images()).unwrap().contains("httpGet"));
 
         let mut deleting = pod;
         deleting.metadata.deletion_grace_period_seconds = Some(2);
         assert_eq!(
-            plan(&deleting, &images(), &[], &[]).unwrap().grace,
+            plan(&deleting, &images(), &[], &[], Path::new("/v"))
+                .unwrap()
+                .grace,
             Duration::from_secs(2)
         );
     }

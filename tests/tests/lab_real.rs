@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ferrolb_tests::apiserver::rbac::{Rbac, replay_audit_log};
 use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
 use ferrolb_tests::kubeproxy::ProxyMode;
-use ferrolb_tests::lab::{DUAL_STACK_POOLS, Lab, LabOptions, RealOptions, eventually};
+use ferrolb_tests::lab::{DUAL_STACK_POOLS, Lab, LabOptions, RealOptions, System, eventually};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const CONTROLLER: &str = "system:serviceaccount:ferrolb-system:ferrolb-controller";
@@ -57,6 +57,7 @@ fn lab(nodes: usize) -> Option<Lab> {
             kube: bins.expect("the Kubernetes binaries"),
             proxy_mode: ProxyMode::Nftables,
             manifests: manifests(),
+            system: System::Ferrolb,
         }),
     })
     .expect("the lab comes up on the real control plane");

@@ -20,7 +20,7 @@ use std::time::Duration;
 use ferrolb_tests::apiserver::rbac::{Rbac, replay_audit_log};
 use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
 use ferrolb_tests::kubeproxy::ProxyMode;
-use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, eventually};
+use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, System, eventually};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -148,6 +148,7 @@ fn lab(dir: &Path) -> Option<Lab> {
                 kube: bins.expect("the Kubernetes binaries"),
                 proxy_mode: ProxyMode::Nftables,
                 manifests: k,
+                system: System::Ferrolb,
             }),
         })
         .expect("the lab comes up with the CRD components"),

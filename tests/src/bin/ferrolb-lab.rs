@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use ferrolb_tests::kube::KubeBinaries;
 use ferrolb_tests::kubeproxy::ProxyMode;
-use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, eventually};
+use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, System, eventually};
 
 #[derive(Parser)]
 #[command(
@@ -281,6 +281,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
                     ProxyModeArg::Iptables => ProxyMode::Iptables,
                 },
                 manifests: manifests.clone(),
+                system: System::Ferrolb,
             })
         }
     };
