@@ -173,6 +173,7 @@ fn take_out(lab: &Lab, ip: &str, target: SocketAddr, step: &str) -> anyhow::Resu
     eventually("the prober's first answer", LIMIT, || {
         lab.answered(target, 1).then_some(())
     })?;
+    let event = Instant::now();
     match step {
         "label" => lab.kubectl(&[
             "label",
@@ -192,6 +193,7 @@ fn take_out(lab: &Lab, ip: &str, target: SocketAddr, step: &str) -> anyhow::Resu
         let ok = lab.answered(target, 3);
         lab.owner(ip).filter(|n| ok && *n != from)
     })?;
+    prober.wait_answer_after(event, LIMIT)?;
     let (answers, gap) = prober.stop();
     if answers < 10 {
         bail!("the prober got only {answers} answers");
@@ -250,6 +252,7 @@ fn local_terminating(lab: &Lab) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
         eventually("answers from the other node", LIMIT, || {
             lab.answered(target, 5).then_some(())
         })?;
+        prober.wait_answer_after(deleted, LIMIT)?;
         let (_, gap) = prober.stop();
         eprintln!("local, trial {trial}: {ip} {from} -> {to}, gap {gap} ms");
         gaps.push(gap);
@@ -319,6 +322,7 @@ fn health_check_node_port(lab: &Lab) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
         eventually("answers from the other node", LIMIT, || {
             lab.answered(target, 5).then_some(())
         })?;
+        prober.wait_answer_after(blocked, LIMIT)?;
         let (_, gap) = prober.stop();
         eprintln!("healthCheckNodePort, trial {trial}: {ip} {from} -> {to}, gap {gap} ms");
         gaps.push(gap);
@@ -357,6 +361,7 @@ fn kube_proxy_death(
         eventually("answers from the new owner", LIMIT, || {
             lab.answered(target, 5).then_some(())
         })?;
+        prober.wait_answer_after(killed, LIMIT)?;
         let (_, gap) = prober.stop();
         eprintln!("kube-proxy, trial {trial}: {ip} {from} -> {to}, gap {gap} ms");
         gaps.push(gap);

@@ -260,11 +260,11 @@ fn measure(
     for trial in 0..trials {
         let from = settled(&lab, &ip, target, peer.quiet)?;
         let prober = lab.start_prober(target)?;
-        first_answer(&lab, target)?;
         std::thread::sleep(rng.next());
+        let event = Instant::now();
         lab.unplug(&from)?;
         let moved = moved_off(&lab, &ip, &from);
-        served(&lab, target)?;
+        prober.wait_answer_after(event, SETTLE_LIMIT)?;
         let (_, gap) = prober.stop();
         lab.plug(&from)?;
         let both = one_answerer(&lab, &ip)?;
@@ -281,13 +281,13 @@ fn measure(
     for trial in 0..trials {
         let from = settled(&lab, &ip, target, peer.quiet)?;
         let prober = lab.start_prober(target)?;
-        first_answer(&lab, target)?;
         std::thread::sleep(rng.next());
         let ns = &lab.node(&from).context("owner node")?.ns;
         let pids = lab.pids_in(ns, peer.agent);
         let pid = pids
             .first()
             .with_context(|| format!("no {} on {from}", peer.agent))?;
+        let event = Instant::now();
         ferrolb_tests::lab::run("kill", &["-KILL", &pid.to_string()])?;
         let moved = moved_off(&lab, &ip, &from);
         // The agent restarts the killed process (restartPolicy Always).
@@ -297,7 +297,7 @@ fn measure(
                 .filter(|p| *p != pid)
                 .copied()
         })?;
-        served(&lab, target)?;
+        prober.wait_answer_after(event, SETTLE_LIMIT)?;
         let (_, gap) = prober.stop();
         let answerers = lab.arp_answerers(&ip, 3);
         if answerers.len() > 1 {
@@ -316,15 +316,15 @@ fn measure(
         let from = settled(&lab, &ip, target, peer.quiet)?;
         let pod = agent_pod(&lab, peer, &from)?;
         let prober = lab.start_prober(target)?;
-        first_answer(&lab, target)?;
         std::thread::sleep(rng.next());
+        let event = Instant::now();
         lab.kubectl(&["-n", peer.namespace, "delete", "pod", &pod, "--wait=false"])?;
         let moved = moved_off(&lab, &ip, &from);
         eventually("the agent's new Pod ready", LIMIT, || {
             let p = agent_pod(&lab, peer, &from).ok()?;
             (p != pod && ready(&lab, peer.namespace, &p)).then_some(())
         })?;
-        served(&lab, target)?;
+        prober.wait_answer_after(event, SETTLE_LIMIT)?;
         let (_, gap) = prober.stop();
         eprintln!(
             "{} Pod deleted {trial}: off {from} after {:?}, gap {gap} ms",
@@ -475,19 +475,6 @@ fn settled(lab: &Lab, ip: &str, target: SocketAddr, quiet: Duration) -> anyhow::
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// The client served again (so the prober has seen the end of any outage).
-fn served(lab: &Lab, target: SocketAddr) -> anyhow::Result<()> {
-    eventually("the client served", SETTLE_LIMIT, || {
-        lab.answered(target, 3).then_some(())
-    })
-}
-
-fn first_answer(lab: &Lab, target: SocketAddr) -> anyhow::Result<()> {
-    eventually("the prober's first answer", LIMIT, || {
-        lab.answered(target, 1).then_some(())
-    })
 }
 
 /// The node the client's neighbour entry names once it is not `from`, and

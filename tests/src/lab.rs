@@ -179,10 +179,29 @@ pub struct Prober {
     child: std::process::Child,
     /// Its output so far, read as it comes (a long run would fill the pipe).
     out: std::sync::Arc<std::sync::Mutex<String>>,
+    /// When it was started (its own clock starts a little later).
+    started: Instant,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Prober {
+    /// Waits until a request the prober started after `event` was answered:
+    /// only then has it seen the end of any outage that `event` caused
+    /// (stopped earlier, a request still waiting for its timeout would hide
+    /// the outage from [`Prober::stop`]).
+    pub fn wait_answer_after(&self, event: Instant, limit: Duration) -> anyhow::Result<()> {
+        let after = event.saturating_duration_since(self.started).as_millis() as u64;
+        eventually("the prober answered after the event", limit, || {
+            let out = self.out.lock().ok()?;
+            out.lines()
+                .rev()
+                .filter(|l| l.contains(" ok "))
+                .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                .any(|t| t > after)
+                .then_some(())
+        })
+    }
+
     /// Stops it: the number of answers and the longest gap between two (ms).
     pub fn stop(mut self) -> (usize, u64) {
         let _ = self.child.kill();
@@ -1240,6 +1259,7 @@ impl Lab {
     /// A prober in the client: an HTTP request to `target` every 10 ms (100 ms
     /// timeout) until [`Prober::stop`]; returns once it has had an answer.
     pub fn start_prober(&self, target: std::net::SocketAddr) -> anyhow::Result<Prober> {
+        let started = Instant::now();
         let mut child = std::process::Command::new("ip")
             .args([
                 "netns",
@@ -1280,6 +1300,7 @@ impl Lab {
             child,
             out,
             reader: Some(reader),
+            started,
         };
         // Its own first answer: an event after this is inside what it saw.
         eventually("the prober's first answer", Duration::from_secs(60), || {

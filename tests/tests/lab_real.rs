@@ -559,6 +559,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
     // A rollout of the speaker DaemonSet (one node at a time, each speaker
     // handing over on SIGTERM) while the client connects every 10 ms.
     let prober = lab.start_prober(target).unwrap();
+    let rollout = Instant::now();
     let before: BTreeSet<String> = lab
         .kubectl(&[
             "-n",
@@ -599,6 +600,7 @@ fn rollouts_and_killed_processes_keep_services_reachable_on_a_real_control_plane
             .then_some(())
     })
     .unwrap();
+    prober.wait_answer_after(rollout, LIMIT).unwrap();
     let (answers, longest) = prober.stop();
     let after: BTreeSet<String> = lab
         .kubectl(&[
@@ -723,6 +725,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
             lab.answered(target, 1).then_some(())
         })
         .unwrap();
+        let event = Instant::now();
         match step {
             "label" => lab.kubectl(&[
                 "label",
@@ -744,6 +747,7 @@ fn an_excluded_or_departing_node_hands_its_addresses_over_on_a_real_control_plan
             lab.owner(&ip).filter(|n| ok && *n != from)
         })
         .unwrap();
+        prober.wait_answer_after(event, LIMIT).unwrap();
         let (answers, gap) = prober.stop();
         eprintln!(
             "{step}: {ip} moved from {from} to {to}; longest gap {gap} ms over {answers} answers"
@@ -927,6 +931,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
     // A pause shorter than the threshold: nothing moves.
     let pid = lab.pid(&format!("kube-proxy-{first}")).unwrap();
     let prober = lab.start_prober(target).unwrap();
+    let stopped = Instant::now();
     ferrolb_tests::lab::run("kill", &["-STOP", &pid.to_string()]).unwrap();
     // The fault's length (not a wait for a condition): well under 500 ms.
     std::thread::sleep(Duration::from_millis(200));
@@ -935,6 +940,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
         lab.answered(target, 5).then_some(())
     })
     .unwrap();
+    prober.wait_answer_after(stopped, LIMIT).unwrap();
     let (_, gap) = prober.stop();
     assert_eq!(
         lab.owner(&ip).as_deref(),
@@ -961,6 +967,7 @@ fn a_dead_kube_proxy_takes_its_node_out_on_a_real_control_plane() {
         lab.answered(target, 5).then_some(())
     })
     .unwrap();
+    prober.wait_answer_after(killed, LIMIT).unwrap();
     let (answers, gap) = prober.stop();
     eprintln!(
         "kube-proxy killed on {first}: {ip} moved to {to} {} ms after the kill; longest gap {gap} ms over {answers} answers",
