@@ -779,7 +779,7 @@ fn report(
     ];
     for (what, cell) in &rows {
         write!(out, "| {what} | ")?;
-        let cells: Vec<(String, f64)> = results.iter().map(|f| cell(f)).collect();
+        let cells: Vec<(String, f64)> = results.iter().map(cell).collect();
         for (text, _) in &cells {
             write!(out, "{text} | ")?;
         }
