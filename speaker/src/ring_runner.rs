@@ -91,7 +91,6 @@ pub(crate) fn start(
                     left: false,
                     pause: pause_rx,
                     paused: false,
-                    pause_left_cleanly: false,
                     last_run: crate::sys::boottime(),
                     rejoining: None,
                     liveness: runner_live,
@@ -137,10 +136,6 @@ struct Runner {
     /// Out because of a pause (a leave of its own, not the daemon's
     /// SIGTERM leave): joins again when the pause ends.
     paused: bool,
-    /// Whether every peer acknowledged the pause's leave. If not (the
-    /// link was down), peers removed this node as failed and hold it down
-    /// from re-admitting it: the fresh member holds itself down as well.
-    pause_left_cleanly: bool,
     last_run: Duration,
     /// Re-joining after a stall (or a removal) since then (boot-based
     /// clock): until joined again and at least one membership timeout
@@ -280,7 +275,6 @@ impl Runner {
         let want = *self.pause.borrow_and_update();
         if want && !self.paused {
             self.paused = true;
-            self.pause_left_cleanly = false;
             match &mut self.member {
                 Some(m) if !self.left && self.leave_reply.is_none() => {
                     warn!(
@@ -302,16 +296,10 @@ impl Runner {
             self.member = None;
             self.left = false;
             self.core_view = None;
+            // Peers that removed it as failed (its leave did not reach
+            // them) say so in their welcome, and it holds itself down as
+            // they do (core::ring, `Welcome { held }`).
             self.start_member(now);
-            if !self.pause_left_cleanly
-                && let Some(m) = &mut self.member
-            {
-                info!(
-                    hold_down = ?self.ring.hold_down,
-                    "not every peer acknowledged the leave: holding back from owning addresses as they do"
-                );
-                m.hold_self(now);
-            }
         }
     }
 
@@ -439,9 +427,6 @@ impl Runner {
                 }
                 Output::Left(outcome) => {
                     self.left = true;
-                    if self.paused && self.leave_reply.is_none() {
-                        self.pause_left_cleanly = outcome.missing.is_empty();
-                    }
                     if let Some(reply) = self.leave_reply.take() {
                         let _ = reply.send(LeaveOutcome {
                             acknowledged: outcome.acknowledged,

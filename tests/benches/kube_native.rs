@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
 use ferrolb_tests::kubeproxy::ProxyMode;
-use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, System, eventually, metric};
+use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, System, eventually, metric, stats};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -157,22 +157,12 @@ fn row(out: &mut String, what: &str, gaps: &[u64], moved: Option<&[u64]>) -> any
     Ok(())
 }
 
-fn stats(v: &[u64]) -> (u64, u64, u64) {
-    let mut v = v.to_vec();
-    v.sort_unstable();
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.5), at(0.99), *v.last().unwrap())
-}
-
 /// Takes the owner out by `step` and lets it back: the gap and the new owner.
 fn take_out(lab: &Lab, ip: &str, target: SocketAddr, step: &str) -> anyhow::Result<(u64, String)> {
     let from = eventually("an owner", LIMIT, || {
         lab.answered(target, 3).then(|| lab.owner(ip)).flatten()
     })?;
     let prober = lab.start_prober(target)?;
-    eventually("the prober's first answer", LIMIT, || {
-        lab.answered(target, 1).then_some(())
-    })?;
     let event = Instant::now();
     match step {
         "label" => lab.kubectl(&[
@@ -239,9 +229,6 @@ fn local_terminating(lab: &Lab) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
             lab.owner(&ip).filter(|n| ok && nodes.contains(n))
         })?;
         let prober = lab.start_prober(target)?;
-        eventually("the prober's first answer", LIMIT, || {
-            lab.answered(target, 1).then_some(())
-        })?;
         let pod = format!("loc-{from}");
         let deleted = Instant::now();
         lab.kubectl(&["delete", "pod", &pod, "--wait=false"])?;
@@ -306,9 +293,6 @@ fn health_check_node_port(lab: &Lab) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
         let ns = lab.node(&from).context("the owner")?.ns.clone();
         let nft = |args: &str| lab.nft(&ns, args);
         let prober = lab.start_prober(target)?;
-        eventually("the prober's first answer", LIMIT, || {
-            lab.answered(target, 1).then_some(())
-        })?;
         let blocked = Instant::now();
         nft("add table inet flbbench")?;
         nft("add chain inet flbbench input { type filter hook input priority -10 ; }")?;
@@ -349,9 +333,6 @@ fn kube_proxy_death(
             (healthy(lab, &n) == Some(1.0)).then_some(n)
         })?;
         let prober = lab.start_prober(target)?;
-        eventually("the prober's first answer", LIMIT, || {
-            lab.answered(target, 1).then_some(())
-        })?;
         let killed = Instant::now();
         lab.signal(&format!("kube-proxy-{from}"), "KILL")?;
         let to = eventually(&format!("{ip} moved off {from}"), LIMIT, || {

@@ -29,9 +29,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use ferrolb_core::ring::sim::Rng;
 use ferrolb_tests::kube::{KUBE_BIN_ENV, KubeBinaries};
 use ferrolb_tests::kubeproxy::ProxyMode;
-use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, System, eventually};
+use ferrolb_tests::lab::{Lab, LabOptions, RealOptions, System, eventually, stats};
 use ferrolb_tests::procfs::{clock_tick, cpu_ticks, memory};
 
 const PEERS_BIN_ENV: &str = "FERROLB_PEERS_BIN";
@@ -255,12 +256,18 @@ fn measure(
         lab.answered(target, 20).then_some(())
     })?;
     let mut f = Figures::default();
-    let mut rng = Phase::new();
+    // Random phases for the events, seeded from the clock.
+    let mut rng = Rng::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    );
+    let mut phase = move || Duration::from_millis(rng.below(1000));
 
     for trial in 0..trials {
         let from = settled(&lab, &ip, target, peer.quiet)?;
         let prober = lab.start_prober(target)?;
-        std::thread::sleep(rng.next());
+        std::thread::sleep(phase());
         let event = Instant::now();
         lab.unplug(&from)?;
         let moved = moved_off(&lab, &ip, &from);
@@ -281,7 +288,7 @@ fn measure(
     for trial in 0..trials {
         let from = settled(&lab, &ip, target, peer.quiet)?;
         let prober = lab.start_prober(target)?;
-        std::thread::sleep(rng.next());
+        std::thread::sleep(phase());
         let ns = &lab.node(&from).context("owner node")?.ns;
         let pids = lab.pids_in(ns, peer.agent);
         let pid = pids
@@ -316,7 +323,7 @@ fn measure(
         let from = settled(&lab, &ip, target, peer.quiet)?;
         let pod = agent_pod(&lab, peer, &from)?;
         let prober = lab.start_prober(target)?;
-        std::thread::sleep(rng.next());
+        std::thread::sleep(phase());
         let event = Instant::now();
         lab.kubectl(&["-n", peer.namespace, "delete", "pod", &pod, "--wait=false"])?;
         let moved = moved_off(&lab, &ip, &from);
@@ -435,25 +442,6 @@ fn create_to_status(lab: &Lab) -> anyhow::Result<(u64, u64)> {
         out.trim().is_empty().then_some(())
     })?;
     Ok((created, took))
-}
-
-/// Random phases for the events, from the clock (no dependency for this).
-struct Phase(u64);
-impl Phase {
-    fn new() -> Phase {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        Phase(seed | 1)
-    }
-    /// 0-1 s.
-    fn next(&mut self) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        Duration::from_millis(self.0 % 1000)
-    }
 }
 
 /// The owner once one node answers ARP and the client is served.
@@ -620,16 +608,6 @@ fn audit_requests(log: &Path, namespace: &str) -> usize {
         .lines()
         .filter(|l| l.contains(&user) && l.contains("\"stage\":\"ResponseComplete\""))
         .count()
-}
-
-fn stats(v: &[u64]) -> (u64, u64, u64) {
-    if v.is_empty() {
-        return (0, 0, 0);
-    }
-    let mut v = v.to_vec();
-    v.sort_unstable();
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.5), at(0.99), *v.last().unwrap())
 }
 
 fn ratio(other: f64, ours: f64) -> String {

@@ -1085,9 +1085,7 @@ impl Agent {
         owner: Option<(u32, u32)>,
         token: &str,
     ) -> anyhow::Result<()> {
-        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
         use podexec::{ProjectedFile, VolumeSource};
-        let client = self.pods.clone().into_client();
         let files: Vec<(String, Vec<u8>)> = match &v.source {
             VolumeSource::EmptyDir => vec![],
             VolumeSource::Projected { files } => {
@@ -1096,43 +1094,24 @@ impl Agent {
                     let data = match f {
                         ProjectedFile::Token => Some(token.as_bytes().to_vec()),
                         ProjectedFile::Text(t) => Some(t.as_bytes().to_vec()),
-                        ProjectedFile::ConfigMapKey {
+                        ProjectedFile::Key {
+                            keyed,
                             name,
                             key,
                             optional,
                         } => {
-                            let api: kube::Api<ConfigMap> =
-                                kube::Api::namespaced(client.clone(), ns);
-                            let got = api.get_opt(name).await?.and_then(|c| {
-                                c.data
-                                    .and_then(|mut d| d.remove(key))
-                                    .map(String::into_bytes)
-                            });
-                            match got {
-                                None if !optional => anyhow::bail!(
-                                    "volume {}: configMap {ns}/{name} has no key {key}",
-                                    v.name
-                                ),
-                                got => got,
-                            }
-                        }
-                        ProjectedFile::SecretKey {
-                            name,
-                            key,
-                            optional,
-                        } => {
-                            let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), ns);
-                            let got = api
-                                .get_opt(name)
+                            let got = self
+                                .keys_of(ns, *keyed, name)
                                 .await?
-                                .and_then(|s| s.data.and_then(|mut d| d.remove(key)).map(|b| b.0));
-                            match got {
-                                None if !optional => anyhow::bail!(
-                                    "volume {}: secret {ns}/{name} has no key {key}",
-                                    v.name
-                                ),
-                                got => got,
+                                .and_then(|mut k| k.remove(key));
+                            if got.is_none() && !optional {
+                                anyhow::bail!(
+                                    "volume {}: {} {ns}/{name} has no key {key}",
+                                    v.name,
+                                    keyed.kind()
+                                );
                             }
+                            got
                         }
                     };
                     if let Some(data) = data {
@@ -1141,44 +1120,15 @@ impl Agent {
                 }
                 out
             }
-            VolumeSource::Secret { name, optional } => {
-                let api: kube::Api<Secret> = kube::Api::namespaced(client, ns);
-                match api.get_opt(name).await? {
-                    Some(s) => s
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .chain(
-                            s.string_data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.into_bytes())),
-                        )
-                        .collect(),
-                    None if *optional => vec![],
-                    None => anyhow::bail!("volume {}: secret {ns}/{name} not found", v.name),
-                }
-            }
-            VolumeSource::ConfigMap { name, optional } => {
-                let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, ns);
-                match api.get_opt(name).await? {
-                    Some(c) => c
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .chain(
-                            c.binary_data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.0)),
-                        )
-                        .collect(),
-                    None if *optional => vec![],
-                    None => anyhow::bail!("volume {}: configMap {ns}/{name} not found", v.name),
-                }
-            }
+            VolumeSource::Object {
+                keyed,
+                name,
+                optional,
+            } => match self.keys_of(ns, *keyed, name).await? {
+                Some(keys) => keys.into_iter().collect(),
+                None if *optional => vec![],
+                None => anyhow::bail!("volume {}: {} {ns}/{name} not found", v.name, keyed.kind()),
+            },
         };
         let _ = std::fs::remove_dir_all(&v.dir);
         std::fs::create_dir_all(&v.dir)?;
@@ -1202,6 +1152,46 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// The keys of a Secret or ConfigMap and their bytes; `None` if there
+    /// is no such object.
+    async fn keys_of(
+        &self,
+        ns: &str,
+        keyed: podexec::Keyed,
+        name: &str,
+    ) -> anyhow::Result<Option<std::collections::BTreeMap<String, Vec<u8>>>> {
+        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        let client = self.pods.clone().into_client();
+        Ok(match keyed {
+            podexec::Keyed::Secret => kube::Api::<Secret>::namespaced(client, ns)
+                .get_opt(name)
+                .await?
+                .map(|s| {
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect()
+                }),
+            podexec::Keyed::ConfigMap => kube::Api::<ConfigMap>::namespaced(client, ns)
+                .get_opt(name)
+                .await?
+                .map(|c| {
+                    c.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .chain(
+                            c.binary_data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.0)),
+                        )
+                        .collect()
+                }),
+        })
     }
 
     /// A token of `sa` bound to the Pod (TokenRequest), valid for a day.

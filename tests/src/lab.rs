@@ -555,27 +555,44 @@ impl Lab {
             self.start_kube_proxy(&n.name)?;
         }
 
-        if let System::Metallb { .. } = real.system {
-            return self.deploy_metallb(&manifests, config);
-        }
-        // ferrolb, as the README installs it.
-        self.kubectl(&["apply", "-k", &manifests])?;
-        let mut key = [0u8; 32];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)
-            .context("reading /dev/urandom")?;
-        use base64::Engine as _;
-        self.kubectl(&[
-            "-n",
-            "ferrolb-system",
-            "create",
-            "secret",
-            "generic",
-            "ferrolb-memberlist",
-            &format!(
-                "--from-literal=secretkey={}",
-                base64::engine::general_purpose::STANDARD.encode(key)
-            ),
-        ])?;
+        // The system, as its install guide deploys it.
+        let (namespace, selector) = match real.system {
+            System::Ferrolb => {
+                // ferrolb, as the README installs it.
+                self.kubectl(&["apply", "-k", &manifests])?;
+                let mut key = [0u8; 32];
+                std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)
+                    .context("reading /dev/urandom")?;
+                use base64::Engine as _;
+                self.kubectl(&[
+                    "-n",
+                    "ferrolb-system",
+                    "create",
+                    "secret",
+                    "generic",
+                    "ferrolb-memberlist",
+                    &format!(
+                        "--from-literal=secretkey={}",
+                        base64::engine::general_purpose::STANDARD.encode(key)
+                    ),
+                ])?;
+                ("ferrolb-system", "app.kubernetes.io/component")
+            }
+            System::Metallb { .. } => {
+                // The manifest holds the CRDs and objects of those kinds:
+                // applied again until every kind is served. Server-side, as
+                // MetalLB's CRDs are too large for the last-applied annotation.
+                eventually(
+                    "MetalLB's manifest applied",
+                    Duration::from_secs(60),
+                    || {
+                        self.kubectl(&["apply", "--server-side", "-k", &manifests])
+                            .ok()
+                    },
+                )?;
+                ("metallb-system", "app=metallb,component")
+            }
+        };
         // The config may be objects of kinds the kustomization just defined
         // (MetalLB's CRDs): applied once they are served.
         eventually("the lab's config applied", Duration::from_secs(60), || {
@@ -583,57 +600,14 @@ impl Lab {
                 .ok()
         })?;
         eventually(
-            "a ready speaker on every node and a ready controller",
-            Duration::from_secs(120),
-            || {
-                let ready = |component: &str| -> Option<usize> {
-                    let out = self
-                        .kubectl(&[
-                            "get", "pods", "-n", "ferrolb-system", "-l",
-                            &format!("app.kubernetes.io/component={component}"),
-                            "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-                        ])
-                        .ok()?;
-                    Some(out.lines().filter(|l| *l == "True").count())
-                };
-                (ready("speaker")? == nodes && ready("controller")? >= 1).then_some(())
-            },
-        )?;
-        Ok(())
-    }
-
-    /// MetalLB as its install guide deploys it (`kubectl apply` of its
-    /// manifest, here with the lab's kustomization), then the lab's
-    /// IPAddressPool and L2Advertisement once its CRDs are served.
-    fn deploy_metallb(&mut self, kustomization: &str, config: &Path) -> anyhow::Result<()> {
-        // The CRDs come first in the manifest; a second apply settles any
-        // object applied before its kind was served.
-        eventually(
-            "MetalLB's manifest applied",
-            Duration::from_secs(60),
-            || {
-                self.kubectl(&["apply", "--server-side", "-k", kustomization])
-                    .ok()
-            },
-        )?;
-        eventually(
-            "the lab's MetalLB config applied",
-            Duration::from_secs(60),
-            || {
-                self.kubectl(&["apply", "-f", &config.to_string_lossy()])
-                    .ok()
-            },
-        )?;
-        let nodes = self.nodes.len();
-        eventually(
-            "a ready MetalLB speaker on every node and a ready controller",
+            &format!("a ready speaker on every node and a ready controller in {namespace}"),
             Duration::from_secs(180),
             || {
                 let ready = |component: &str| -> Option<usize> {
                     let out = self
                         .kubectl(&[
-                            "get", "pods", "-n", "metallb-system", "-l",
-                            &format!("app=metallb,component={component}"),
+                            "get", "pods", "-n", namespace, "-l",
+                            &format!("{selector}={component}"),
                             "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
                         ])
                         .ok()?;
@@ -1496,6 +1470,18 @@ pub fn pod_blocks(nodes: usize) -> Vec<String> {
     (0..nodes)
         .map(|i| format!("203.0.113.{}/{prefix}", i * size))
         .collect()
+}
+
+/// The median, the 99th percentile (nearest rank) and the largest of `v`
+/// (zeros when it is empty): the benchmarks' summary of trials.
+pub fn stats(v: &[u64]) -> (u64, u64, u64) {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    let Some(&max) = v.last() else {
+        return (0, 0, 0);
+    };
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99), max)
 }
 
 /// The sum of a metric's samples in Prometheus text (lines `name value` or

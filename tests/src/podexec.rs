@@ -88,13 +88,31 @@ pub struct ContainerPlan {
     pub readiness: Option<HttpProbe>,
 }
 
+/// The kinds of object whose keys a volume holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keyed {
+    Secret,
+    ConfigMap,
+}
+
+impl Keyed {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Keyed::Secret => "secret",
+            Keyed::ConfigMap => "configMap",
+        }
+    }
+}
+
 /// Where a volume's files come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VolumeSource {
-    /// A Secret of the Pod's namespace, every key a file.
-    Secret { name: String, optional: bool },
-    /// A ConfigMap of the Pod's namespace, every key a file.
-    ConfigMap { name: String, optional: bool },
+    /// A Secret or ConfigMap of the Pod's namespace, every key a file.
+    Object {
+        keyed: Keyed,
+        name: String,
+        optional: bool,
+    },
     /// An empty directory that lives as long as the Pod.
     EmptyDir,
     /// A projected volume (the ServiceAccount admission plugin's
@@ -107,14 +125,9 @@ pub enum VolumeSource {
 pub enum ProjectedFile {
     /// The Pod's ServiceAccount token (the one the agent requested for it).
     Token,
-    /// A key of a ConfigMap of the Pod's namespace.
-    ConfigMapKey {
-        name: String,
-        key: String,
-        optional: bool,
-    },
-    /// A key of a Secret of the Pod's namespace.
-    SecretKey {
+    /// A key of a Secret or ConfigMap of the Pod's namespace.
+    Key {
+        keyed: Keyed,
         name: String,
         key: String,
         optional: bool,
@@ -269,33 +282,27 @@ fn projected(
     for src in p.sources.iter().flatten() {
         if let Some(t) = &src.service_account_token {
             files.push((t.path.clone(), ProjectedFile::Token));
-        } else if let Some(c) = &src.config_map {
-            let items = c
-                .items
+        } else if let Some((keyed, name, items, optional)) = src
+            .config_map
+            .as_ref()
+            .map(|c| (Keyed::ConfigMap, &c.name, &c.items, c.optional))
+            .or_else(|| {
+                src.secret
+                    .as_ref()
+                    .map(|c| (Keyed::Secret, &c.name, &c.items, c.optional))
+            })
+        {
+            let items = items
                 .as_ref()
-                .ok_or_else(|| bad("a configMap without items"))?;
+                .ok_or_else(|| bad(&format!("a {} without items", keyed.kind())))?;
             for i in items {
                 files.push((
                     i.path.clone(),
-                    ProjectedFile::ConfigMapKey {
-                        name: c.name.clone(),
+                    ProjectedFile::Key {
+                        keyed,
+                        name: name.clone(),
                         key: i.key.clone(),
-                        optional: c.optional == Some(true),
-                    },
-                ));
-            }
-        } else if let Some(c) = &src.secret {
-            let items = c
-                .items
-                .as_ref()
-                .ok_or_else(|| bad("a secret without items"))?;
-            for i in items {
-                files.push((
-                    i.path.clone(),
-                    ProjectedFile::SecretKey {
-                        name: c.name.clone(),
-                        key: i.key.clone(),
-                        optional: c.optional == Some(true),
+                        optional: optional == Some(true),
                     },
                 ));
             }
@@ -343,32 +350,30 @@ fn volume_source(
             files: projected(v, pod)?,
         });
     }
-    if let Some(s) = &v.secret {
-        let name = s
-            .secret_name
-            .clone()
-            .ok_or_else(|| format!("volume {}: a secret volume without secretName", v.name))?;
-        if s.items.as_ref().is_some_and(|i| !i.is_empty()) {
+    let keyed = match (&v.secret, &v.config_map) {
+        (Some(s), _) => Some((
+            Keyed::Secret,
+            s.secret_name
+                .clone()
+                .ok_or_else(|| format!("volume {}: a secret volume without secretName", v.name))?,
+            &s.items,
+            s.optional,
+        )),
+        (None, Some(c)) => Some((Keyed::ConfigMap, c.name.clone(), &c.items, c.optional)),
+        (None, None) => None,
+    };
+    if let Some((keyed, name, items, optional)) = keyed {
+        if items.as_ref().is_some_and(|i| !i.is_empty()) {
             return Err(format!(
-                "volume {}: secret items are not supported by the lab node agent",
-                v.name
+                "volume {}: {} items are not supported by the lab node agent",
+                v.name,
+                keyed.kind()
             ));
         }
-        return Ok(VolumeSource::Secret {
+        return Ok(VolumeSource::Object {
+            keyed,
             name,
-            optional: s.optional == Some(true),
-        });
-    }
-    if let Some(c) = &v.config_map {
-        if c.items.as_ref().is_some_and(|i| !i.is_empty()) {
-            return Err(format!(
-                "volume {}: configMap items are not supported by the lab node agent",
-                v.name
-            ));
-        }
-        return Ok(VolumeSource::ConfigMap {
-            name: c.name.clone(),
-            optional: c.optional == Some(true),
+            optional: optional == Some(true),
         });
     }
     if v.empty_dir.is_some() {
@@ -766,7 +771,8 @@ mod tests {
                     ("token".into(), ProjectedFile::Token),
                     (
                         "ca.crt".into(),
-                        ProjectedFile::ConfigMapKey {
+                        ProjectedFile::Key {
+                            keyed: Keyed::ConfigMap,
                             name: "kube-root-ca.crt".into(),
                             key: "ca.crt".into(),
                             optional: false
@@ -784,7 +790,8 @@ mod tests {
             [
                 VolumePlan {
                     name: "memberlist".into(),
-                    source: VolumeSource::Secret {
+                    source: VolumeSource::Object {
+                        keyed: Keyed::Secret,
                         name: "memberlist".into(),
                         optional: false
                     },
@@ -792,7 +799,8 @@ mod tests {
                 },
                 VolumePlan {
                     name: "metallb-excludel2".into(),
-                    source: VolumeSource::ConfigMap {
+                    source: VolumeSource::Object {
+                        keyed: Keyed::ConfigMap,
                         name: "metallb-excludel2".into(),
                         optional: false
                     },

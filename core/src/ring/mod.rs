@@ -625,16 +625,15 @@ impl Member {
 
     /// Holds this node back from owning addresses as its peers do after
     /// removing it as failed: for the hold-down from `now`, plus two
-    /// intervals so that the old owner stops first. For a fresh member of a
-    /// node that left without every peer's acknowledgement (its link was
-    /// down): the peers removed it as failed, not as left, and hold it
-    /// down from re-admitting it; without this it would own its addresses
-    /// at once while they still give them to others (two nodes answering).
-    pub fn hold_self(&mut self, now: Instant) {
+    /// intervals so that the old owner stops first. After a stall, and for a
+    /// fresh member whose peers' welcome says they removed it as failed (a
+    /// restarted process, or one back from a cut link whose leave reached
+    /// no one): they hold it down from re-admitting it, and without this it
+    /// would own its addresses at once while they give them to others.
+    fn hold_self(&mut self, now: Instant) {
         let me = self.me.clone();
         self.held
             .insert(me, now + self.s.hold_down + self.s.interval * 2);
-        self.out.push_back(Output::ViewChanged);
     }
 
     // ----- inputs -----
@@ -724,6 +723,7 @@ impl Member {
             Body::Welcome { held } => {
                 if held && !self.held.contains_key(&self.me) {
                     self.hold_self(now);
+                    self.out.push_back(Output::ViewChanged);
                 }
                 self.unanswered.remove(&msg.from);
                 if self.welcomed.insert(msg.from.clone())
@@ -992,11 +992,8 @@ impl Member {
         }
         // Peers removed this node (or will): it holds back at least as
         // long as they do, counted from now, which is no earlier than their
-        // removal, plus a margin for their clocks' view of it.
-        self.held.insert(
-            self.me.clone(),
-            now + self.s.hold_down + self.s.interval * 2,
-        );
+        // removal.
+        self.hold_self(now);
         self.out.push_back(Output::Rejoined {
             incarnation: self.incarnation,
             why,

@@ -460,16 +460,6 @@ impl Sim {
         self.nodes[i as usize].paused_until = self.now + d.as_nanos() as u64;
     }
 
-    /// The node starts again as a fresh member (a larger incarnation)
-    /// that holds itself down ([`Member::hold_self`]): the speaker's
-    /// re-join after a pause whose leave not every peer acknowledged.
-    pub fn restart_held(&mut self, i: u32) {
-        self.restart(i);
-        let now = self.instant(self.now);
-        self.nodes[i as usize].member.hold_self(now);
-        self.drain(i);
-    }
-
     /// Starts a graceful leave.
     pub fn leave(&mut self, i: u32) {
         let now = self.instant(self.now);
