@@ -4,7 +4,9 @@
 //! same arguments give the same table.
 //!
 //! `cargo bench -p ferrolb-core --bench membership -- [--nodes 1000,5000]
-//! [--loss 0,1,5,10] [--quiet-secs 60] [--kills 20] [--seed 1]`
+//! [--loss 0,1,5,10] [--quiet-secs 60] [--kills 20] [--seed 1]
+//! [--partitions 0.1,10,30,45,50 | --no-partitions]` (`--loss ""` skips the
+//! loss rows; partitions are minority shares in percent).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,7 @@ struct Args {
     kills: usize,
     seed: u64,
     partitions: bool,
+    shares: Vec<f64>,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -32,6 +35,7 @@ fn args() -> Args {
         kills: 20,
         seed: 1,
         partitions: true,
+        shares: vec![0.1, 10.0, 30.0, 45.0, 50.0],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -42,6 +46,7 @@ fn args() -> Args {
             "--kills" => a.kills = it.next().and_then(|x| x.parse().ok()).unwrap_or(a.kills),
             "--seed" => a.seed = it.next().and_then(|x| x.parse().ok()).unwrap_or(a.seed),
             "--no-partitions" => a.partitions = false,
+            "--partitions" => a.shares = list(&it.next().unwrap_or_default()),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -181,8 +186,8 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|");
     for &n in &a.nodes {
-        for share in [0.001, 0.1, 0.3, 0.45, 0.5] {
-            let minority = ((n as f64 * share).round() as usize).max(1);
+        for &share in &a.shares {
+            let minority = ((n as f64 * share / 100.0).round() as usize).max(1);
             let mut sim = Sim::formed(n, a.seed ^ 77, Settings::default(), Network::default());
             sim.run_for(Duration::from_secs(3));
             let mut rng = Rng::new(a.seed ^ n as u64);

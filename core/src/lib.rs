@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod election;
 pub mod events;
 pub mod membership;
+pub mod pacing;
 pub mod packet;
 pub mod ring;
 pub mod selector;

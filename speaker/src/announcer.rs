@@ -15,9 +15,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use ferrolb_core::pacing::{PaceSettings, Pacer};
 use ferrolb_core::packet::arp::ETHERTYPE_ARP;
 use ferrolb_core::packet::ndp::ALL_NODES;
 use ferrolb_core::packet::{
@@ -30,6 +31,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use socket2::Socket;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -85,26 +87,12 @@ impl Guard {
     }
 }
 
-/// How the segment is told about a takeover.
-#[derive(Clone, Copy, Debug)]
-pub struct GratuitousSchedule {
-    /// Bursts per takeover: each a gratuitous ARP request and reply for
-    /// IPv4, an unsolicited NA for IPv6.
-    pub bursts: u32,
-    /// Time between bursts. With 3 bursts 600 ms apart the last leaves
-    /// 1.2 s after the first, past Linux's 1 s `locktime`, inside which a
-    /// client may ignore an update (reference/peers.md section B).
-    pub interval: Duration,
-}
-
-impl Default for GratuitousSchedule {
-    fn default() -> Self {
-        GratuitousSchedule {
-            bursts: 3,
-            interval: Duration::from_millis(600),
-        }
-    }
-}
+/// How the segment is told about a takeover: bursts per claimed address,
+/// their spacing, and the frame rate per interface that paces them
+/// (docs/architecture.md, "Gratuitous announcements"). With 3 bursts 600 ms
+/// apart the last leaves 1.2 s after the first, past Linux's 1 s
+/// `locktime`, inside which a client may ignore an update.
+pub type GratuitousSchedule = PaceSettings;
 
 /// A request's address and protocol (`arp` or `ndp`), as metric labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -248,9 +236,7 @@ impl Announcer {
     pub fn refresh(&mut self) {
         for ia in self.interfaces.values_mut() {
             let owned: Vec<IpAddr> = ia.owned().into_iter().collect();
-            for a in owned {
-                ia.spawn_gratuitous(a, self.schedule);
-            }
+            ia.claim(&owned);
         }
     }
 
@@ -260,9 +246,7 @@ impl Announcer {
     pub fn reannounce(&mut self, addresses: &BTreeSet<IpAddr>) {
         for ia in self.interfaces.values_mut() {
             let owned: Vec<IpAddr> = ia.owned().intersection(addresses).copied().collect();
-            for a in owned {
-                ia.spawn_gratuitous(a, self.schedule);
-            }
+            ia.claim(&owned);
         }
     }
 
@@ -296,6 +280,7 @@ impl Announcer {
                     d.interface.clone(),
                     self.stats.clone(),
                     self.guard.clone(),
+                    self.schedule,
                 ) {
                     Ok(ia) => {
                         self.interfaces.insert(name.clone(), ia);
@@ -308,7 +293,7 @@ impl Announcer {
                 }
             }
             if let Some(ia) = self.interfaces.get_mut(name) {
-                ia.set(&d.addresses, self.schedule);
+                ia.set(&d.addresses);
             }
         }
         errors
@@ -320,14 +305,14 @@ impl Announcer {
 struct InterfaceAnnouncer {
     interface: Interface,
     owned: Arc<RwLock<BTreeSet<IpAddr>>>,
-    arp: Arc<AsyncFd<Socket>>,
     ndp: Option<Arc<AsyncFd<Socket>>>,
     /// Solicited-node groups joined on `ndp`, with how many owned addresses
     /// need each: two addresses can share a group, and the kernel refuses a
     /// second join of the same group on one socket.
     groups: BTreeMap<Ipv6Addr, usize>,
-    stats: Arc<Stats>,
-    guard: Guard,
+    /// The gratuitous bursts still to send, paced; its task sends them.
+    pacer: Arc<Mutex<Pacer<IpAddr>>>,
+    wake: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -344,6 +329,7 @@ impl InterfaceAnnouncer {
         interface: Interface,
         stats: Arc<Stats>,
         guard: Guard,
+        schedule: GratuitousSchedule,
     ) -> io::Result<InterfaceAnnouncer> {
         let arp = Arc::new(sys::async_socket(sys::packet_socket(
             ETHERTYPE_ARP,
@@ -387,15 +373,28 @@ impl InterfaceAnnouncer {
                 guard.clone(),
             )));
         }
+        let pacer = Arc::new(Mutex::new(Pacer::new(schedule)));
+        let wake = Arc::new(Notify::new());
+        tasks.push(tokio::spawn(gratuitous_paced(
+            Claim {
+                interface: interface.clone(),
+                arp: arp.clone(),
+                ndp: ndp.clone(),
+                owned: owned.clone(),
+                stats,
+                guard,
+            },
+            pacer.clone(),
+            wake.clone(),
+        )));
         info!(interface = %interface.name, mac = %interface.mac, "opened the responders on interface");
         Ok(InterfaceAnnouncer {
             interface,
             owned,
-            arp,
             ndp,
             groups: BTreeMap::new(),
-            stats,
-            guard,
+            pacer,
+            wake,
             tasks,
         })
     }
@@ -404,7 +403,7 @@ impl InterfaceAnnouncer {
         self.owned.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set(&mut self, addresses: &BTreeSet<IpAddr>, schedule: GratuitousSchedule) {
+    fn set(&mut self, addresses: &BTreeSet<IpAddr>) {
         let current = self.owned();
         let removed: Vec<IpAddr> = current.difference(addresses).copied().collect();
         let added: Vec<IpAddr> = addresses.difference(&current).copied().collect();
@@ -416,6 +415,12 @@ impl InterfaceAnnouncer {
             let mut owned = self.owned.write().unwrap_or_else(|e| e.into_inner());
             for a in &removed {
                 owned.remove(a);
+            }
+        }
+        {
+            let mut pacer = self.pacer.lock().unwrap_or_else(|e| e.into_inner());
+            for a in &removed {
+                pacer.release(a);
             }
         }
         for a in &removed {
@@ -434,26 +439,27 @@ impl InterfaceAnnouncer {
             let mut owned = self.owned.write().unwrap_or_else(|e| e.into_inner());
             owned.extend(added.iter().copied());
         }
-        for a in added {
+        for a in &added {
             info!(interface = %self.interface.name, address = %a, "announcing address");
-            self.spawn_gratuitous(a, schedule);
         }
+        self.claim(&added);
     }
 
-    fn spawn_gratuitous(&mut self, address: IpAddr, schedule: GratuitousSchedule) {
-        self.tasks.retain(|t| !t.is_finished());
-        self.tasks.push(tokio::spawn(gratuitous_bursts(
-            address,
-            Claim {
-                interface: self.interface.clone(),
-                arp: self.arp.clone(),
-                ndp: self.ndp.clone(),
-                owned: self.owned.clone(),
-                stats: self.stats.clone(),
-                guard: self.guard.clone(),
-            },
-            schedule,
-        )));
+    /// Queues the gratuitous bursts of `addresses` (each starts over).
+    fn claim(&mut self, addresses: &[IpAddr]) {
+        if addresses.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        {
+            let mut pacer = self.pacer.lock().unwrap_or_else(|e| e.into_inner());
+            for a in addresses {
+                // ARP: a request and a reply; NDP: one unsolicited NA.
+                let frames = if a.is_ipv4() { 2 } else { 1 };
+                pacer.claim(*a, frames, now);
+            }
+        }
+        self.wake.notify_one();
     }
 
     fn join(&mut self, group: Ipv6Addr) {
@@ -677,7 +683,8 @@ struct Claim {
     guard: Guard,
 }
 
-async fn gratuitous_bursts(address: IpAddr, claim: Claim, schedule: GratuitousSchedule) {
+/// Sends the bursts the interface's pacer hands out, when it says.
+async fn gratuitous_paced(claim: Claim, pacer: Arc<Mutex<Pacer<IpAddr>>>, wake: Arc<Notify>) {
     let Claim {
         interface,
         arp,
@@ -687,38 +694,52 @@ async fn gratuitous_bursts(address: IpAddr, claim: Claim, schedule: GratuitousSc
         guard,
     } = claim;
     let mut out = [0u8; 64];
-    for burst in 0..schedule.bursts {
-        if burst > 0 {
-            tokio::time::sleep(schedule.interval).await;
-        }
-        // Lost the address meanwhile: say nothing more about it.
-        if !owns(&owned, address) {
-            return;
-        }
-        // The ownership view is not current (a stall, a re-join): claiming
-        // the address now could take it from its real owner. This burst is
-        // skipped; a re-join that keeps the address announces it anew.
-        if !guard.may_announce() {
-            debug!(interface = %interface.name, %address, "gratuitous burst skipped: ownership view not current");
-            continue;
-        }
-        match address {
-            IpAddr::V4(v4) => {
-                for op in [ArpOperation::Request, ArpOperation::Reply] {
-                    send_garp(&arp, &interface, v4, op, &stats);
-                }
+    loop {
+        let (due, next) = pacer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .poll(std::time::Instant::now());
+        for d in due {
+            let address = d.address;
+            // Lost the address meanwhile: say nothing more about it.
+            if !owns(&owned, address) {
+                continue;
             }
-            IpAddr::V6(v6) => {
-                if let Some(ndp) = &ndp {
-                    let na = NeighborAdvertisement::unsolicited(v6, interface.mac);
-                    if send_na(ndp, &interface, ALL_NODES, &na, &mut out) {
-                        stats.gratuitous_sent.inc();
-                        if let Some(ml) = &stats.metallb {
-                            MetalLbStats::inc(&ml.gratuitous_sent, address);
+            // The ownership view is not current (a stall, a re-join):
+            // claiming the address now could take it from its real owner.
+            // This burst is skipped; a re-join that keeps the address
+            // announces it anew.
+            if !guard.may_announce() {
+                debug!(interface = %interface.name, %address, "gratuitous burst skipped: ownership view not current");
+                continue;
+            }
+            match address {
+                IpAddr::V4(v4) => {
+                    for op in [ArpOperation::Request, ArpOperation::Reply] {
+                        send_garp(&arp, &interface, v4, op, &stats);
+                    }
+                }
+                IpAddr::V6(v6) => {
+                    if let Some(ndp) = &ndp {
+                        let na = NeighborAdvertisement::unsolicited(v6, interface.mac);
+                        if send_na(ndp, &interface, ALL_NODES, &na, &mut out) {
+                            stats.gratuitous_sent.inc();
+                            if let Some(ml) = &stats.metallb {
+                                MetalLbStats::inc(&ml.gratuitous_sent, address);
+                            }
                         }
                     }
                 }
             }
+        }
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
         }
     }
 }

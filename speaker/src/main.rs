@@ -118,6 +118,11 @@ struct RunArgs {
     /// Repeat gratuitous ARP / unsolicited NA for every owned address this often (off by default).
     #[arg(long, value_parser = ferrolb_runtime::parse_duration)]
     gratuitous_refresh: Option<Duration>,
+    /// Gratuitous frames per second per interface, all addresses together:
+    /// a takeover of many addresses is paced at this rate, every address's
+    /// first burst before any repeat (up to 512 frames leave at once).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    gratuitous_rate: u32,
     /// Interface name prefixes never announced on; replaces the default list.
     #[arg(long, value_delimiter = ',', default_values_t = interfaces::default_excludes())]
     exclude_interfaces: Vec<String>,
@@ -174,6 +179,9 @@ enum Command {
         /// Milliseconds between gratuitous bursts.
         #[arg(long, default_value_t = 600)]
         gratuitous_interval_ms: u64,
+        /// Gratuitous frames per second per interface, all addresses together.
+        #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+        gratuitous_rate: u32,
     },
 }
 
@@ -186,6 +194,7 @@ fn main() -> ExitCode {
             exclude_interfaces,
             gratuitous_bursts,
             gratuitous_interval_ms,
+            gratuitous_rate,
         }) => {
             ferrolb_runtime::init_logging(
                 &std::env::var("RUST_LOG").unwrap_or_else(|_| cli.run.log_level.clone()),
@@ -194,6 +203,8 @@ fn main() -> ExitCode {
             let schedule = GratuitousSchedule {
                 bursts: gratuitous_bursts,
                 interval: Duration::from_millis(gratuitous_interval_ms),
+                rate: gratuitous_rate,
+                ..GratuitousSchedule::default()
             };
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -275,7 +286,10 @@ async fn speaker(args: RunArgs) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?,
         excludes: args.exclude_interfaces,
-        gratuitous: GratuitousSchedule::default(),
+        gratuitous: GratuitousSchedule {
+            rate: args.gratuitous_rate,
+            ..GratuitousSchedule::default()
+        },
         gratuitous_refresh: args.gratuitous_refresh,
         service_health: match (&args.pod_name, args.health_check_node_port) {
             (Some(pod), true) => Some(ferrolb_speaker::servicehealth::Settings {

@@ -286,7 +286,17 @@ impl Lab {
     /// 2001:db8::48/125), membership Secret, Nodes, speaker Pods, and the
     /// given Services with their status and a serving endpoint.
     pub fn populate(&self, services: Vec<LabService>) {
+        self.populate_with(&["192.0.2.48/28", "2001:db8::48/125"], services);
+    }
+
+    /// [`populate`](Self::populate) with a pool of these CIDRs.
+    pub fn populate_with(&self, pool: &[&str], services: Vec<LabService>) {
         let client = self.cp.client.clone();
+        let mut config =
+            "address-pools:\n- name: lab\n  protocol: layer2\n  addresses:\n".to_owned();
+        for cidr in pool {
+            config.push_str(&format!("  - {cidr}\n"));
+        }
         self.cp.block_on(async move {
             let pp = PostParams::default();
             let create = |v: serde_json::Value| v;
@@ -294,7 +304,6 @@ impl Lab {
                 .create(&pp, &serde_json::from_value(create(json!({"metadata": {"name": NS}}))).unwrap())
                 .await
                 .expect("namespace");
-            let config = "address-pools:\n- name: lab\n  protocol: layer2\n  addresses:\n  - 192.0.2.48/28\n  - 2001:db8::48/125\n";
             Api::<ConfigMap>::namespaced(client.clone(), NS)
                 .create(&pp, &serde_json::from_value(json!({"metadata": {"name": "config"}, "data": {"config": config}})).unwrap())
                 .await
