@@ -881,10 +881,17 @@ impl State {
         self.owned = mine;
     }
 
-    /// Graceful stop: peers first take over (their acknowledgement says they
-    /// applied our leave), then this node stops answering.
+    /// Graceful stop: this node stops answering first, then tells its peers,
+    /// which take over (their acknowledgement says they applied the leave).
+    /// Break before make: a short gap (the leave's delivery, a few ms) and
+    /// never two nodes answering one request; a client that took a reply
+    /// from the leaving node could ignore the successor's gratuitous ARP
+    /// for Linux's 1 s `locktime`.
     async fn leave(mut self) {
         let started = Instant::now();
+        self.announcer.set(&[]);
+        self.metrics.announced_addresses.set(0);
+        info!("stopped announcing; leaving the membership");
         if let Some(m) = &self.membership {
             match m.leave(self.settings.leave_timeout).await {
                 Some(o) if o.missing.is_empty() => {
@@ -896,9 +903,7 @@ impl State {
                 None => warn!("membership did not answer the leave"),
             }
         }
-        self.announcer.set(&[]);
-        self.metrics.announced_addresses.set(0);
-        info!(took = ?started.elapsed(), "stopped announcing; exiting");
+        info!(took = ?started.elapsed(), "left; exiting");
     }
 }
 

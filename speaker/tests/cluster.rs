@@ -571,3 +571,470 @@ fn a_paused_owner_answers_no_stale_request_and_never_alongside_its_successor() {
 fn a_paused_owner_made_ineligible_meanwhile_answers_nothing_after_resume() {
     paused_owner("x", true);
 }
+
+/// Cuts node `node`'s membership traffic (UDP to the membership port) with
+/// the nodes `from`, inside `node`'s namespace: packets from them are
+/// dropped, and with `both_ways` packets to them too. The client and the
+/// API server still reach every node: the worst case, in which a node on
+/// the wrong side of a partition still hears clients.
+fn cut(lab: &Lab, node: usize, from: &[usize], both_ways: bool) {
+    let peers: Vec<String> = from.iter().map(|i| node_ip(*i)).collect();
+    let set = format!("{{ {} }}", peers.join(", "));
+    let mut script = format!(
+        "add table inet flbcut; \
+         add chain inet flbcut input {{ type filter hook input priority 0; }}; \
+         add chain inet flbcut output {{ type filter hook output priority 0; }}; \
+         add rule inet flbcut input ip saddr {set} udp dport {MEMBERSHIP_PORT} counter drop"
+    );
+    if both_ways {
+        script.push_str(&format!(
+            "; add rule inet flbcut output ip daddr {set} udp dport {MEMBERSHIP_PORT} counter drop"
+        ));
+    }
+    let out = lab.exec(NODES[node], &["nft", &script]);
+    assert!(
+        out.status.success(),
+        "nft {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Undoes [`cut`]; returns the packets its rules dropped.
+fn uncut(lab: &Lab, node: usize) -> u64 {
+    let out = lab.exec(NODES[node], &["nft", "list", "table", "inet", "flbcut"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let dropped = text
+        .split("packets ")
+        .skip(1)
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    let out = lab.exec(NODES[node], &["nft", "delete", "table", "inet", "flbcut"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dropped
+}
+
+/// A tagged prober of [`VIP`] every 10 ms (see `probe_tagged_in_background`).
+struct Watch {
+    log: Arc<Mutex<TaggedLog>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    fn start(lab: &Lab) -> Watch {
+        let log = Arc::new(Mutex::new(TaggedLog::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = Some(probe_tagged_in_background(
+            lab,
+            VIP,
+            Duration::from_millis(10),
+            stop.clone(),
+            log.clone(),
+        ));
+        Watch { log, stop, thread }
+    }
+
+    /// Whether `node` answered a request sent at or after `since`.
+    fn answered_since(&self, node: usize, since: std::time::SystemTime) -> bool {
+        let log = self.log.lock().unwrap();
+        log.replies
+            .iter()
+            .any(|r| r.mac == mac(node) && log.sent[r.seq as usize] >= since)
+    }
+
+    fn finish(mut self) -> TaggedLog {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("prober");
+        }
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+/// Requests answered by more than one node (by request).
+fn doubled(log: &TaggedLog) -> Vec<u32> {
+    let mut by_seq: BTreeMap<u32, BTreeSet<MacAddr>> = BTreeMap::new();
+    for r in &log.replies {
+        by_seq.entry(r.seq).or_default().insert(r.mac);
+    }
+    by_seq
+        .into_iter()
+        .filter(|(_, m)| m.len() > 1)
+        .map(|(s, _)| s)
+        .collect()
+}
+
+/// The answering nodes in request order, consecutive repeats merged.
+fn runs_by_request(log: &TaggedLog) -> Vec<usize> {
+    answering_runs(log.replies.clone(), |r| (std::time::UNIX_EPOCH, r.seq))
+        .into_iter()
+        .map(|m| {
+            (0..NODES.len())
+                .find(|i| mac(*i) == m)
+                .expect("a node's MAC")
+        })
+        .collect()
+}
+
+/// The time from `at` to the first reply of `node` received after it.
+fn first_reply_after(log: &TaggedLog, node: usize, at: std::time::SystemTime) -> Option<Duration> {
+    log.replies
+        .iter()
+        .filter(|r| r.mac == mac(node))
+        .filter_map(|r| r.received.duration_since(at).ok())
+        .min()
+}
+
+/// The last reply of `node` received after `at`, as time since `at`.
+fn last_reply_after(log: &TaggedLog, node: usize, at: std::time::SystemTime) -> Option<Duration> {
+    log.replies
+        .iter()
+        .filter(|r| r.mac == mac(node))
+        .filter_map(|r| r.received.duration_since(at).ok())
+        .max()
+}
+
+/// The owner is cut off from both peers while clients still reach it: it
+/// must fence itself (it cannot tell it is not the minority), its successor
+/// must take over, no request may be answered by both, and when the cut
+/// heals the address moves back once, after the returning node's hold-down.
+#[test]
+fn a_node_cut_off_from_its_peers_fences_itself_and_its_successor_takes_over() {
+    let _l = lock();
+    let lab = lab("c");
+    let owner = lab.wait_owner(VIP);
+    let next = expected_rank("192.0.2.50")[1];
+    let others: Vec<usize> = (0..NODES.len()).filter(|i| *i != owner).collect();
+    let watch = Watch::start(&lab);
+    let start = std::time::SystemTime::now();
+    eventually("the owner answering", Duration::from_secs(10), || {
+        watch.answered_since(owner, start).then_some(())
+    });
+    let cut_at = std::time::SystemTime::now();
+    cut(&lab, owner, &others, true);
+    eventually(
+        "the cut-off owner fenced and its successor answering",
+        Duration::from_secs(15),
+        || {
+            let fenced = metric(&lab.metrics(owner)?, "ferrolb_fenced");
+            (fenced == 1.0 && watch.answered_since(next, cut_at)).then_some(())
+        },
+    );
+    // The majority agrees it is gone.
+    for i in &others {
+        eventually(
+            "the majority without the owner",
+            Duration::from_secs(15),
+            || (metric(&lab.metrics(*i)?, "ferrolb_members_alive") == 2.0).then_some(()),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let healed_at = std::time::SystemTime::now();
+    let dropped = uncut(&lab, owner);
+    assert!(dropped > 0, "the cut dropped nothing");
+    eventually(
+        "the owner back in the membership",
+        Duration::from_secs(15),
+        || {
+            (0..NODES.len())
+                .all(|i| {
+                    lab.metrics(i)
+                        .is_some_and(|m| metric(&m, "ferrolb_members_alive") == 3.0)
+                })
+                .then_some(())
+        },
+    );
+    eventually(
+        "the owner answering again after its hold-down",
+        Duration::from_secs(30),
+        || watch.answered_since(owner, healed_at).then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let log = watch.finish();
+    let runs = runs_by_request(&log);
+    let stopped = last_reply_after(&log, owner, cut_at)
+        .filter(|d| *d < healed_at.duration_since(cut_at).unwrap())
+        .map(|d| format!("{d:?}"));
+    let took_over = first_reply_after(&log, next, cut_at);
+    eprintln!(
+        "cut-off owner: {} requests; runs {runs:?}; owner's last reply during the cut {stopped:?} after it, successor's first {took_over:?}; back {:?} after the heal; {dropped} packets dropped",
+        log.sent.len(),
+        first_reply_after(&log, owner, healed_at)
+    );
+    assert_eq!(
+        doubled(&log),
+        Vec::<u32>::new(),
+        "requests answered by two nodes"
+    );
+    assert_eq!(
+        runs,
+        vec![owner, next, owner],
+        "the answering node moved otherwise"
+    );
+}
+
+/// One-way fault: the owner stops hearing one peer, which still hears it.
+/// One report never removes a node and one silent subject of two does not
+/// fence: nothing changes.
+#[test]
+fn a_one_way_fault_moves_nothing() {
+    let _l = lock();
+    let lab = lab("o");
+    let owner = lab.wait_owner(VIP);
+    let peer = (owner + 1) % NODES.len();
+    let changes = total(&lab, "ferrolb_ownership_changes_total");
+    let watch = Watch::start(&lab);
+    cut(&lab, owner, &[peer], false);
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..NODES.len() {
+        let text = lab.metrics(i).expect("metrics");
+        assert_eq!(
+            metric(&text, "ferrolb_members_alive"),
+            3.0,
+            "node {i}:\n{text}"
+        );
+        assert_eq!(metric(&text, "ferrolb_fenced"), 0.0, "node {i}:\n{text}");
+    }
+    let dropped = uncut(&lab, owner);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = watch.finish();
+    eprintln!(
+        "one-way fault: {dropped} packets dropped, {} requests, {} replies",
+        log.sent.len(),
+        log.replies.len()
+    );
+    assert!(dropped > 0, "the rule dropped nothing");
+    assert_eq!(runs_by_request(&log), vec![owner]);
+    assert_eq!(doubled(&log), Vec::<u32>::new());
+    assert_eq!(total(&lab, "ferrolb_ownership_changes_total"), changes);
+}
+
+/// The owner's membership link flaps: down and up every 300 ms for 3 s.
+/// Each down period is longer than the failure timeout, so the owner is
+/// removed at the first; it re-joins held down after each, so the address
+/// moves once (to the successor) during the episode and never to two
+/// answerers.
+#[test]
+fn a_flapping_link_moves_the_address_at_most_once() {
+    let _l = lock();
+    let lab = lab("k");
+    let owner = lab.wait_owner(VIP);
+    let next = expected_rank("192.0.2.50")[1];
+    let others: Vec<usize> = (0..NODES.len()).filter(|i| *i != owner).collect();
+    let watch = Watch::start(&lab);
+    let start = std::time::SystemTime::now();
+    eventually("the owner answering", Duration::from_secs(10), || {
+        watch.answered_since(owner, start).then_some(())
+    });
+    let began = Instant::now();
+    let mut dropped = 0;
+    for flap in 0..5u32 {
+        cut(&lab, owner, &others, true);
+        let up_at = began + Duration::from_millis(600 * u64::from(flap) + 300);
+        std::thread::sleep(up_at.saturating_duration_since(Instant::now()));
+        dropped += uncut(&lab, owner);
+        let down_at = began + Duration::from_millis(600 * u64::from(flap + 1));
+        std::thread::sleep(down_at.saturating_duration_since(Instant::now()));
+    }
+    // Two more seconds after the episode: still inside the hold-down.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = watch.finish();
+    let runs = runs_by_request(&log);
+    eprintln!(
+        "flapping link: {} requests, runs {runs:?}, {dropped} packets dropped",
+        log.sent.len()
+    );
+    assert!(dropped > 0, "the cuts dropped nothing");
+    assert_eq!(
+        doubled(&log),
+        Vec::<u32>::new(),
+        "requests answered by two nodes"
+    );
+    assert!(
+        runs == vec![owner] || runs == vec![owner, next],
+        "ownership moved more than once: {runs:?}"
+    );
+}
+
+/// Heartbeats of the owner recorded on the wire and replayed after it was
+/// killed must not keep it alive: the peers refuse them (sequence window)
+/// and remove it as if nothing were sent.
+#[test]
+fn replayed_heartbeats_do_not_keep_a_killed_owner_alive() {
+    use std::os::fd::AsFd as _;
+    let _l = lock();
+    let mut lab = lab("r");
+    let owner = lab.wait_owner(VIP);
+    let next = expected_rank("192.0.2.50")[1];
+    let owner_ip: Ipv4Addr = node_ip(owner).parse().unwrap();
+    // Record, inside the successor's namespace, membership frames from the
+    // owner for 300 ms.
+    let path = format!("/run/netns/{}", lab.ns(NODES[next]));
+    let recorded: Vec<Vec<u8>> = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let index = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        let socket = ferrolb_speaker::sys::packet_socket(0x0800, index).expect("packet socket");
+        let mut buf = [0u8; 2048];
+        let mut frames = Vec::new();
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            while let Ok((n, _)) = ferrolb_speaker::sys::recv_stamped(&socket, &mut buf) {
+                let f = &buf[..n];
+                let ihl = usize::from(f.get(14).copied().unwrap_or(0) & 0x0f) * 4;
+                let udp = 14 + ihl;
+                if f.len() > udp + 8
+                    && f[23] == 17
+                    && f[26..30] == owner_ip.octets()
+                    && u16::from_be_bytes([f[udp + 2], f[udp + 3]]) == MEMBERSHIP_PORT
+                {
+                    // The sender's checksum may be left to offload (veth
+                    // passes it on unfinished); zero means "none" in IPv4.
+                    let mut f = f.to_vec();
+                    f[udp + 6..udp + 8].fill(0);
+                    frames.push(f);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        frames
+    })
+    .join()
+    .expect("recorder");
+    assert!(
+        recorded.len() >= 5,
+        "recorded only {} frames",
+        recorded.len()
+    );
+    let replayed_before = metric(
+        &lab.metrics(next).unwrap(),
+        "ferrolb_membership_auth_failures_total{reason=\"replayed\"}",
+    );
+
+    lab.speakers[owner]
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    // Replay them from the client's port every 5 ms for 2 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let replayer = {
+        let stop = stop.clone();
+        let frames = recorded.clone();
+        let path = format!("/run/netns/{}", lab.ns("cli"));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let index = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+            let socket = ferrolb_speaker::sys::packet_socket(0x0800, index).expect("packet socket");
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for f in &frames {
+                    if socket.send(f).is_ok() {
+                        sent += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+    let killed = Instant::now();
+    eventually(
+        "the successor answering despite the replays",
+        Duration::from_secs(10),
+        || {
+            lab.arp_answers(VIP, Duration::from_millis(100))
+                .contains(&mac(next))
+                .then_some(())
+        },
+    );
+    let moved_after = killed.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let sent = replayer.join().expect("replayer");
+    let text = lab.metrics(next).unwrap();
+    let replayed = metric(
+        &text,
+        "ferrolb_membership_auth_failures_total{reason=\"replayed\"}",
+    ) - replayed_before;
+    eprintln!(
+        "replay: {} frames recorded, {sent} replayed, {replayed} refused as replays by the successor; moved after {moved_after:?}",
+        recorded.len()
+    );
+    assert!(replayed > 0.0, "no replay was refused:\n{text}");
+    assert_eq!(metric(&text, "ferrolb_members_alive"), 2.0, "{text}");
+}
+
+/// Every speaker restarted in turn (SIGTERM, start again, wait until all
+/// three are members): the address moves away when its owner leaves and
+/// back when it returns (a graceful leave has no hold-down), never for the
+/// other nodes' restarts and never to two answerers.
+#[test]
+fn a_rolling_restart_moves_the_address_away_and_back_once() {
+    let _l = lock();
+    let mut lab = lab("g");
+    let owner = lab.wait_owner(VIP);
+    let next = expected_rank("192.0.2.50")[1];
+    let watch = Watch::start(&lab);
+    let start = std::time::SystemTime::now();
+    eventually("the owner answering", Duration::from_secs(10), || {
+        watch.answered_since(owner, start).then_some(())
+    });
+    for i in 0..NODES.len() {
+        lab.speakers[i]
+            .as_ref()
+            .unwrap()
+            .signal(nix::sys::signal::Signal::SIGTERM);
+        eventually("the speaker to exit", Duration::from_secs(10), || {
+            (!lab.speakers[i].as_mut().unwrap().is_running()).then_some(())
+        });
+        lab.start_speaker(i, &[]);
+        eventually("all three members again", Duration::from_secs(30), || {
+            (0..NODES.len())
+                .all(|j| {
+                    lab.metrics(j)
+                        .is_some_and(|m| metric(&m, "ferrolb_members_alive") == 3.0)
+                })
+                .then_some(())
+        });
+    }
+    let done = std::time::SystemTime::now();
+    eventually(
+        "the owner answering at the end",
+        Duration::from_secs(10),
+        || watch.answered_since(owner, done).then_some(()),
+    );
+    let log = watch.finish();
+    let runs = runs_by_request(&log);
+    // Unanswered requests in a row: the longest gap the client saw.
+    let mut answered: BTreeSet<u32> = log.replies.iter().map(|r| r.seq).collect();
+    let first = answered.first().copied().unwrap_or(0);
+    let mut longest = 0u32;
+    let mut current = 0u32;
+    for seq in first..log.sent.len() as u32 {
+        if answered.remove(&seq) {
+            current = 0;
+        } else {
+            current += 1;
+            longest = longest.max(current);
+        }
+    }
+    eprintln!(
+        "rolling restart: {} requests, runs {runs:?}, longest run of unanswered requests {longest} (10 ms apart)",
+        log.sent.len()
+    );
+    assert_eq!(
+        doubled(&log),
+        Vec::<u32>::new(),
+        "requests answered by two nodes"
+    );
+    assert_eq!(
+        runs,
+        vec![owner, next, owner],
+        "the address moved otherwise"
+    );
+}

@@ -1072,6 +1072,16 @@ impl Member {
         }
         let joined =
             self.joined || now >= self.started + self.s.join_grace || self.unanswered.is_empty();
+        if joined && !self.joined {
+            // Peers admit this node when its Hello reaches them, and stop
+            // announcing what it will own; it waits two intervals more, so
+            // that the addresses pass from them to it with a short gap and
+            // never with two nodes answering.
+            let until = now + self.s.interval * 2;
+            let me = self.me.clone();
+            let held = self.held.entry(me).or_insert(until);
+            *held = (*held).max(until);
+        }
         if joined && self.next_join.is_some() && self.joined != joined {
             self.next_join = None;
         }

@@ -549,5 +549,10 @@ fn a_welcome_tells_a_node_removed_as_failed_to_hold_down() {
     d.set_candidates(["a".to_owned(), "d".to_owned()].into(), t0);
     d.handle(message("a", 1, 1, 9, Body::Welcome { held: false }), t1)
         .unwrap();
+    // A plain welcome: no hold-down, only the two intervals every joiner
+    // waits so that its peers, which admit it on its Hello, stop first.
+    assert!(d.view().may_announce());
+    assert_eq!(d.view().held.get("d").copied(), Some(t1 + s.interval * 2));
+    d.tick(t1 + s.interval * 2);
     assert!(d.view().held.is_empty());
 }
