@@ -66,19 +66,31 @@ fn measure(
         real: None,
     })?;
     let _ = std::fs::remove_file(&config);
-    eventually(
+    let mut last_report = Instant::now();
+    let converged = eventually(
         "every speaker seeing every member",
         Duration::from_secs(180),
         || {
-            lab.nodes
+            let seen: Vec<f64> = lab
+                .nodes
                 .iter()
-                .all(|n| {
+                .map(|n| {
                     lab.speaker_metrics(n)
-                        .is_some_and(|m| metric(&m, "ferrolb_members_alive") == nodes as f64)
+                        .map_or(-1.0, |m| metric(&m, "ferrolb_members_alive"))
                 })
-                .then_some(())
+                .collect();
+            if last_report.elapsed() > Duration::from_secs(20) {
+                last_report = Instant::now();
+                eprintln!("membership_lab: members seen per speaker: {seen:?}");
+            }
+            seen.iter().all(|m| *m == nodes as f64).then_some(())
         },
-    )?;
+    );
+    if let Err(e) = converged {
+        eprintln!("membership_lab: logs kept in {}", lab.dir.display());
+        std::mem::forget(lab);
+        return Err(e);
+    }
     // Past the joins.
     std::thread::sleep(Duration::from_secs(3));
     let pids: Vec<u32> = lab

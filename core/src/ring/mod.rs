@@ -77,6 +77,13 @@ pub struct Settings {
     /// removal) may not own addresses for this long after, unless no
     /// other member can: its addresses do not flip back at once.
     pub hold_down: Duration,
+    /// A joined member sends a `Join` to two candidates outside its view
+    /// this often (in turn): a node that counted itself joined before
+    /// anyone answered, or that its peers removed while it heard none of
+    /// them, finds its way back (an answer admits it, or tells it it was
+    /// removed and must re-join). Costs nothing while every candidate is a
+    /// member.
+    pub probe_outside: Duration,
 }
 
 impl Default for Settings {
@@ -99,6 +106,7 @@ impl Default for Settings {
             leave_timeout: ms(500),
             tombstone_ttl: Duration::from_secs(600),
             hold_down: Duration::from_secs(10),
+            probe_outside: ms(1000),
         }
     }
 }
@@ -325,6 +333,10 @@ pub struct Member {
     /// Candidates that have not answered this incarnation's join.
     unanswered: BTreeSet<String>,
     next_join: Option<Instant>,
+    /// When to probe candidates outside the view next, and where in their
+    /// list.
+    next_probe: Instant,
+    probe_cursor: usize,
     joined: bool,
     fenced: bool,
     /// Neighbours whose view id differs from this node's, since when.
@@ -390,6 +402,8 @@ impl Member {
             welcomed: BTreeSet::new(),
             unanswered: BTreeSet::new(),
             next_join: Some(now),
+            next_probe: now,
+            probe_cursor: 0,
             joined: false,
             fenced: false,
             mismatch: HashMap::new(),
@@ -573,6 +587,10 @@ impl Member {
             && now >= at
         {
             self.send_joins(now);
+        }
+        if self.joined && !self.left && self.leaving.is_none() && now >= self.next_probe {
+            self.next_probe = now + self.s.probe_outside;
+            self.probe_outside();
         }
         self.resend_leave(now);
         let before = self.held.len();
@@ -1187,6 +1205,25 @@ impl Member {
             self.send(&t, Body::Join);
         }
         self.next_join = (!self.joined).then_some(now + self.s.join_resend);
+    }
+
+    /// A `Join` to the next two candidates that are not members (see
+    /// [`Settings::probe_outside`]).
+    fn probe_outside(&mut self) {
+        let outside: Vec<String> = self
+            .candidates
+            .iter()
+            .filter(|c| **c != self.me && !self.is_member(c))
+            .cloned()
+            .collect();
+        if outside.is_empty() {
+            return;
+        }
+        for i in 0..outside.len().min(2) {
+            let to = &outside[(self.probe_cursor + i) % outside.len()];
+            self.send(to, Body::Join);
+        }
+        self.probe_cursor = self.probe_cursor.wrapping_add(2);
     }
 
     fn notify_removed(&mut self, to: &str, incarnation: u64, now: Instant) {

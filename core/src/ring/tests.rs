@@ -556,3 +556,30 @@ fn a_welcome_tells_a_node_removed_as_failed_to_hold_down() {
     d.tick(t1 + s.interval * 2);
     assert!(d.view().held.is_empty());
 }
+
+#[test]
+fn a_node_that_joined_alone_finds_the_cluster_once_it_hears_it() {
+    // Node 5 hears no one for its whole join grace: it counts itself
+    // joined, alone, while the others form without it.
+    let mut sim = Sim::new(6, 11, Settings::default(), Network::default());
+    for i in 0..5 {
+        sim.block(5, i);
+        sim.block(i, 5);
+    }
+    sim.run_for(ms(2000));
+    assert!(sim.agree_on(&[0, 1, 2, 3, 4]));
+    assert_eq!(sim.member(5).view().members.len(), 1);
+    for i in 0..5 {
+        sim.unblock(5, i);
+        sim.unblock(i, 5);
+    }
+    // Nothing is missing from anyone's heartbeats, so only the probes of
+    // candidates outside the view bring it in.
+    let all: Vec<u32> = (0..6).collect();
+    let mut waited = 0;
+    while !sim.agree_on(&all) {
+        sim.run_for(ms(100));
+        waited += 100;
+        assert!(waited <= 5000, "node 5 still outside after {waited} ms");
+    }
+}
