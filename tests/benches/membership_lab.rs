@@ -87,8 +87,11 @@ fn measure(
         },
     );
     if let Err(e) = converged {
-        eprintln!("membership_lab: logs kept in {}", lab.dir.display());
-        std::mem::forget(lab);
+        eprintln!(
+            "membership_lab: logs in {} (kept until a later lab cleans stale ones)",
+            lab.dir.display()
+        );
+        drop(lab);
         return Err(e);
     }
     // Past the joins.

@@ -707,6 +707,36 @@ impl Lab {
             )?;
             run("ip", &["-n", &h.ns, "link", "set", "eth0", "up"])?;
         }
+        // One kernel holds every lab host, and its IPv4 neighbour table is
+        // shared by all namespaces (at most gc_thresh3, 1024 entries,
+        // machine-wide). At 50 nodes the speakers' first contacts with each
+        // other (n² entries) fill it, and a node that cannot resolve the
+        // control plane cannot reach the API. Fixed entries between the
+        // control plane and every node keep the API reachable; on real
+        // machines each node has a table of its own.
+        for n in &self.nodes {
+            for (ns, ip, mac) in [
+                (&n.ns, self.cp.ip4.to_string(), &self.cp.mac),
+                (&self.cp.ns, n.ip4.to_string(), &n.mac),
+            ] {
+                run(
+                    "ip",
+                    &[
+                        "-n",
+                        ns,
+                        "neigh",
+                        "replace",
+                        &ip,
+                        "lladdr",
+                        mac,
+                        "dev",
+                        "eth0",
+                        "nud",
+                        "permanent",
+                    ],
+                )?;
+            }
+        }
         Ok(())
     }
 
