@@ -5,8 +5,9 @@
 //!
 //! `cargo bench -p ferrolb-core --bench membership -- [--nodes 1000,5000]
 //! [--loss 0,1,5,10] [--quiet-secs 60] [--kills 20] [--seed 1]
-//! [--partitions 0.1,10,30,45,50 | --no-partitions]` (`--loss ""` skips the
-//! loss rows; partitions are minority shares in percent).
+//! [--partitions 0.1,10,30,45,50 | --no-partitions] [--heal-secs 10]`
+//! (`--loss ""` skips the loss rows; partitions are minority shares in
+//! percent; a healed partition is watched for `--heal-secs` of virtual time).
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ struct Args {
     seed: u64,
     partitions: bool,
     shares: Vec<f64>,
+    heal: u64,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -36,6 +38,7 @@ fn args() -> Args {
         seed: 1,
         partitions: true,
         shares: vec![0.1, 10.0, 30.0, 45.0, 50.0],
+        heal: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +50,7 @@ fn args() -> Args {
             "--seed" => a.seed = it.next().and_then(|x| x.parse().ok()).unwrap_or(a.seed),
             "--no-partitions" => a.partitions = false,
             "--partitions" => a.shares = list(&it.next().unwrap_or_default()),
+            "--heal-secs" => a.heal = it.next().and_then(|x| x.parse().ok()).unwrap_or(a.heal),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -178,8 +182,11 @@ fn main() {
     }
     println!();
     println!(
-        "Partitions: a formed cluster is split, the smaller side chosen at random (at an even split, the \
-         side without the lowest name), sampled every 5 ms; then the partition heals.\n"
+        "Partitions (`--partitions {}`): a formed cluster is split, the smaller side chosen at random (at an even \
+         split, the side without the lowest name), sampled every 5 ms; then the partition heals and the \
+         cluster is watched for {} s of virtual time.\n",
+        join(&a.shares.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        a.heal
     );
     println!(
         "| nodes | partition (minority share) | minority all fenced after (ms) | majority agreed after (ms) | majority nodes removed | re-formed after heal (ms) |"
@@ -232,7 +239,7 @@ fn main() {
             let t1 = sim.now();
             let all: Vec<u32> = (0..n as u32).collect();
             let mut healed = None;
-            for step in 1..=400u64 {
+            for step in 1..=(a.heal * 40) {
                 sim.run_for(Duration::from_millis(25));
                 if sim.agree_on(&all) && all.iter().all(|&i| sim.member(i).may_announce()) {
                     healed = Some(step * 25);
@@ -246,7 +253,7 @@ fn main() {
                 100.0 * small.len() as f64 / n as f64,
                 show(fenced_at),
                 show(agreed_at),
-                healed.map_or("not in 10 s".to_owned(), |v| format!("≤ {v}")),
+                healed.map_or(format!("not in {} s", a.heal), |v| format!("≤ {v}")),
             );
             let _ = t1;
         }
