@@ -424,25 +424,46 @@ impl InterfaceAnnouncer {
             }
         }
         for a in &removed {
-            info!(interface = %self.interface.name, address = %a, "stopped announcing address");
+            debug!(interface = %self.interface.name, address = %a, "stopped announcing address");
             if let IpAddr::V6(v6) = a {
                 self.leave(solicited_node_multicast(*v6));
             }
         }
-        // Join groups first, so that no solicitation is missed once we answer.
-        for a in &added {
-            if let IpAddr::V6(v6) = a {
-                self.join(solicited_node_multicast(*v6));
-            }
-        }
+        // Answer and tell the segment first, then join the solicited-node
+        // groups: a takeover of hundreds of IPv6 addresses spends
+        // milliseconds in the joins, and neither ARP answers nor unsolicited
+        // NAs need them (a solicitation sent before its group is joined is
+        // missed as it was before the takeover, and asked again).
         {
             let mut owned = self.owned.write().unwrap_or_else(|e| e.into_inner());
             owned.extend(added.iter().copied());
         }
-        for a in &added {
-            info!(interface = %self.interface.name, address = %a, "announcing address");
-        }
         self.claim(&added);
+        for a in &added {
+            debug!(interface = %self.interface.name, address = %a, "announcing address");
+            if let IpAddr::V6(v6) = a {
+                self.join(solicited_node_multicast(*v6));
+            }
+        }
+        // One line per change, not per address: a takeover of 1,000
+        // addresses would write 1,000 lines when speed matters most.
+        if !added.is_empty() || !removed.is_empty() {
+            let sample = |v: &[IpAddr]| {
+                v.iter()
+                    .take(5)
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            info!(
+                interface = %self.interface.name,
+                started = added.len(),
+                stopped = removed.len(),
+                started_sample = %sample(&added),
+                stopped_sample = %sample(&removed),
+                "announced addresses changed"
+            );
+        }
     }
 
     /// Queues the gratuitous bursts of `addresses` (each starts over).

@@ -867,7 +867,7 @@ fn a_flapping_link_moves_the_address_at_most_once() {
 fn replayed_heartbeats_do_not_keep_a_killed_owner_alive() {
     use std::os::fd::AsFd as _;
     let _l = lock();
-    let mut lab = lab("r");
+    let lab = lab("r");
     let owner = lab.wait_owner(VIP);
     let next = expected_rank("192.0.2.50")[1];
     let owner_ip: Ipv4Addr = node_ip(owner).parse().unwrap();
