@@ -7,7 +7,8 @@
 //! [--loss 0,1,5,10] [--quiet-secs 60] [--kills 20] [--seed 1]
 //! [--partitions 0.1,10,30,45,50 | --no-partitions] [--heal-secs 10]`
 //! (`--loss ""` skips the loss rows; partitions are minority shares in
-//! percent; a healed partition is watched for `--heal-secs` of virtual time).
+//! percent; a healed partition is watched for `--heal-secs` of virtual time,
+//! 0: not healed).
 
 use std::time::{Duration, Instant};
 
@@ -235,6 +236,17 @@ fn main() {
                 .iter()
                 .filter(|(_, by, node)| big.contains(by) && big.contains(node))
                 .count();
+            let show = |x: Option<u64>| x.map_or("never (500 ms)".to_owned(), |v| format!("≤ {v}"));
+            if a.heal == 0 {
+                println!(
+                    "| {n} | {} of {n} ({:.1} %) | {} | {} | {wrong} | not watched |",
+                    small.len(),
+                    100.0 * small.len() as f64 / n as f64,
+                    show(fenced_at),
+                    show(agreed_at),
+                );
+                continue;
+            }
             sim.heal();
             let t1 = sim.now();
             let all: Vec<u32> = (0..n as u32).collect();
@@ -246,7 +258,6 @@ fn main() {
                     break;
                 }
             }
-            let show = |x: Option<u64>| x.map_or("never (500 ms)".to_owned(), |v| format!("≤ {v}"));
             println!(
                 "| {n} | {} of {n} ({:.1} %) | {} | {} | {wrong} | {} |",
                 small.len(),
