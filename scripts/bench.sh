@@ -43,7 +43,7 @@ run 5-lab cargo bench --locked -p ferrolb-tests --bench lab
 run 7-endpoints cargo bench --locked -p ferrolb-endpoints --bench next
 run 6-config-rss cargo bench --locked -p ferrolb-core --bench config_rss
 run 8-membership cargo bench --locked -p ferrolb-core --bench membership -- --nodes 1000,5000 --loss 0,1,5,10 --quiet-secs 10 --kills 5 --no-partitions
-run 8a-membership-partitions cargo bench --locked -p ferrolb-core --bench membership -- --nodes 1000 --loss "" --partitions 0.1,10,30,45,50 --heal-secs 0
+run 8a-membership-partitions cargo bench --locked -p ferrolb-core --bench membership -- --nodes 1000 --loss "" --partitions 0.1,10 --heal-secs 10
 run 8b-membership-lab cargo bench --locked -p ferrolb-tests --bench membership_lab
 run 8c-mass-failover cargo bench --locked -p ferrolb-speaker --bench mass_failover
 run 9-kube-native cargo bench --locked -p ferrolb-tests --bench kube_native
