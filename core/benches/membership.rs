@@ -237,36 +237,27 @@ fn main() {
                 .filter(|(_, by, node)| big.contains(by) && big.contains(node))
                 .count();
             let show = |x: Option<u64>| x.map_or("never (500 ms)".to_owned(), |v| format!("≤ {v}"));
-            if a.heal == 0 {
-                println!(
-                    "| {n} | {} of {n} ({:.1} %) | {} | {} | {wrong} | not watched |",
-                    small.len(),
-                    100.0 * small.len() as f64 / n as f64,
-                    show(fenced_at),
-                    show(agreed_at),
-                );
-                continue;
-            }
-            sim.heal();
-            let t1 = sim.now();
-            let all: Vec<u32> = (0..n as u32).collect();
-            let mut healed = None;
-            for step in 1..=(a.heal * 40) {
-                sim.run_for(Duration::from_millis(25));
-                if sim.agree_on(&all) && all.iter().all(|&i| sim.member(i).may_announce()) {
-                    healed = Some(step * 25);
-                    break;
-                }
-            }
+            let healed = if a.heal == 0 {
+                "not watched".to_owned()
+            } else {
+                sim.heal();
+                let all: Vec<u32> = (0..n as u32).collect();
+                (1..=(a.heal * 40))
+                    .find(|_| {
+                        sim.run_for(Duration::from_millis(25));
+                        sim.agree_on(&all) && all.iter().all(|&i| sim.member(i).may_announce())
+                    })
+                    .map_or(format!("not in {} s", a.heal), |step| {
+                        format!("≤ {}", step * 25)
+                    })
+            };
             println!(
-                "| {n} | {} of {n} ({:.1} %) | {} | {} | {wrong} | {} |",
+                "| {n} | {} of {n} ({:.1} %) | {} | {} | {wrong} | {healed} |",
                 small.len(),
                 100.0 * small.len() as f64 / n as f64,
                 show(fenced_at),
                 show(agreed_at),
-                healed.map_or(format!("not in {} s", a.heal), |v| format!("≤ {v}")),
             );
-            let _ = t1;
         }
     }
 }

@@ -88,10 +88,6 @@ impl<A: Clone + Eq + Hash> Pacer<A> {
         }
     }
 
-    pub fn settings(&self) -> PaceSettings {
-        self.settings
-    }
-
     /// Announces `address` anew: its bursts start over, the first due now.
     /// `frames` is what one burst of it costs (2 for ARP: a request and a
     /// reply; 1 for an unsolicited NA).

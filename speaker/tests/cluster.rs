@@ -307,16 +307,8 @@ fn five_percent_membership_loss_for_60s_moves_nothing() {
         }
     }
     // The rule did drop packets: the test could have failed.
-    let dropped: u64 = NODES
-        .iter()
-        .map(|n| {
-            let out = lab.exec(n, &["nft", "list", "table", "inet", "flbloss"]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.split("packets ")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        })
+    let dropped: u64 = (0..NODES.len())
+        .map(|i| dropped_by(&lab, i, "flbloss"))
         .sum();
     let received = total(&lab, "ferrolb_membership_packets_received_total");
     eprintln!("loss test: {dropped} membership packets dropped, {received} received");
@@ -353,29 +345,8 @@ fn paused_owner(tag: &str, exclude: bool) {
     use std::time::SystemTime;
     let _l = lock();
     let lab = lab(tag);
-    let owner = lab.wait_owner(VIP);
-    let next = expected_rank("192.0.2.50")[1];
-    let log = Arc::new(Mutex::new(TaggedLog::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let prober = probe_tagged_in_background(
-        &lab,
-        VIP,
-        Duration::from_millis(10),
-        stop.clone(),
-        log.clone(),
-    );
-    let answered_since = |who: usize, since: SystemTime| {
-        let log = log.lock().unwrap();
-        log.replies
-            .iter()
-            .any(|r| r.mac == mac(who) && log.sent[r.seq as usize] >= since)
-    };
-    let start = SystemTime::now();
-    eventually(
-        "the owner answering the prober",
-        Duration::from_secs(10),
-        || answered_since(owner, start).then_some(()),
-    );
+    let (owner, next, watch) = watch_owner(&lab);
+    let answered_since = |who: usize, since: SystemTime| watch.answered_since(who, since);
 
     let speaker = lab.speakers[owner].as_ref().unwrap();
     let pid = speaker.child.id();
@@ -449,9 +420,7 @@ fn paused_owner(tag: &str, exclude: bool) {
     }
     // Keep watching for a while after the handovers settled.
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    prober.join().expect("prober");
-    let log = std::mem::take(&mut *log.lock().unwrap());
+    let log = watch.finish();
     let text = lab.metrics(owner).expect("the paused node's metrics");
     for l in text.lines().filter(|l| {
         l.starts_with("ferrolb_requests_dropped_total")
@@ -509,18 +478,10 @@ fn check_paused_owner_replies(
         );
     }
     // One answer per request at most: never two nodes answering the same.
-    let mut by_seq: BTreeMap<u32, BTreeSet<MacAddr>> = BTreeMap::new();
-    for r in &log.replies {
-        by_seq.entry(r.seq).or_default().insert(r.mac);
-    }
-    let doubled: Vec<(u32, Vec<String>)> = by_seq
-        .iter()
-        .filter(|(_, m)| m.len() > 1)
-        .map(|(s, m)| (*s, m.iter().map(ToString::to_string).collect()))
-        .collect();
-    assert!(
-        doubled.is_empty(),
-        "requests answered by two nodes: {doubled:?}"
+    assert_eq!(
+        doubled(log),
+        Vec::<u32>::new(),
+        "requests answered by two nodes"
     );
     // Who answers changes only at the handovers, in request order and in
     // arrival order alike: owner, successor, and owner again after the
@@ -599,15 +560,20 @@ fn cut(lab: &Lab, node: usize, from: &[usize], both_ways: bool) {
     );
 }
 
-/// Undoes [`cut`]; returns the packets its rules dropped.
-fn uncut(lab: &Lab, node: usize) -> u64 {
-    let out = lab.exec(NODES[node], &["nft", "list", "table", "inet", "flbcut"]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let dropped = text
+/// The packets the counters of nftables table `inet <table>` in node
+/// `node`'s namespace counted.
+fn dropped_by(lab: &Lab, node: usize, table: &str) -> u64 {
+    let out = lab.exec(NODES[node], &["nft", "list", "table", "inet", table]);
+    String::from_utf8_lossy(&out.stdout)
         .split("packets ")
         .skip(1)
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
+        .sum()
+}
+
+/// Undoes [`cut`]; returns the packets its rules dropped.
+fn uncut(lab: &Lab, node: usize) -> u64 {
+    let dropped = dropped_by(lab, node, "flbcut");
     let out = lab.exec(NODES[node], &["nft", "delete", "table", "inet", "flbcut"]);
     assert!(
         out.status.success(),
@@ -653,6 +619,21 @@ impl Watch {
         }
         std::mem::take(&mut *self.log.lock().unwrap())
     }
+}
+
+/// Waits for the owner of [`VIP`] and for it to answer a [`Watch`] started
+/// on it; returns the owner, its successor and the watch.
+fn watch_owner(lab: &Lab) -> (usize, usize, Watch) {
+    let owner = lab.wait_owner(VIP);
+    let next = expected_rank("192.0.2.50")[1];
+    let watch = Watch::start(lab);
+    let start = std::time::SystemTime::now();
+    eventually(
+        "the owner answering the prober",
+        Duration::from_secs(10),
+        || watch.answered_since(owner, start).then_some(()),
+    );
+    (owner, next, watch)
 }
 
 /// Requests answered by more than one node (by request).
@@ -706,14 +687,8 @@ fn last_reply_after(log: &TaggedLog, node: usize, at: std::time::SystemTime) -> 
 fn a_node_cut_off_from_its_peers_fences_itself_and_its_successor_takes_over() {
     let _l = lock();
     let lab = lab("c");
-    let owner = lab.wait_owner(VIP);
-    let next = expected_rank("192.0.2.50")[1];
+    let (owner, next, watch) = watch_owner(&lab);
     let others: Vec<usize> = (0..NODES.len()).filter(|i| *i != owner).collect();
-    let watch = Watch::start(&lab);
-    let start = std::time::SystemTime::now();
-    eventually("the owner answering", Duration::from_secs(10), || {
-        watch.answered_since(owner, start).then_some(())
-    });
     let cut_at = std::time::SystemTime::now();
     cut(&lab, owner, &others, true);
     eventually(
@@ -822,14 +797,8 @@ fn a_one_way_fault_moves_nothing() {
 fn a_flapping_link_moves_the_address_at_most_once() {
     let _l = lock();
     let lab = lab("k");
-    let owner = lab.wait_owner(VIP);
-    let next = expected_rank("192.0.2.50")[1];
+    let (owner, next, watch) = watch_owner(&lab);
     let others: Vec<usize> = (0..NODES.len()).filter(|i| *i != owner).collect();
-    let watch = Watch::start(&lab);
-    let start = std::time::SystemTime::now();
-    eventually("the owner answering", Duration::from_secs(10), || {
-        watch.answered_since(owner, start).then_some(())
-    });
     let began = Instant::now();
     let mut dropped = 0;
     for flap in 0..5u32 {
@@ -977,13 +946,7 @@ fn replayed_heartbeats_do_not_keep_a_killed_owner_alive() {
 fn a_rolling_restart_moves_the_address_away_and_back_once() {
     let _l = lock();
     let mut lab = lab("g");
-    let owner = lab.wait_owner(VIP);
-    let next = expected_rank("192.0.2.50")[1];
-    let watch = Watch::start(&lab);
-    let start = std::time::SystemTime::now();
-    eventually("the owner answering", Duration::from_secs(10), || {
-        watch.answered_since(owner, start).then_some(())
-    });
+    let (owner, next, watch) = watch_owner(&lab);
     for i in 0..NODES.len() {
         lab.speakers[i]
             .as_ref()
