@@ -23,6 +23,7 @@
 //! This is sans-I/O: the speaker and the simulator ([`sim`]) feed messages
 //! and instants into a [`Member`] and carry out its [`Output`]s.
 
+mod cut;
 pub mod sim;
 pub mod topology;
 pub mod wire;
@@ -289,15 +290,6 @@ struct Leaving {
     acknowledged: BTreeSet<String>,
 }
 
-/// A cut as this node computes it now.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Cut {
-    /// Members with at least one report against them.
-    reported: BTreeSet<String>,
-    /// Members enough observers agree on.
-    stable: BTreeSet<String>,
-}
-
 /// One node's protocol state.
 #[derive(Debug)]
 pub struct Member {
@@ -320,13 +312,11 @@ pub struct Member {
     observers: Vec<String>,
     /// Subjects this node watches.
     watching: BTreeMap<String, Edge>,
-    /// Down reports in force: subject -> observer -> subject incarnation.
-    reports: HashMap<String, BTreeMap<String, u64>>,
+    /// Down reports in force and the cut they make.
+    reports: cut::Reports,
     /// This node's own reports still being sent.
     mine: BTreeMap<String, Report>,
     reports_changed: Instant,
-    /// The cut for the current reports and members (`None`: recompute).
-    cut_cache: Option<Cut>,
     cut_since: Option<Instant>,
     next_heartbeat: Instant,
     welcomed: BTreeSet<String>,
@@ -357,15 +347,6 @@ fn row_id(name: &str, incarnation: u64) -> u64 {
     topology::splitmix(topology::position(name, u32::MAX) ^ incarnation)
 }
 
-/// Explicit reports an observer needs against itself before its own silence
-/// counts as an implicit report about its subjects (Rapid's low watermark).
-const IMPLICIT_MIN: usize = 2;
-
-/// Reports that must agree to remove a node with `observers` observers.
-fn threshold(observers: usize) -> usize {
-    (observers * 3).div_ceil(4).max(1)
-}
-
 impl Member {
     /// A node named `me` starting at `now` under `incarnation`, which must
     /// be larger than any earlier incarnation of this node (the speaker
@@ -393,10 +374,9 @@ impl Member {
             accepted: HashMap::new(),
             observers: Vec::new(),
             watching: BTreeMap::new(),
-            reports: HashMap::new(),
+            reports: cut::Reports::default(),
             mine: BTreeMap::new(),
             reports_changed: now,
-            cut_cache: None,
             cut_since: None,
             next_heartbeat: now,
             welcomed: BTreeSet::new(),
@@ -805,18 +785,11 @@ impl Member {
         if !current {
             return;
         }
-        let by = self.reports.entry(a.subject.clone()).or_default();
-        let changed = if a.down {
-            by.insert(observer.to_owned(), a.incarnation).is_none()
-        } else {
-            by.remove(observer).is_some()
-        };
-        if by.is_empty() {
-            self.reports.remove(&a.subject);
-        }
+        let changed =
+            self.reports
+                .set(&self.topology, &a.subject, observer, a.incarnation, a.down);
         if changed {
             self.reports_changed = now;
-            self.cut_cache = None;
         }
     }
 
@@ -879,8 +852,7 @@ impl Member {
                 since: now,
             },
         );
-        self.reports.remove(name);
-        self.cut_cache = None;
+        self.reports.forget_subject(name);
         if self.failed.remove(name) {
             self.held.insert(name.to_owned(), now + self.s.hold_down);
         }
@@ -908,19 +880,13 @@ impl Member {
                 since: now,
             },
         );
-        self.reports.remove(name);
-        for by in self.reports.values_mut() {
-            by.remove(name);
-        }
-        self.reports.retain(|_, by| !by.is_empty());
-        self.cut_cache = None;
+        self.reports.forget(name);
         self.mismatch.remove(name);
     }
 
     /// Recomputes what follows from the member set.
     fn view_changed(&mut self, now: Instant) {
         self.generation += 1;
-        self.cut_cache = None;
         self.observers = self
             .topology
             .observers(&self.me)
@@ -971,10 +937,12 @@ impl Member {
         if let Some(o) = old.filter(|o| o.alive) {
             self.view_id ^= row_id(&key, o.incarnation);
             self.topology.remove(&key);
+            self.reports.members_changed();
         }
         if row.alive {
             self.view_id ^= row_id(&key, row.incarnation);
             self.topology.insert(&key);
+            self.reports.members_changed();
         }
     }
 
@@ -991,7 +959,6 @@ impl Member {
             .cloned()
             .collect();
         self.reports.clear();
-        self.cut_cache = None;
         self.mine.clear();
         self.mismatch.clear();
         self.cut_since = None;
@@ -1043,40 +1010,31 @@ impl Member {
         }
         self.flush_reports(now);
         self.check_sync(now);
-        let cut = match &self.cut_cache {
-            Some(c) => c.clone(),
-            None => {
-                let c = self.cut();
-                self.cut_cache = Some(c.clone());
-                c
-            }
-        };
         let members = self.topology.len();
+        let (reported, stable) = self.reports.cut(&self.topology);
         let minority = members >= 3 && {
             let lowest = self.topology.lowest();
-            let r = cut.reported.len();
-            2 * r > members
-                || (2 * r == members && lowest.is_some_and(|l| cut.reported.contains(l)))
+            let r = reported.len();
+            2 * r > members || (2 * r == members && lowest.is_some_and(|l| reported.contains(l)))
         };
         let subjects = self.watching.len();
         let lost = self
             .watching
             .iter()
-            .filter(|(s, e)| e.down && !cut.stable.contains(*s))
+            .filter(|(s, e)| e.down && !stable.contains(s.as_str()))
             .count();
         let cut_off = members >= 3 && subjects > 0 && 2 * lost > subjects;
-        let condemned = cut.stable.contains(&self.me);
+        let condemned = stable.contains(self.me.as_str());
         let fenced = minority || cut_off || condemned;
-        if !fenced && !cut.stable.is_empty() {
+        if !fenced && !stable.is_empty() {
             let since = *self.cut_since.get_or_insert(now);
             if now >= self.reports_changed + self.s.settle || now >= since + self.s.settle_max {
-                let gone: Vec<(String, u64)> = cut
-                    .stable
+                let gone: Vec<(String, u64)> = stable
                     .iter()
                     .filter_map(|n| {
                         self.table
-                            .get(n.as_str())
-                            .map(|r| (n.clone(), r.incarnation))
+                            .get(&**n)
+                            .map(|r| (n.to_string(), r.incarnation))
                     })
                     .collect();
                 for (n, inc) in gone {
@@ -1108,47 +1066,6 @@ impl Member {
             self.fenced = fenced;
             self.out.push_back(Output::ViewChanged);
         }
-    }
-
-    /// Which members the reports in force point at, and which of them
-    /// enough observers agree on.
-    fn cut(&self) -> Cut {
-        let mut cut = Cut::default();
-        if self.reports.is_empty() {
-            return cut;
-        }
-        let mut explicit: BTreeMap<&str, (usize, Vec<&str>)> = BTreeMap::new();
-        for (subject, by) in &self.reports {
-            let observers = self.topology.observers(subject);
-            let n = by
-                .keys()
-                .filter(|o| observers.contains(&o.as_str()))
-                .count();
-            if n > 0 {
-                explicit.insert(subject.as_str(), (n, observers));
-            }
-        }
-        for (subject, (n, observers)) in &explicit {
-            cut.reported.insert((*subject).to_owned());
-            let by = &self.reports[*subject];
-            // An observer that is itself reported by at least two of its
-            // own observers counts as a report: a partition silences it
-            // too. One report is not enough: on the minority side of a
-            // partition, majority nodes each carry one or two reports, and
-            // counting those would let that side assemble a cut of
-            // majority nodes.
-            let implicit = observers
-                .iter()
-                .filter(|o| {
-                    !by.contains_key(**o)
-                        && explicit.get(**o).is_some_and(|(m, _)| *m >= IMPLICIT_MIN)
-                })
-                .count();
-            if n + implicit >= threshold(observers.len()) {
-                cut.stable.insert((*subject).to_owned());
-            }
-        }
-        cut
     }
 
     // ----- sending -----
