@@ -2,16 +2,22 @@
 //! 25 and 50 nodes (test API server, controller, speakers; no backends),
 //! each size with the ring protocol and with the all-to-all mesh in the same
 //! run. Per speaker, at rest: CPU from /proc, membership packets sent per
-//! second (the speaker's own counter), and RSS.
+//! second (the speaker's own counter), and RSS. Then, with the ring, owner
+//! failover: the speaker owning a Service's address is killed (SIGKILL)
+//! while the client sends a request every 10 ms; the longest gap between
+//! answers, over `--failover-trials` trials (the killed speaker restarted
+//! and its address back in place between trials).
 //!
-//! `cargo bench -p ferrolb-tests --bench membership_lab [-- --nodes 3,10,25,50 --secs 10]`
+//! `cargo bench -p ferrolb-tests --bench membership_lab [-- --nodes 3,10,25,50 --secs 10 --failover-trials 20]`
 //! (root; after `cargo build --release --bins`).
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ferrolb_tests::lab::{Host, Lab, LabOptions, eventually, metric};
+use anyhow::Context as _;
+use ferrolb_tests::lab::{Host, Lab, LabOptions, eventually, metric, stats};
 use ferrolb_tests::procfs::{clock_tick, cpu_ticks, memory};
 
 const CONFIG: &str = "\
@@ -35,6 +41,8 @@ struct Row {
     cpu: (f64, f64),
     pps: (f64, f64),
     rss_kib: f64,
+    /// Failover gaps (ms), one per trial.
+    gaps: Vec<u64>,
 }
 
 fn mean_max(v: &[f64]) -> (f64, f64) {
@@ -49,6 +57,7 @@ fn measure(
     nodes: usize,
     protocol: &'static str,
     secs: u64,
+    trials: usize,
 ) -> anyhow::Result<Row> {
     // The lab's speakers inherit this process's environment.
     // SAFETY: set before any thread of this process reads the environment
@@ -66,6 +75,7 @@ fn measure(
         real: None,
     })?;
     let _ = std::fs::remove_file(&config);
+    let mut lab = lab;
     let mut last_report = Instant::now();
     let converged = eventually(
         "every speaker seeing every member",
@@ -122,13 +132,79 @@ fn measure(
         .collect();
     let pps: Vec<f64> = s0.iter().zip(&s1).map(|(a, b)| (b - a) / took).collect();
     let rss: Vec<f64> = pids.iter().map(|p| memory(*p).0 as f64).collect();
+    let gaps = if protocol == "ring" && trials > 0 {
+        failover(&mut lab, trials)?
+    } else {
+        Vec::new()
+    };
     Ok(Row {
         nodes,
         protocol,
         cpu: mean_max(&cpu),
         pps: mean_max(&pps),
         rss_kib: mean_max(&rss).0,
+        gaps,
     })
+}
+
+/// The longest gap a client sees (ms) when the owner of a Service's address
+/// dies, once per trial. Between trials the killed speaker is restarted and
+/// the address is left where the protocol puts it once the restarted node's
+/// hold-down has passed, so every trial starts from a settled cluster.
+fn failover(lab: &mut Lab, trials: usize) -> anyhow::Result<Vec<u64>> {
+    const LIMIT: Duration = Duration::from_secs(120);
+    // The hold-down of a node back after being removed as failed (10 s),
+    // and a margin: the address may move back to it once, then stays.
+    const SETTLED: Duration = Duration::from_secs(12);
+    let nodes = lab.nodes.len();
+    lab.create_service("web", serde_json::json!({}))?;
+    let ip = eventually("an address for web", LIMIT, || {
+        lab.external_ips("web").into_iter().next()
+    })?;
+    lab.forward(&ip, 80)?;
+    let target = SocketAddr::new(ip.parse().context("the address")?, 80);
+    let members = |lab: &Lab| {
+        lab.nodes
+            .iter()
+            .map(|n| {
+                lab.speaker_metrics(n)
+                    .map_or(-1.0, |m| metric(&m, "ferrolb_members_alive"))
+            })
+            .all(|m| m == nodes as f64)
+    };
+    let mut gaps = Vec::new();
+    for trial in 0..trials {
+        let from = eventually("an owner answering", LIMIT, || {
+            lab.answered(target, 3).then(|| lab.owner(&ip)).flatten()
+        })?;
+        let prober = lab.start_prober(target)?;
+        let killed = Instant::now();
+        lab.signal(&format!("speaker-{from}"), "KILL")?;
+        let to = eventually(&format!("{ip} moved off {from}"), LIMIT, || {
+            lab.answered(target, 3)
+                .then(|| lab.owner(&ip))
+                .flatten()
+                .filter(|n| *n != from)
+        })?;
+        prober.wait_answer_after(killed, LIMIT)?;
+        let (answers, gap) = prober.stop();
+        if answers < 10 {
+            anyhow::bail!("the prober got only {answers} answers");
+        }
+        eprintln!("membership_lab: {nodes} nodes, trial {trial}: {from} -> {to}, gap {gap} ms");
+        gaps.push(gap);
+        lab.wait_exit(&format!("speaker-{from}"), LIMIT)?;
+        let host = lab.node(&from).context("the killed node")?.clone();
+        lab.start_speaker(&host)?;
+        let back = Instant::now();
+        eventually("every speaker seeing every member again", LIMIT, || {
+            members(lab).then_some(())
+        })?;
+        eventually("the address settled", LIMIT, || {
+            (back.elapsed() >= SETTLED && lab.answered(target, 3)).then_some(())
+        })?;
+    }
+    Ok(gaps)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -140,6 +216,7 @@ fn main() -> anyhow::Result<()> {
     // All-to-all at 50 speakers saturates a small machine (it is the
     // point of the ring); the mesh runs up to this size.
     let mut mesh_max = 25;
+    let mut trials = 20;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -153,6 +230,9 @@ fn main() -> anyhow::Result<()> {
             }
             "--secs" => secs = it.next().and_then(|x| x.parse().ok()).unwrap_or(secs),
             "--mesh-max" => mesh_max = it.next().and_then(|x| x.parse().ok()).unwrap_or(mesh_max),
+            "--failover-trials" => {
+                trials = it.next().and_then(|x| x.parse().ok()).unwrap_or(trials)
+            }
             _ => {}
         }
     }
@@ -169,7 +249,7 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             eprintln!("membership_lab: {n} nodes, {protocol}");
-            match measure(&bin_dir, n, protocol, secs) {
+            match measure(&bin_dir, n, protocol, secs, trials) {
                 Ok(r) => {
                     eprintln!(
                         "membership_lab: {n} {protocol}: CPU {:.2} % / {:.2} %, {:.0} / {:.0} packets/s, RSS {:.1} MiB",
@@ -190,12 +270,15 @@ fn main() -> anyhow::Result<()> {
     writeln!(out, "## Membership cost with real speakers\n")?;
     writeln!(
         out,
-        "Command: `cargo bench -p ferrolb-tests --bench membership_lab -- --nodes {} --secs {secs} --mesh-max {mesh_max}` (root). \
-         The lab with N nodes (test API server, controller, N speakers, no backends), once with \
+        "Command: `cargo bench -p ferrolb-tests --bench membership_lab -- --nodes {} --secs {secs} --mesh-max {mesh_max} --failover-trials {trials}` (root). \
+         The lab with N nodes (test API server, controller, N speakers, a lab backend per node), once with \
          `--membership-protocol ring` (the default) and, up to {mesh_max} nodes, once with `mesh` (all-to-all), in one run. \
          Per speaker at rest over {secs} s: CPU (user + system from /proc, % of one core), membership \
          packets sent per second (its `ferrolb_membership_packets_sent_total`), RSS. All N speakers \
-         share this machine's cores.\n",
+         share this machine's cores. Failover (ring only): the speaker owning a Service's address is \
+         killed (SIGKILL) while the client sends a request every 10 ms (100 ms timeout); the longest \
+         gap between two answers, p50 / p99 / max over the trials (the killed speaker restarted and \
+         the address settled between trials).\n",
         sizes
             .iter()
             .map(ToString::to_string)
@@ -204,12 +287,18 @@ fn main() -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "| nodes | protocol | CPU per speaker (mean / max) | packets/s sent per speaker (mean / max) | RSS per speaker |\n|---|---|---|---|---|"
+        "| nodes | protocol | CPU per speaker (mean / max) | packets/s sent per speaker (mean / max) | RSS per speaker | failover gap p50 / p99 / max (trials) |\n|---|---|---|---|---|---|"
     )?;
     for r in &rows {
+        let failover = if r.gaps.is_empty() {
+            "-".to_owned()
+        } else {
+            let (p50, p99, max) = stats(&r.gaps);
+            format!("{p50} / {p99} / {max} ms ({})", r.gaps.len())
+        };
         writeln!(
             out,
-            "| {} | {} | {:.2} % / {:.2} % | {:.0} / {:.0} | {:.1} MiB |",
+            "| {} | {} | {:.2} % / {:.2} % | {:.0} / {:.0} | {:.1} MiB | {failover} |",
             r.nodes,
             r.protocol,
             r.cpu.0,

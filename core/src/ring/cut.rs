@@ -6,12 +6,14 @@
 //! of subjects. Recomputing the cut from all reports after each alert cost
 //! `O(subjects × K log n)` per message; here one report changes the status
 //! of its subject and, when the subject's own report count crosses the
-//! implicit threshold, of the at most `K` members it observes: `O(K²)`.
+//! implicit threshold or goes from or to none, of the at most `K` members
+//! it observes: `O(K²)`.
 //! A change of the member set marks everything stale and the next query
 //! recomputes it once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::Topology;
 
@@ -27,8 +29,9 @@ pub(super) fn threshold(observers: usize) -> usize {
 /// The reports against one subject.
 #[derive(Debug, Default)]
 struct Against {
-    /// Observer -> the subject's incarnation it reported.
-    by: BTreeMap<Arc<str>, u64>,
+    /// Observer -> the subject's incarnation it reported, and when it
+    /// last said so.
+    by: BTreeMap<Arc<str>, (u64, Instant)>,
     /// The subject's observers in the current member set.
     observers: Vec<Arc<str>>,
     /// How many of `by` are among `observers`.
@@ -38,6 +41,8 @@ struct Against {
 /// Down reports in force and the cut they make.
 #[derive(Debug, Default)]
 pub(super) struct Reports {
+    /// This node: it never counts itself as unwatched.
+    me: Arc<str>,
     against: HashMap<Arc<str>, Against>,
     /// Members with at least one report from one of their observers.
     reported: BTreeSet<Arc<str>>,
@@ -49,8 +54,16 @@ pub(super) struct Reports {
 }
 
 impl Reports {
+    pub fn new(me: &str) -> Reports {
+        Reports {
+            me: Arc::from(me),
+            ..Reports::default()
+        }
+    }
+
     /// Records `observer`'s report on `subject` (down with `incarnation`,
-    /// or up). True if the reports changed.
+    /// or up), heard at `now`. True if the reports changed (a repeated
+    /// down report only refreshes it).
     pub fn set(
         &mut self,
         topology: &Topology,
@@ -58,13 +71,15 @@ impl Reports {
         observer: &str,
         incarnation: u64,
         down: bool,
+        now: Instant,
     ) -> bool {
         let changed;
         let counts;
         match self.against.get_mut(subject) {
             Some(a) => {
                 changed = if down {
-                    a.by.insert(Arc::from(observer), incarnation).is_none()
+                    a.by.insert(Arc::from(observer), (incarnation, now))
+                        .is_none()
                 } else {
                     a.by.remove(observer).is_some()
                 };
@@ -84,7 +99,7 @@ impl Reports {
                     observers,
                     ..Against::default()
                 };
-                a.by.insert(Arc::from(observer), incarnation);
+                a.by.insert(Arc::from(observer), (incarnation, now));
                 self.against.insert(Arc::from(subject), a);
                 changed = true;
             }
@@ -94,6 +109,33 @@ impl Reports {
             self.recount(topology, subject);
         }
         changed
+    }
+
+    /// Whether an observer other than `me` said `subject` was down at or
+    /// after `since`.
+    pub fn reported_by_another(&self, subject: &str, me: &str, since: Instant) -> bool {
+        self.against
+            .get(subject)
+            .is_some_and(|a| a.by.iter().any(|(o, (_, at))| &**o != me && *at >= since))
+    }
+
+    /// Forgets down reports of observers other than `me` not repeated for
+    /// `ttl` (observers repeat theirs while in force): the up report that
+    /// ended one may have been lost. True if any went.
+    pub fn expire(&mut self, now: Instant, ttl: Duration, me: &str) -> bool {
+        let mut gone = false;
+        for a in self.against.values_mut() {
+            a.by.retain(|o, (_, at)| {
+                let keep = &**o == me || now.saturating_duration_since(*at) < ttl;
+                gone |= !keep;
+                keep
+            });
+        }
+        if gone {
+            self.against.retain(|_, a| !a.by.is_empty());
+            self.stale = true;
+        }
+        gone
     }
 
     /// Forgets the reports on `name` (it joined under a new incarnation).
@@ -114,7 +156,7 @@ impl Reports {
     }
 
     pub fn clear(&mut self) {
-        *self = Reports::default();
+        *self = Reports::new(&self.me);
     }
 
     /// The member set changed: observers are recomputed before the next
@@ -143,13 +185,20 @@ impl Reports {
         }
         self.reported.clear();
         self.stable.clear();
+        let mut all: BTreeSet<&str> = subjects.iter().map(|s| &**s).collect();
         for s in &subjects {
-            self.status(s);
+            if self.against[s].explicit > 0 {
+                all.extend(topology.subjects(s));
+            }
+        }
+        for s in all {
+            self.status(topology, s);
         }
     }
 
     /// `subject`'s report count changed: its own status, and that of the
-    /// members it observes if its count crossed the implicit threshold.
+    /// members it observes if its count crossed the implicit threshold or
+    /// went from or to none.
     fn recount(&mut self, topology: &Topology, subject: &str) {
         let (before, after) = match self.against.get_mut(subject) {
             Some(a) => {
@@ -160,36 +209,45 @@ impl Reports {
             // Its last report went: it was counted with one at most.
             None => (1, 0),
         };
-        self.status(subject);
-        if (before >= IMPLICIT_MIN) != (after >= IMPLICIT_MIN) {
+        self.status(topology, subject);
+        if (before >= IMPLICIT_MIN) != (after >= IMPLICIT_MIN) || (before > 0) != (after > 0) {
             for s in topology.subjects(subject) {
-                self.status(s);
+                self.status(topology, s);
             }
         }
     }
 
     /// Recomputes whether `subject` is reported and agreed on from the
-    /// counts in force.
-    fn status(&mut self, subject: &str) {
+    /// counts in force. A member that none of its observers reports, but
+    /// every one of whose observers is itself reported, is agreed on (and
+    /// counted as reported): no node on this side of a partition watches
+    /// it, so nothing here says it is alive.
+    fn status(&mut self, topology: &Topology, subject: &str) {
+        let implicit = |a: Option<&Against>, observers: &[Arc<str>], min: usize| {
+            observers
+                .iter()
+                .filter(|o| {
+                    a.is_none_or(|a| !a.by.contains_key(*o))
+                        && self.against.get(*o).is_some_and(|b| b.explicit >= min)
+                })
+                .count()
+        };
         let (reported, stable) = match self.against.get(subject) {
-            Some(a) if a.explicit > 0 => {
-                let implicit = a
-                    .observers
-                    .iter()
-                    .filter(|o| {
-                        !a.by.contains_key(*o)
-                            && self
-                                .against
-                                .get(*o)
-                                .is_some_and(|b| b.explicit >= IMPLICIT_MIN)
-                    })
-                    .count();
-                (
-                    true,
-                    a.explicit + implicit >= threshold(a.observers.len()),
-                )
+            Some(a) if a.explicit > 0 => (
+                true,
+                a.explicit + implicit(Some(a), &a.observers, IMPLICIT_MIN)
+                    >= threshold(a.observers.len()),
+            ),
+            a => {
+                let observers = match a {
+                    Some(a) => a.observers.clone(),
+                    None => shared(topology, subject),
+                };
+                let unwatched = subject != &*self.me
+                    && !observers.is_empty()
+                    && implicit(a, &observers, 1) == observers.len();
+                (unwatched, unwatched)
             }
-            _ => (false, false),
         };
         let key = || -> Arc<str> {
             self.against
@@ -221,7 +279,11 @@ impl Reports {
 
 /// `subject`'s observers as shared names (none for a non-member).
 fn shared(topology: &Topology, subject: &str) -> Vec<Arc<str>> {
-    topology.observers(subject).into_iter().map(Arc::from).collect()
+    topology
+        .observers(subject)
+        .into_iter()
+        .map(Arc::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -232,29 +294,48 @@ mod tests {
     /// The cut recomputed from scratch, as the member did before reports
     /// were kept incrementally: the reference the fast path must match.
     fn reference(
+        me: &str,
         topology: &Topology,
         reports: &BTreeMap<String, BTreeSet<String>>,
     ) -> (BTreeSet<String>, BTreeSet<String>) {
         let mut explicit: BTreeMap<&str, (usize, Vec<&str>)> = BTreeMap::new();
         for (subject, by) in reports {
             let observers = topology.observers(subject);
-            let n = by.iter().filter(|o| observers.contains(&o.as_str())).count();
+            let n = by
+                .iter()
+                .filter(|o| observers.contains(&o.as_str()))
+                .count();
             if n > 0 {
                 explicit.insert(subject.as_str(), (n, observers));
             }
         }
         let (mut reported, mut stable) = (BTreeSet::new(), BTreeSet::new());
-        for (subject, (n, observers)) in &explicit {
-            reported.insert((*subject).to_owned());
-            let by = &reports[*subject];
+        let none = BTreeSet::new();
+        for subject in topology.members() {
+            let n = explicit.get(subject).map_or(0, |(n, _)| *n);
+            let observers = topology.observers(subject);
+            let by = reports.get(subject).unwrap_or(&none);
             let implicit = observers
                 .iter()
                 .filter(|o| {
                     !by.contains(**o) && explicit.get(**o).is_some_and(|(m, _)| *m >= IMPLICIT_MIN)
                 })
                 .count();
-            if n + implicit >= threshold(observers.len()) {
-                stable.insert((*subject).to_owned());
+            let unwatched = subject != me
+                && !observers.is_empty()
+                && observers
+                    .iter()
+                    .all(|o| !by.contains(*o) && explicit.contains_key(o));
+            let agreed = if n > 0 {
+                n + implicit >= threshold(observers.len())
+            } else {
+                unwatched
+            };
+            if n > 0 || agreed {
+                reported.insert(subject.to_owned());
+            }
+            if agreed {
+                stable.insert(subject.to_owned());
             }
         }
         (reported, stable)
@@ -299,7 +380,8 @@ mod tests {
         ) {
             let all = names(n);
             let mut topology = Topology::new(all.clone(), 8);
-            let mut fast = Reports::default();
+            let mut fast = Reports::new(&all[0]);
+            let t0 = Instant::now();
             let mut slow: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
             for s in steps {
                 match s {
@@ -316,7 +398,7 @@ mod tests {
                         if observer == *subject {
                             continue;
                         }
-                        let changed = fast.set(&topology, subject, &observer, 1, down);
+                        let changed = fast.set(&topology, subject, &observer, 1, down, t0);
                         let by = slow.entry(subject.clone()).or_default();
                         let was = if down {
                             by.insert(observer)
@@ -346,7 +428,7 @@ mod tests {
                     }
                 }
                 let (reported, stable) = fast.cut(&topology);
-                let (r, s) = reference(&topology, &slow);
+                let (r, s) = reference(&all[0], &topology, &slow);
                 prop_assert_eq!(owned(reported), r);
                 prop_assert_eq!(owned(stable), s);
             }
@@ -357,7 +439,8 @@ mod tests {
     fn three_quarters_of_the_observers_make_a_cut() {
         let all = names(20);
         let topology = Topology::new(all.clone(), 8);
-        let mut r = Reports::default();
+        let mut r = Reports::new("not-a-member");
+        let t0 = Instant::now();
         let subject = &all[3];
         let observers: Vec<String> = topology
             .observers(subject)
@@ -366,18 +449,46 @@ mod tests {
             .collect();
         let need = threshold(observers.len());
         for (i, o) in observers.iter().enumerate() {
-            r.set(&topology, subject, o, 1, true);
+            r.set(&topology, subject, o, 1, true, t0);
             let (reported, stable) = r.cut(&topology);
             assert!(reported.contains(subject.as_str()));
             assert_eq!(stable.contains(subject.as_str()), i + 1 >= need, "{i}");
         }
         // One observer takes its report back: below the threshold again
         // only if it had exactly enough.
-        r.set(&topology, subject, &observers[0], 1, false);
+        r.set(&topology, subject, &observers[0], 1, false, t0);
         let (_, stable) = r.cut(&topology);
-        assert_eq!(
-            stable.contains(subject.as_str()),
-            observers.len() > need
+        assert_eq!(stable.contains(subject.as_str()), observers.len() > need);
+    }
+}
+
+#[cfg(test)]
+mod expiry {
+    use super::*;
+
+    #[test]
+    fn a_report_not_repeated_expires_but_this_nodes_own_stays() {
+        let all: Vec<String> = (0..20).map(|i| format!("node-{i:03}")).collect();
+        let topology = Topology::new(all.clone(), 8);
+        let subject = &all[5];
+        let observers = topology.observers(subject);
+        let (me, other) = (observers[0], observers[1]);
+        let t0 = Instant::now();
+        let ttl = Duration::from_millis(1500);
+        let mut r = Reports::new("not-a-member");
+        r.set(&topology, subject, me, 1, true, t0);
+        r.set(&topology, subject, other, 1, true, t0);
+        assert!(r.reported_by_another(subject, me, t0));
+        // Repeated: a refresh, not a change, and it stays in force.
+        assert!(!r.set(&topology, subject, other, 1, true, t0 + ttl / 2));
+        assert!(!r.expire(t0 + ttl, ttl, me));
+        assert!(r.reported_by_another(subject, me, t0));
+        assert!(r.expire(t0 + ttl * 2, ttl, me));
+        assert!(!r.reported_by_another(subject, me, t0));
+        let (reported, _) = r.cut(&topology);
+        assert!(
+            reported.contains(subject.as_str()),
+            "this node's own report stays"
         );
     }
 }

@@ -54,6 +54,11 @@ pub struct Settings {
     pub report_resend: Duration,
     /// A down report still in force is repeated this often.
     pub report_refresh: Duration,
+    /// A down report goes first only to the subject's other observers; it
+    /// goes to every member once another observer reports the subject too,
+    /// this node has a second subject down, or it has been in force this
+    /// long. One lossy edge then costs a few packets, not one per member.
+    pub confirm_within: Duration,
     /// `Join` is repeated this often to candidates that have not answered.
     pub join_resend: Duration,
     /// After this long a joining node counts as joined even if some
@@ -98,6 +103,7 @@ impl Default for Settings {
             settle_max: ms(60),
             report_resend: ms(10),
             report_refresh: ms(500),
+            confirm_within: ms(40),
             join_resend: ms(200),
             join_grace: ms(1000),
             sync_after: ms(100),
@@ -237,6 +243,11 @@ struct Report {
     /// Quick copies still to send; after them a down report is repeated
     /// every `report_refresh`, an up report is done.
     quick: u8,
+    /// Sent to every member (else only to the subject's other observers;
+    /// an up report goes where its down report went).
+    wide: bool,
+    /// When the down report started.
+    since: Instant,
 }
 
 /// Replay protection for one sender: a 64-packet window, as IPsec's, so
@@ -326,6 +337,8 @@ pub struct Member {
     /// When to probe candidates outside the view next, and where in their
     /// list.
     next_probe: Instant,
+    /// When to drop others' reports that were not repeated next.
+    next_expiry: Instant,
     probe_cursor: usize,
     joined: bool,
     fenced: bool,
@@ -374,7 +387,7 @@ impl Member {
             accepted: HashMap::new(),
             observers: Vec::new(),
             watching: BTreeMap::new(),
-            reports: cut::Reports::default(),
+            reports: cut::Reports::new(&me),
             mine: BTreeMap::new(),
             reports_changed: now,
             cut_since: None,
@@ -383,6 +396,7 @@ impl Member {
             unanswered: BTreeSet::new(),
             next_join: Some(now),
             next_probe: now,
+            next_expiry: now,
             probe_cursor: 0,
             joined: false,
             fenced: false,
@@ -528,6 +542,9 @@ impl Member {
         }
         for r in self.mine.values() {
             at(r.next);
+            if r.down && !r.wide {
+                at(r.since + self.s.confirm_within);
+            }
         }
         if let Some(x) = self.next_join {
             at(x);
@@ -573,6 +590,18 @@ impl Member {
             self.probe_outside();
         }
         self.resend_leave(now);
+        if now >= self.next_expiry {
+            // Observers repeat a down report every `report_refresh` while it
+            // is in force; one not heard for three of those has ended (its
+            // up report was lost) or its observer is gone.
+            self.next_expiry = now + self.s.report_refresh;
+            if self
+                .reports
+                .expire(now, self.s.report_refresh * 3, &self.me)
+            {
+                self.reports_changed = now;
+            }
+        }
         let before = self.held.len();
         self.held.retain(|_, until| *until > now);
         if self.held.len() != before {
@@ -785,9 +814,14 @@ impl Member {
         if !current {
             return;
         }
-        let changed =
-            self.reports
-                .set(&self.topology, &a.subject, observer, a.incarnation, a.down);
+        let changed = self.reports.set(
+            &self.topology,
+            &a.subject,
+            observer,
+            a.incarnation,
+            a.down,
+            now,
+        );
         if changed {
             self.reports_changed = now;
         }
@@ -1008,6 +1042,7 @@ impl Member {
             }
             self.report(&s, true, now);
         }
+        self.confirm_reports(now);
         self.flush_reports(now);
         self.check_sync(now);
         let members = self.topology.len();
@@ -1031,11 +1066,7 @@ impl Member {
             if now >= self.reports_changed + self.s.settle || now >= since + self.s.settle_max {
                 let gone: Vec<(String, u64)> = stable
                     .iter()
-                    .filter_map(|n| {
-                        self.table
-                            .get(&**n)
-                            .map(|r| (n.to_string(), r.incarnation))
-                    })
+                    .filter_map(|n| self.table.get(&**n).map(|r| (n.to_string(), r.incarnation)))
                     .collect();
                 for (n, inc) in gone {
                     self.remove(&n, inc, Removal::Failed, now);
@@ -1174,6 +1205,10 @@ impl Member {
             },
             now,
         );
+        let (wide, since) = match self.mine.get(subject) {
+            Some(r) if !down => (r.wide, r.since),
+            _ => (false, now),
+        };
         self.mine.insert(
             subject.to_owned(),
             Report {
@@ -1182,23 +1217,54 @@ impl Member {
                 // Sent now by `flush_reports`.
                 next: now,
                 quick: 2,
+                wide,
+                since,
             },
         );
     }
 
-    /// Sends the reports that are due, all in one message per member.
+    /// Widens this node's local down reports that are confirmed (see
+    /// `Settings::confirm_within`): they are sent to every member now.
+    fn confirm_reports(&mut self, now: Instant) {
+        let downs = self.watching.values().filter(|e| e.down).count();
+        for (subject, r) in self.mine.iter_mut() {
+            if r.down
+                && !r.wide
+                && (downs >= 2
+                    || now >= r.since + self.s.confirm_within
+                    || self.reports.reported_by_another(
+                        subject,
+                        &self.me,
+                        now.checked_sub(self.s.confirm_within).unwrap_or(now),
+                    ))
+            {
+                r.wide = true;
+                r.quick = 2;
+                r.next = now;
+            }
+        }
+    }
+
+    /// Sends the reports that are due: the wide ones in one message per
+    /// member, each local one to the subject's other observers.
     fn flush_reports(&mut self, now: Instant) {
         let mut due = Vec::new();
+        let mut local = Vec::new();
         let mut finished = Vec::new();
         for (subject, r) in self.mine.iter_mut() {
             if r.next > now {
                 continue;
             }
-            due.push(Alert {
+            let a = Alert {
                 subject: subject.clone(),
                 incarnation: r.incarnation,
                 down: r.down,
-            });
+            };
+            if r.wide {
+                due.push(a);
+            } else {
+                local.push(a);
+            }
             r.quick = r.quick.saturating_sub(1);
             if r.quick > 0 {
                 r.next = now + self.s.report_resend;
@@ -1211,7 +1277,22 @@ impl Member {
         for s in finished {
             self.mine.remove(&s);
         }
-        if due.is_empty() || self.leaving.is_some() {
+        if self.leaving.is_some() {
+            return;
+        }
+        for a in local {
+            let to: Vec<String> = self
+                .topology
+                .observers(&a.subject)
+                .into_iter()
+                .filter(|o| *o != self.me)
+                .map(String::from)
+                .collect();
+            for o in to {
+                self.send(&o, Body::Alerts(vec![a.clone()]));
+            }
+        }
+        if due.is_empty() {
             return;
         }
         let peers = self.peers();
