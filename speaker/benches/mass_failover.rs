@@ -85,7 +85,7 @@ fn listen(
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let index = nix::net::if_::if_nametoindex("eth0").expect("client eth0");
         // ETH_P_ALL: ARP and IPv6 frames on one socket.
-        let socket = ferrolb_speaker::sys::packet_socket(0x0003, index).expect("packet socket");
+        let socket = ferrolb_speaker::sockets::packet_socket(0x0003, index).expect("packet socket");
         let _ = socket.set_recv_buffer_size(8 << 20);
         let client: MacAddr = CLIENT_MAC.parse().unwrap();
         let mut buf = [0u8; 1600];
@@ -108,7 +108,7 @@ fn listen(
                 }
                 next += PROBE_EVERY;
             }
-            while let Ok((n, stamp)) = ferrolb_speaker::sys::recv_stamped(&socket, &mut buf) {
+            while let Ok((n, stamp)) = ferrolb_speaker::sockets::recv_stamped(&socket, &mut buf) {
                 let at = stamp.unwrap_or_else(SystemTime::now);
                 let frame = &buf[..n];
                 if let Ok(f) = ArpFrame::parse(frame) {

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::interfaces::Interface;
 use crate::liveness::{self, Liveness, Refusal};
-use crate::sys;
+use crate::{clock, sockets};
 
 /// The freshness limit when none is configured: the default membership
 /// timeout.
@@ -72,7 +72,7 @@ impl Guard {
                 self.max_age,
                 Some(l.epoch()),
                 l.stall_after(),
-                sys::boottime(),
+                clock::boottime(),
             ),
             None => liveness::may_answer(age, self.max_age, None, Duration::ZERO, Duration::ZERO),
         }
@@ -81,7 +81,7 @@ impl Guard {
     /// May gratuitous announcements go out now?
     pub fn may_announce(&self) -> bool {
         match &self.liveness {
-            Some(l) => liveness::may_announce(Some(l.epoch()), l.stall_after(), sys::boottime()),
+            Some(l) => liveness::may_announce(Some(l.epoch()), l.stall_after(), clock::boottime()),
             None => true,
         }
     }
@@ -331,7 +331,7 @@ impl InterfaceAnnouncer {
         guard: Guard,
         schedule: GratuitousSchedule,
     ) -> io::Result<InterfaceAnnouncer> {
-        let arp = Arc::new(sys::async_socket(sys::packet_socket(
+        let arp = Arc::new(sockets::async_socket(sockets::packet_socket(
             ETHERTYPE_ARP,
             interface.index,
         )?)?);
@@ -339,10 +339,10 @@ impl InterfaceAnnouncer {
         // receives nothing (its type filter blocks all): it sends and holds
         // the solicited-node group memberships; solicitations arrive on the
         // filtered packet socket.
-        let ndp = match sys::icmpv6_socket(&interface.name, &[])
-            .and_then(sys::async_socket)
+        let ndp = match sockets::icmpv6_socket(&interface.name, &[])
+            .and_then(sockets::async_socket)
             .and_then(|tx| {
-                let rx = sys::async_socket(sys::ndp_socket(interface.index)?)?;
+                let rx = sockets::async_socket(sockets::ndp_socket(interface.index)?)?;
                 Ok((Arc::new(tx), Arc::new(rx)))
             }) {
             Ok(s) => Some(s),
@@ -535,7 +535,7 @@ async fn answer_arp(
         let (n, received) = match socket
             .readable()
             .await
-            .map(|mut ready| ready.try_io(|s| sys::recv_stamped(s.get_ref(), &mut buf)))
+            .map(|mut ready| ready.try_io(|s| sockets::recv_stamped(s.get_ref(), &mut buf)))
         {
             Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(e))) => {
@@ -586,7 +586,7 @@ async fn answer_arp(
 }
 
 /// Answers neighbour solicitations received on a packet socket whose
-/// kernel filter passes only ICMPv6 type 135 (see [`sys::ndp_socket`]). A
+/// kernel filter passes only ICMPv6 type 135 (see [`sockets::ndp_socket`]). A
 /// packet socket sees a unicast solicitation for an address the node does
 /// not hold (a router's reachability probe, without a source link-layer
 /// option), which the kernel drops before any ICMPv6 socket. Answers leave
@@ -606,7 +606,7 @@ async fn answer_ndp(
         let (n, received) = match rx
             .readable()
             .await
-            .map(|mut ready| ready.try_io(|s| sys::recv_stamped(s.get_ref(), &mut buf)))
+            .map(|mut ready| ready.try_io(|s| sockets::recv_stamped(s.get_ref(), &mut buf)))
         {
             Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(e))) => {
@@ -679,7 +679,7 @@ fn send_na(
     };
     // The scope matters for link-local and multicast destinations.
     let to = SocketAddrV6::new(destination, 0, 0, interface.index);
-    match sys::send_icmpv6_from(
+    match sockets::send_icmpv6_from(
         socket.get_ref(),
         &out[..len],
         na.target,

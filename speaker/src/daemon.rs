@@ -51,7 +51,7 @@ pub struct Settings {
     pub speaker_selector: String,
     pub secret_name: String,
     pub secret_key: String,
-    pub classes: crate::cluster::ServiceClasses,
+    pub classes: crate::kube_inputs::ServiceClasses,
     pub excludes: Vec<String>,
     pub gratuitous: GratuitousSchedule,
     pub gratuitous_refresh: Option<Duration>,
@@ -344,7 +344,7 @@ impl State {
                     Source::Pods => {
                         if let Some(m) = &self.membership {
                             let peers =
-                                crate::cluster::peers(self.pods.state().iter().map(|p| &**p));
+                                crate::kube_inputs::peers(self.pods.state().iter().map(|p| &**p));
                             if !self.synced.contains(&Source::Pods) {
                                 return;
                             }
@@ -441,7 +441,7 @@ impl State {
         let mut held: BTreeMap<IpAddr, Vec<ferrolb_core::ServiceKey>> = BTreeMap::new();
         let services = self.services.state();
         let endpoints = BTreeMap::new();
-        for info in crate::cluster::service_infos(
+        for info in crate::kube_inputs::service_infos(
             services.iter().map(|s| &**s),
             &endpoints,
             &self.settings.classes,
@@ -517,7 +517,7 @@ impl State {
         ) else {
             return;
         };
-        match self.carrier.observe(crate::sys::boottime(), ok) {
+        match self.carrier.observe(crate::clock::boottime(), ok) {
             Some(false) => {
                 warn!(
                     "no interface that would announce has carrier: this node stops owning addresses until one has carrier for 2 s"
@@ -573,20 +573,20 @@ impl State {
             let nodes: Vec<Arc<Node>> = self.nodes.state();
             let slices = self.slices.state();
             let services = self.services.state();
-            let endpoints = crate::cluster::endpoints_by_service(slices.iter().map(|s| &**s));
+            let endpoints = crate::kube_inputs::endpoints_by_service(slices.iter().map(|s| &**s));
             let mut withdrawn =
                 crate::servicehealth::withdrawn_by_node(self.pods.state().iter().map(|p| &**p));
             let state = ClusterState {
                 nodes: nodes
                     .iter()
                     .map(|n| {
-                        let mut info = crate::cluster::node_info(n);
+                        let mut info = crate::kube_inputs::node_info(n);
                         info.withdrawn = withdrawn.remove(&info.name).unwrap_or_default();
                         info
                     })
                     .collect(),
                 members: view.as_ref().map(|v| v.alive.clone()),
-                services: crate::cluster::service_infos(
+                services: crate::kube_inputs::service_infos(
                     services.iter().map(|s| &**s),
                     &endpoints,
                     &self.settings.classes,
@@ -595,7 +595,7 @@ impl State {
             let ownership = election::owners(&state, config);
             // Never a node's own address, even if a Service's status names
             // one inside a pool.
-            let mut forbidden = crate::cluster::node_addresses(nodes.iter().map(|n| &**n));
+            let mut forbidden = crate::kube_inputs::node_addresses(nodes.iter().map(|n| &**n));
             forbidden.extend(self.assigned.iter().map(|a| a.address));
             for address in election::owned_by(&ownership, &self.settings.node) {
                 if forbidden.contains(&address) {
@@ -851,7 +851,7 @@ impl State {
                 let on = mine[a].join(",");
                 info!(address = %a, interfaces = %on, "ownership gained: announcing");
                 for svc in services.iter().filter(|s| {
-                    crate::cluster::is_handled(s, &self.settings.classes)
+                    crate::kube_inputs::is_handled(s, &self.settings.classes)
                         && s.status
                             .as_ref()
                             .and_then(|st| st.load_balancer.as_ref())

@@ -103,7 +103,7 @@ pub async fn run(check: Check, pause: Pause, metrics: Arc<Metrics>) {
         tick.tick().await;
         // Never longer than the interval: a hung check is a failed one.
         let ok = probe(&check, check.interval.max(Duration::from_millis(100))).await;
-        match gate.observe(crate::sys::boottime(), ok) {
+        match gate.observe(crate::clock::boottime(), ok) {
             Some(false) => {
                 warn!(url = %format!("http://{}{}", check.host, check.path), after = ?check.down_after,
                     "the data path check fails: this node stops owning addresses (pass --kube-proxy-health-url='' if the cluster runs no kube-proxy)");

@@ -6,15 +6,16 @@
 //! `ferrolb-core`.
 
 pub mod announcer;
-pub mod cluster;
+pub mod clock;
 pub mod conditions;
 pub mod daemon;
 pub mod datapath;
 pub mod interfaces;
+pub mod kube_inputs;
 pub mod l2status;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;
 pub mod ring_runner;
 pub mod servicehealth;
-pub mod sys;
+pub mod sockets;

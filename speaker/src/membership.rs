@@ -180,7 +180,7 @@ pub fn start(
                     left: false,
                     heard: BTreeSet::new(),
                     started: Instant::now(),
-                    last_run: crate::sys::boottime(),
+                    last_run: crate::clock::boottime(),
                     stall: None,
                     liveness: runner_live,
                 }
@@ -231,7 +231,7 @@ pub(crate) fn detect_stall(
     metrics: &Metrics,
     socket: &UdpSocket,
 ) -> Option<Stalled> {
-    let now = crate::sys::boottime();
+    let now = crate::clock::boottime();
     let (last, gap) = (*last_run, now.saturating_sub(*last_run));
     *last_run = now;
     if !liveness::is_stall(last, now, liveness.stall_after()) {
@@ -244,7 +244,7 @@ pub(crate) fn detect_stall(
     let mut scratch = [0u8; 2048];
     let mut discarded = 0usize;
     let raw = socket2::SockRef::from(socket);
-    while crate::sys::recv_from(&raw, &mut scratch).is_ok() {
+    while crate::sockets::recv_from(&raw, &mut scratch).is_ok() {
         discarded += 1;
     }
     Some(Stalled {
@@ -543,7 +543,7 @@ impl Runner {
         if let Some(stall) = &self.stall
             && liveness::rejoined(
                 stall.since,
-                crate::sys::boottime(),
+                crate::clock::boottime(),
                 self.settings.timeout,
                 self.settings.join_grace,
                 &expected,

@@ -91,7 +91,7 @@ pub(crate) fn start(
                     left: false,
                     pause: pause_rx,
                     paused: false,
-                    last_run: crate::sys::boottime(),
+                    last_run: crate::clock::boottime(),
                     rejoining: None,
                     liveness: runner_live,
                 }
@@ -423,7 +423,7 @@ impl Runner {
                         }
                         _ => info!(incarnation, ?why, "re-joining"),
                     }
-                    self.rejoining.get_or_insert(crate::sys::boottime());
+                    self.rejoining.get_or_insert(crate::clock::boottime());
                 }
                 Output::Left(outcome) => {
                     self.left = true;
@@ -461,7 +461,7 @@ impl Runner {
         let joined = v.joined && !self.left;
         if let Some(since) = self.rejoining
             && joined
-            && crate::sys::boottime().saturating_sub(since) >= self.settings.timeout
+            && crate::clock::boottime().saturating_sub(since) >= self.settings.timeout
         {
             info!("re-joined");
             self.rejoining = None;

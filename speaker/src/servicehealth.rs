@@ -84,7 +84,7 @@ async fn run(
             .await
             .into_iter()
             .collect();
-        if gates.observe(crate::sys::boottime(), &results) {
+        if gates.observe(crate::clock::boottime(), &results) {
             let w = gates.withdrawn();
             metrics.withdrawn_services.set(w.len() as i64);
             let previous = published.clone().unwrap_or_default();

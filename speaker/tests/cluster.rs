@@ -847,12 +847,12 @@ fn replayed_heartbeats_do_not_keep_a_killed_owner_alive() {
         let ns = std::fs::File::open(&path).expect("open netns");
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let index = nix::net::if_::if_nametoindex("eth0").expect("eth0");
-        let socket = ferrolb_speaker::sys::packet_socket(0x0800, index).expect("packet socket");
+        let socket = ferrolb_speaker::sockets::packet_socket(0x0800, index).expect("packet socket");
         let mut buf = [0u8; 2048];
         let mut frames = Vec::new();
         let until = Instant::now() + Duration::from_millis(300);
         while Instant::now() < until {
-            while let Ok((n, _)) = ferrolb_speaker::sys::recv_stamped(&socket, &mut buf) {
+            while let Ok((n, _)) = ferrolb_speaker::sockets::recv_stamped(&socket, &mut buf) {
                 let f = &buf[..n];
                 let ihl = usize::from(f.get(14).copied().unwrap_or(0) & 0x0f) * 4;
                 let udp = 14 + ihl;
@@ -898,7 +898,8 @@ fn replayed_heartbeats_do_not_keep_a_killed_owner_alive() {
             let ns = std::fs::File::open(&path).expect("open netns");
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             let index = nix::net::if_::if_nametoindex("eth0").expect("eth0");
-            let socket = ferrolb_speaker::sys::packet_socket(0x0800, index).expect("packet socket");
+            let socket =
+                ferrolb_speaker::sockets::packet_socket(0x0800, index).expect("packet socket");
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for f in &frames {

@@ -294,7 +294,7 @@ fn probe_without_source_option(
     let client_mac: MacAddr = CLIENT_MAC.parse().unwrap();
     lab.with_client_netns(|| {
         let index = nix::net::if_::if_nametoindex("eth0").expect("client eth0");
-        let socket = ferrolb_speaker::sys::packet_socket(0x86dd, index).expect("packet socket");
+        let socket = ferrolb_speaker::sockets::packet_socket(0x86dd, index).expect("packet socket");
         let probe = NdpFrame {
             eth_destination,
             eth_source: client_mac,
@@ -476,7 +476,7 @@ fn the_responder_answers_only_while_the_liveness_epoch_is_current() {
                 while !done.load(Ordering::Relaxed) {
                     if renewing.load(Ordering::Relaxed) {
                         liveness.renew(
-                            ferrolb_speaker::sys::boottime(),
+                            ferrolb_speaker::clock::boottime(),
                             current.load(Ordering::Relaxed),
                         );
                     }
@@ -530,7 +530,7 @@ fn the_responder_answers_only_while_the_liveness_epoch_is_current() {
     // nothing is answered, although the last view said "current".
     renewing.store(false, Ordering::Relaxed);
     eventually("the stamp ageing past the threshold", || {
-        let age = ferrolb_speaker::sys::boottime().saturating_sub(liveness.epoch().stamp);
+        let age = ferrolb_speaker::clock::boottime().saturating_sub(liveness.epoch().stamp);
         (age > STALL_AFTER).then_some(())
     });
     silent("not_current");

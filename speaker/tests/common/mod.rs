@@ -589,7 +589,7 @@ pub struct Prober {
 impl Prober {
     pub fn open() -> Prober {
         let index = nix::net::if_::if_nametoindex("eth0").expect("client eth0");
-        let socket = ferrolb_speaker::sys::packet_socket(0x0806, index).expect("packet socket");
+        let socket = ferrolb_speaker::sockets::packet_socket(0x0806, index).expect("packet socket");
         Prober {
             socket,
             mac: CLIENT_MAC.parse().unwrap(),
@@ -745,7 +745,7 @@ pub fn probe_tagged_in(
         let ns = std::fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let index = nix::net::if_::if_nametoindex("eth0").expect("client eth0");
-        let socket = ferrolb_speaker::sys::packet_socket(0x0806, index).expect("packet socket");
+        let socket = ferrolb_speaker::sockets::packet_socket(0x0806, index).expect("packet socket");
         let client: MacAddr = CLIENT_MAC.parse().unwrap();
         let mut buf = [0u8; 1600];
         let mut next = Instant::now();
@@ -769,7 +769,7 @@ pub fn probe_tagged_in(
                 seq += 1;
                 next += every;
             }
-            while let Ok((n, stamp)) = ferrolb_speaker::sys::recv_stamped(&socket, &mut buf) {
+            while let Ok((n, stamp)) = ferrolb_speaker::sockets::recv_stamped(&socket, &mut buf) {
                 let Ok(f) = ArpFrame::parse(&buf[..n]) else {
                     continue;
                 };

@@ -1,8 +1,7 @@
 //! The few socket operations no safe crate offers: binding a packet socket
 //! to one interface and EtherType, ignoring outgoing frames on it, the
-//! ICMPv6 type filter, receiving into an initialised buffer, receiving with
-//! the kernel's timestamp, and the boot-based monotonic clock. Everything
-//! else goes through socket2.
+//! ICMPv6 type filter, receiving into an initialised buffer, and receiving
+//! with the kernel's timestamp. Everything else goes through socket2.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -83,18 +82,6 @@ pub fn recv_stamped(
         }
     }
     Ok((n as usize, stamp))
-}
-
-/// CLOCK_BOOTTIME: monotonic, and unlike `Instant` it keeps counting while
-/// the machine is suspended, so a suspended node also sees its stall.
-pub fn boottime() -> std::time::Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A packet socket on interface `ifindex` that the kernel hands only

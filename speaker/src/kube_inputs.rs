@@ -1,4 +1,5 @@
-//! Kubernetes objects in, `ferrolb_core::election` inputs out.
+//! Kubernetes objects (Nodes, Services, EndpointSlices, speaker Pods) in,
+//! `ferrolb_core::election` inputs and membership candidates out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
