@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ferrolb_core::config_gate::{ConfigGate, Outcome};
-use ferrolb_core::election::{self, ClusterState};
+use ferrolb_core::election::ClusterState;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -30,6 +30,7 @@ use crate::announcer::{Announcer, Desired, GratuitousSchedule, Guard};
 use crate::interfaces;
 use crate::membership;
 use crate::metrics::Metrics;
+use crate::plan;
 use ferrolb_runtime::events::{self, EventSink, Pending};
 
 /// Everything the daemon is told by its flags.
@@ -565,8 +566,6 @@ impl State {
         let mut conditions = None;
         // What this node's ServiceL2Status objects should say; `None`: leave them.
         let mut l2 = None;
-        // Per owned address, the interfaces its pool's advertisements name.
-        let mut listed: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
         // (Service, address) for each owned address, for MetalLB's metric.
         let mut announced: Vec<(String, IpAddr)> = Vec::new();
         if let (true, true, false, Some(config)) = (synced, joined, fenced, self.gate.in_force()) {
@@ -592,54 +591,31 @@ impl State {
                     &self.settings.classes,
                 ),
             };
-            let ownership = election::owners(&state, config);
             // Never a node's own address, even if a Service's status names
             // one inside a pool.
             let mut forbidden = crate::kube_inputs::node_addresses(nodes.iter().map(|n| &**n));
             forbidden.extend(self.assigned.iter().map(|a| a.address));
-            for address in election::owned_by(&ownership, &self.settings.node) {
-                if forbidden.contains(&address) {
-                    continue;
-                }
-                // The interfaces of the pool's advertisements that select
-                // this node (all of them if its Node is not in the store) and
-                // a Service holding the address.
-                let own_labels = nodes
-                    .iter()
-                    .find(|n| n.metadata.name.as_deref() == Some(self.settings.node.as_str()))
-                    .and_then(|n| n.metadata.labels.as_ref());
-                let holders: Vec<&ferrolb_core::selector::Labels> = state
-                    .services
-                    .iter()
-                    .filter(|s| s.addresses.contains(&address))
-                    .map(|s| &s.labels)
-                    .collect();
-                let pool_interfaces = config
-                    .locate(address)
-                    .map(|(p, _)| config.pools[p].interfaces_for(own_labels, Some(&holders)))
-                    .unwrap_or_default();
-                let on = interfaces::for_address(
-                    &self.interfaces,
-                    &self.assigned,
-                    &self.settings.excludes,
-                    &pool_interfaces,
-                    address,
-                );
-                if !on.is_empty() {
-                    announced.extend(
-                        state
-                            .services
-                            .iter()
-                            .filter(|s| s.addresses.contains(&address))
-                            .map(|s| (s.key.to_string(), address)),
-                    );
-                }
-                let names: Vec<String> = on.iter().map(|i| i.name.clone()).collect();
-                if !pool_interfaces.is_empty() && self.l2status.is_some() {
-                    listed.insert(address, names.clone());
-                }
-                mine.insert(address, names);
-            }
+            let node_labels = nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(self.settings.node.as_str()))
+                .and_then(|n| n.metadata.labels.as_ref());
+            let plan::Plan {
+                ownership,
+                mine: owned,
+                listed,
+                announced: on,
+            } = plan::plan(&plan::Inputs {
+                node: &self.settings.node,
+                node_labels,
+                state: &state,
+                config,
+                forbidden: &forbidden,
+                interfaces: &self.interfaces,
+                assigned: &self.assigned,
+                excludes: &self.settings.excludes,
+            });
+            mine = owned;
+            announced = on;
             // Only with --service-l2-status: a full pass over the Services.
             if self.l2status.is_some() {
                 l2 = Some((
@@ -673,30 +649,17 @@ impl State {
 
         self.metrics.set_announced(&self.settings.node, &announced);
 
-        // Every interface that may announce keeps its responders open, with
-        // no addresses when it owns none: a takeover then only adds to the
-        // table and sends, instead of opening sockets first.
-        let mut per_interface: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
-        if synced {
-            for i in interfaces::select(&self.interfaces, &self.settings.excludes, &[]) {
-                per_interface.insert(i.name.clone(), BTreeSet::new());
-            }
-        }
-        for (address, names) in &mine {
-            for n in names {
-                per_interface.entry(n.clone()).or_default().insert(*address);
-            }
-        }
-        let desired: Vec<Desired> = per_interface
-            .into_iter()
-            .filter_map(|(name, addresses)| {
-                let interface = self.interfaces.iter().find(|i| i.name == name)?.clone();
-                Some(Desired {
-                    interface,
-                    addresses,
+        let desired: Vec<Desired> =
+            plan::per_interface(&self.interfaces, &self.settings.excludes, synced, &mine)
+                .into_iter()
+                .filter_map(|(name, addresses)| {
+                    let interface = self.interfaces.iter().find(|i| i.name == name)?.clone();
+                    Some(Desired {
+                        interface,
+                        addresses,
+                    })
                 })
-            })
-            .collect();
+                .collect();
         let failed = self.announcer.set(&desired);
         self.interfaces_failed = !failed.is_empty();
         // After the table is set: the condition writes never delay an answer.

@@ -16,6 +16,7 @@ pub mod l2status;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;
+pub mod plan;
 pub mod ring_runner;
 pub mod servicehealth;
 pub mod sockets;
