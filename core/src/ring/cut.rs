@@ -26,6 +26,13 @@ pub(super) fn threshold(observers: usize) -> usize {
     (observers * 3).div_ceil(4).max(1)
 }
 
+/// What [`Reports::cut`] returns: reported, agreed on, unwatched.
+pub(super) type Cut<'a> = (
+    &'a BTreeSet<Arc<str>>,
+    &'a BTreeSet<Arc<str>>,
+    &'a BTreeSet<Arc<str>>,
+);
+
 /// The reports against one subject.
 #[derive(Debug, Default)]
 struct Against {
@@ -48,6 +55,9 @@ pub(super) struct Reports {
     reported: BTreeSet<Arc<str>>,
     /// Members enough observers agree on.
     stable: BTreeSet<Arc<str>>,
+    /// The members of `stable` that no observer reports: all their
+    /// observers are reported instead.
+    unwatched: BTreeSet<Arc<str>>,
     /// The member set changed since `observers`, `reported` and `stable`
     /// were computed.
     stale: bool,
@@ -165,13 +175,14 @@ impl Reports {
         self.stale = true;
     }
 
-    /// The members reported by at least one of their observers, and those
-    /// enough observers agree on.
-    pub fn cut(&mut self, topology: &Topology) -> (&BTreeSet<Arc<str>>, &BTreeSet<Arc<str>>) {
+    /// The members reported by at least one of their observers (or
+    /// agreed on), those agreed on, and those agreed on only because every
+    /// observer of theirs is reported.
+    pub fn cut(&mut self, topology: &Topology) -> Cut<'_> {
         if self.stale {
             self.rebuild(topology);
         }
-        (&self.reported, &self.stable)
+        (&self.reported, &self.stable, &self.unwatched)
     }
 
     fn rebuild(&mut self, topology: &Topology) {
@@ -185,6 +196,7 @@ impl Reports {
         }
         self.reported.clear();
         self.stable.clear();
+        self.unwatched.clear();
         let mut all: BTreeSet<&str> = subjects.iter().map(|s| &**s).collect();
         for s in &subjects {
             if self.against[s].explicit > 0 {
@@ -232,11 +244,12 @@ impl Reports {
                 })
                 .count()
         };
-        let (reported, stable) = match self.against.get(subject) {
+        let (reported, stable, unwatched) = match self.against.get(subject) {
             Some(a) if a.explicit > 0 => (
                 true,
                 a.explicit + implicit(Some(a), &a.observers, IMPLICIT_MIN)
                     >= threshold(a.observers.len()),
+                false,
             ),
             a => {
                 let observers = match a {
@@ -246,7 +259,7 @@ impl Reports {
                 let unwatched = subject != &*self.me
                     && !observers.is_empty()
                     && implicit(a, &observers, 1) == observers.len();
-                (unwatched, unwatched)
+                (unwatched, unwatched, unwatched)
             }
         };
         let key = || -> Arc<str> {
@@ -274,6 +287,16 @@ impl Reports {
             }
             _ => {}
         }
+        match (unwatched, self.unwatched.contains(subject)) {
+            (true, false) => {
+                let k = key();
+                self.unwatched.insert(k);
+            }
+            (false, true) => {
+                self.unwatched.remove(subject);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -297,7 +320,7 @@ mod tests {
         me: &str,
         topology: &Topology,
         reports: &BTreeMap<String, BTreeSet<String>>,
-    ) -> (BTreeSet<String>, BTreeSet<String>) {
+    ) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
         let mut explicit: BTreeMap<&str, (usize, Vec<&str>)> = BTreeMap::new();
         for (subject, by) in reports {
             let observers = topology.observers(subject);
@@ -309,7 +332,8 @@ mod tests {
                 explicit.insert(subject.as_str(), (n, observers));
             }
         }
-        let (mut reported, mut stable) = (BTreeSet::new(), BTreeSet::new());
+        let (mut reported, mut stable, mut unwatched_set) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         let none = BTreeSet::new();
         for subject in topology.members() {
             let n = explicit.get(subject).map_or(0, |(n, _)| *n);
@@ -337,8 +361,11 @@ mod tests {
             if agreed {
                 stable.insert(subject.to_owned());
             }
+            if n == 0 && unwatched {
+                unwatched_set.insert(subject.to_owned());
+            }
         }
-        (reported, stable)
+        (reported, stable, unwatched_set)
     }
 
     fn names(n: usize) -> Vec<String> {
@@ -427,10 +454,11 @@ mod tests {
                         }
                     }
                 }
-                let (reported, stable) = fast.cut(&topology);
-                let (r, s) = reference(&all[0], &topology, &slow);
+                let (reported, stable, unwatched) = fast.cut(&topology);
+                let (r, s, u) = reference(&all[0], &topology, &slow);
                 prop_assert_eq!(owned(reported), r);
                 prop_assert_eq!(owned(stable), s);
+                prop_assert_eq!(owned(unwatched), u);
             }
         }
     }
@@ -450,14 +478,14 @@ mod tests {
         let need = threshold(observers.len());
         for (i, o) in observers.iter().enumerate() {
             r.set(&topology, subject, o, 1, true, t0);
-            let (reported, stable) = r.cut(&topology);
+            let (reported, stable, _) = r.cut(&topology);
             assert!(reported.contains(subject.as_str()));
             assert_eq!(stable.contains(subject.as_str()), i + 1 >= need, "{i}");
         }
         // One observer takes its report back: below the threshold again
         // only if it had exactly enough.
         r.set(&topology, subject, &observers[0], 1, false, t0);
-        let (_, stable) = r.cut(&topology);
+        let (_, stable, _) = r.cut(&topology);
         assert_eq!(stable.contains(subject.as_str()), observers.len() > need);
     }
 }
@@ -485,7 +513,7 @@ mod expiry {
         assert!(r.reported_by_another(subject, me, t0));
         assert!(r.expire(t0 + ttl * 2, ttl, me));
         assert!(!r.reported_by_another(subject, me, t0));
-        let (reported, _) = r.cut(&topology);
+        let (reported, _, _) = r.cut(&topology);
         assert!(
             reported.contains(subject.as_str()),
             "this node's own report stays"

@@ -224,6 +224,8 @@ struct Row {
     alive: bool,
     /// Alive: since when a member here. Removed: when removed.
     since: Instant,
+    /// When a packet of this incarnation last reached this node.
+    heard: Option<Instant>,
 }
 
 /// One subject this node watches.
@@ -415,6 +417,7 @@ impl Member {
                 incarnation,
                 alive: true,
                 since: now,
+                heard: None,
             },
         );
         m.view_changed(now);
@@ -441,6 +444,7 @@ impl Member {
                         incarnation: *inc,
                         alive: true,
                         since: now,
+                        heard: None,
                     },
                 );
             }
@@ -715,10 +719,13 @@ impl Member {
             // sender: proof that it runs now.
             self.admit(&msg.from, msg.from_inc, now);
         }
-        let from_member = self
-            .table
-            .get(msg.from.as_str())
-            .is_some_and(|r| r.alive && r.incarnation == msg.from_inc);
+        let from_member = match self.table.get_mut(msg.from.as_str()) {
+            Some(r) if r.alive && r.incarnation == msg.from_inc => {
+                r.heard = Some(now);
+                true
+            }
+            _ => false,
+        };
         match msg.body {
             Body::Heartbeat => {
                 if let Some(e) = self.watching.get_mut(&msg.from)
@@ -884,6 +891,7 @@ impl Member {
                 incarnation,
                 alive: true,
                 since: now,
+                heard: None,
             },
         );
         self.reports.forget_subject(name);
@@ -912,6 +920,7 @@ impl Member {
                 incarnation,
                 alive: false,
                 since: now,
+                heard: None,
             },
         );
         self.reports.forget(name);
@@ -1003,6 +1012,7 @@ impl Member {
                 incarnation: self.incarnation,
                 alive: true,
                 since: now,
+                heard: None,
             },
         );
         for e in self.watching.values_mut() {
@@ -1046,26 +1056,45 @@ impl Member {
         self.flush_reports(now);
         self.check_sync(now);
         let members = self.topology.len();
-        let (reported, stable) = self.reports.cut(&self.topology);
+        let (reported, stable, unwatched) = self.reports.cut(&self.topology);
+        // A member agreed on only because no observer of it is on this
+        // side, that still sent this node a packet within the report
+        // lifetime (its reports of its own subjects), is on this side: its
+        // observers are all across. It is neither counted nor removed.
+        let ttl = self.s.report_refresh * 3;
+        let excused: BTreeSet<&str> = unwatched
+            .iter()
+            .map(|n| &**n)
+            .filter(|n| {
+                self.table
+                    .get(*n)
+                    .and_then(|r| r.heard)
+                    .is_some_and(|h| now.saturating_duration_since(h) < ttl)
+            })
+            .collect();
+        let agreed = |n: &str| stable.contains(n) && !excused.contains(n);
         let minority = members >= 3 && {
             let lowest = self.topology.lowest();
-            let r = reported.len();
-            2 * r > members || (2 * r == members && lowest.is_some_and(|l| reported.contains(l)))
+            let r = reported.len() - excused.len();
+            2 * r > members
+                || (2 * r == members
+                    && lowest.is_some_and(|l| reported.contains(l) && !excused.contains(l)))
         };
         let subjects = self.watching.len();
         let lost = self
             .watching
             .iter()
-            .filter(|(s, e)| e.down && !stable.contains(s.as_str()))
+            .filter(|(s, e)| e.down && !agreed(s.as_str()))
             .count();
         let cut_off = members >= 3 && subjects > 0 && 2 * lost > subjects;
-        let condemned = stable.contains(self.me.as_str());
+        let condemned = agreed(self.me.as_str());
         let fenced = minority || cut_off || condemned;
-        if !fenced && !stable.is_empty() {
+        if !fenced && stable.len() > excused.len() {
             let since = *self.cut_since.get_or_insert(now);
             if now >= self.reports_changed + self.s.settle || now >= since + self.s.settle_max {
                 let gone: Vec<(String, u64)> = stable
                     .iter()
+                    .filter(|n| !excused.contains(&***n))
                     .filter_map(|n| self.table.get(&**n).map(|r| (n.to_string(), r.incarnation)))
                     .collect();
                 for (n, inc) in gone {

@@ -614,3 +614,105 @@ fn lossy_edges_are_reported_to_few_nodes() {
     // A twentieth of the heartbeats' 400 packets/s.
     assert!(per_node[1] < 20.0, "{per_node:?} alert packets/s per node");
 }
+
+/// The observers of simulated node `i` among `n` (every member's view).
+fn observers_of(n: usize, i: usize) -> Vec<u32> {
+    Topology::new((0..n).map(super::sim::name), 8)
+        .observers(&super::sim::name(i))
+        .iter()
+        .map(|o| o.trim_start_matches("node-").parse().expect("a sim name"))
+        .collect()
+}
+
+/// A side of `size` nodes holding each of `seed_nodes` with all of its
+/// observers, filled up in index order: the groups for `Sim::partition`
+/// (1 for this side) and the side's members.
+fn side_with_observers(n: usize, seed_nodes: &[u32], size: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut side: BTreeSet<u32> = BTreeSet::new();
+    for &s in seed_nodes {
+        side.insert(s);
+        side.extend(observers_of(n, s as usize));
+    }
+    let mut i = 0;
+    while side.len() < size {
+        side.insert(i);
+        i += 1;
+    }
+    assert_eq!(side.len(), size, "the seed nodes' observers are too many");
+    let groups = (0..n as u32)
+        .map(|i| u32::from(side.contains(&i)))
+        .collect();
+    (groups, side.into_iter().collect())
+}
+
+/// A node all of whose observers end up across a partition is not watched
+/// by anyone on its own side. Its side must not remove it: it still hears
+/// the node's own reports of its subjects across the split.
+#[test]
+fn a_node_whose_observers_are_all_across_a_partition_stays() {
+    let n = 60;
+    let mut sim = started(n, 41, 0.0);
+    // Node 50's observers and others, 20 nodes, on one side; node 50 on
+    // the other, the majority.
+    let mut minority: BTreeSet<u32> = observers_of(n, 50).into_iter().collect();
+    for i in (0..n as u32).filter(|i| *i != 50) {
+        if minority.len() == 20 {
+            break;
+        }
+        minority.insert(i);
+    }
+    assert!(minority.len() == 20 && !minority.contains(&50));
+    let big: Vec<u32> = (0..n as u32).filter(|i| !minority.contains(i)).collect();
+    let t0 = sim.now();
+    sim.partition(
+        (0..n as u32)
+            .map(|i| u32::from(minority.contains(&i)))
+            .collect(),
+    );
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.agree_on(&big), "the majority did not agree on itself");
+    assert!(sim.member(50).may_announce(), "node 50 does not announce");
+    let removed: Vec<u32> = sim
+        .removals_since(t0)
+        .iter()
+        .map(|(_, _, node)| *node)
+        .filter(|node| !minority.contains(node))
+        .collect();
+    assert!(removed.is_empty(), "majority nodes removed: {removed:?}");
+    for &i in &minority {
+        assert!(!sim.member(i).may_announce(), "minority node {i} announces");
+    }
+}
+/// At an even split, the side without the lowest name fences even when a
+/// node of the other side has all its observers there too (nothing on
+/// this side watches it, so no report against it reaches this side).
+#[test]
+fn an_even_split_fences_the_side_that_watches_too_few() {
+    let n = 60;
+    let mut sim = started(n, 42, 0.0);
+    // Node 0 (the lowest name) and node 40, each with all its observers.
+    let (groups, kept) = side_with_observers(n, &[0, 40], 30);
+    let other: Vec<u32> = (0..n as u32).filter(|i| !kept.contains(i)).collect();
+    let t0 = sim.now();
+    sim.partition(groups);
+    sim.run_for(ms(300));
+    assert!(
+        sim.agree_on(&kept),
+        "the side with the lowest name did not agree"
+    );
+    for &i in &other {
+        let fenced_at = sim.records.iter().find_map(|r| match r {
+            Record::Fenced {
+                at,
+                node,
+                fenced: true,
+            } if *node == i && *at >= t0 => Some(*at),
+            _ => None,
+        });
+        assert!(
+            fenced_at.is_some_and(|at| at - t0 < 200 * MS),
+            "node {i} fenced at {fenced_at:?}"
+        );
+    }
+    assert!(kept.iter().all(|&i| sim.member(i).may_announce()));
+}
