@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark and rewrites BENCHMARKS.md from their output, headed by
 # a description of this machine. Needs root (network namespaces) and about
-# 2 hours; the allocator's largest case needs about 15 GB of memory, the
+# 2.5 hours; the allocator's largest case needs about 15 GB of memory, the
 # 5,000-node membership simulation about 13 GB.
 #
 # FERROLB_TRIALS=N changes the 20 failover trials per case (a quick look:
@@ -43,8 +43,8 @@ run 5-lab cargo bench --locked -p ferrolb-tests --bench lab
 run 7-endpoints cargo bench --locked -p ferrolb-endpoints --bench next
 run 6-config-rss cargo bench --locked -p ferrolb-core --bench config_rss
 run 8-membership cargo bench --locked -p ferrolb-core --bench membership -- --nodes 1000,5000 --loss 0,1,5,10 --quiet-secs 10 --kills 5 --no-partitions
-run 8a-membership-partitions cargo bench --locked -p ferrolb-core --bench membership -- --nodes 1000 --loss "" --partitions 0.1,10 --heal-secs 10
-run 8b-membership-lab cargo bench --locked -p ferrolb-tests --bench membership_lab
+run 8a-membership-partitions cargo bench --locked -p ferrolb-core --bench membership -- --nodes 1000 --loss "" --partitions 0.1,10,30,45,50 --heal-secs 10
+run 8b-membership-lab cargo bench --locked -p ferrolb-tests --bench membership_lab -- --nodes 3,10,25,50 --secs 10 --mesh-max 25 --failover-trials 20
 run 8c-mass-failover cargo bench --locked -p ferrolb-speaker --bench mass_failover
 run 9-kube-native cargo bench --locked -p ferrolb-tests --bench kube_native
 run 9b-peers cargo bench --locked -p ferrolb-tests --bench peers

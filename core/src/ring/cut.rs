@@ -55,8 +55,8 @@ pub(super) struct Reports {
     reported: BTreeSet<Arc<str>>,
     /// Members enough observers agree on.
     stable: BTreeSet<Arc<str>>,
-    /// The members of `stable` that no observer reports: all their
-    /// observers are reported instead.
+    /// The members counted as reported although no observer reports them:
+    /// all their observers are reported instead (some are also `stable`).
     unwatched: BTreeSet<Arc<str>>,
     /// The member set changed since `observers`, `reported` and `stable`
     /// were computed.
@@ -231,9 +231,13 @@ impl Reports {
 
     /// Recomputes whether `subject` is reported and agreed on from the
     /// counts in force. A member that none of its observers reports, but
-    /// every one of whose observers is itself reported, is agreed on (and
-    /// counted as reported): no node on this side of a partition watches
-    /// it, so nothing here says it is alive.
+    /// every one of whose observers is itself reported, is *unwatched*: no
+    /// node on this side of a partition watches it, so nothing here says
+    /// it is alive. It counts as reported (for fencing); it is agreed on
+    /// (removed) only if each of its observers is reported by two or more
+    /// of theirs (one report each is not enough: a node that hears nothing
+    /// reports all its subjects, and a member observed only by those would
+    /// be removed).
     fn status(&mut self, topology: &Topology, subject: &str) {
         let implicit = |a: Option<&Against>, observers: &[Arc<str>], min: usize| {
             observers
@@ -256,10 +260,17 @@ impl Reports {
                     Some(a) => a.observers.clone(),
                     None => shared(topology, subject),
                 };
-                let unwatched = subject != &*self.me
-                    && !observers.is_empty()
-                    && implicit(a, &observers, 1) == observers.len();
-                (unwatched, unwatched, unwatched)
+                let all_reported = |min| {
+                    subject != &*self.me
+                        && !observers.is_empty()
+                        && implicit(a, &observers, min) == observers.len()
+                };
+                let unwatched = all_reported(1);
+                (
+                    unwatched,
+                    unwatched && all_reported(IMPLICIT_MIN),
+                    unwatched,
+                )
             }
         };
         let key = || -> Arc<str> {
@@ -345,23 +356,26 @@ mod tests {
                     !by.contains(**o) && explicit.get(**o).is_some_and(|(m, _)| *m >= IMPLICIT_MIN)
                 })
                 .count();
-            let unwatched = subject != me
-                && !observers.is_empty()
-                && observers
-                    .iter()
-                    .all(|o| !by.contains(*o) && explicit.contains_key(o));
+            let all_reported = |min: usize| {
+                subject != me
+                    && !observers.is_empty()
+                    && observers.iter().all(|o| {
+                        !by.contains(*o) && explicit.get(o).is_some_and(|(m, _)| *m >= min)
+                    })
+            };
+            let unwatched = n == 0 && all_reported(1);
             let agreed = if n > 0 {
                 n + implicit >= threshold(observers.len())
             } else {
-                unwatched
+                all_reported(IMPLICIT_MIN)
             };
-            if n > 0 || agreed {
+            if n > 0 || unwatched {
                 reported.insert(subject.to_owned());
             }
             if agreed {
                 stable.insert(subject.to_owned());
             }
-            if n == 0 && unwatched {
+            if unwatched {
                 unwatched_set.insert(subject.to_owned());
             }
         }

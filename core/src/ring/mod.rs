@@ -1057,10 +1057,10 @@ impl Member {
         self.check_sync(now);
         let members = self.topology.len();
         let (reported, stable, unwatched) = self.reports.cut(&self.topology);
-        // A member agreed on only because no observer of it is on this
-        // side, that still sent this node a packet within the report
-        // lifetime (its reports of its own subjects), is on this side: its
-        // observers are all across. It is neither counted nor removed.
+        // An unwatched member (no observer of it is on this side) that
+        // still sent this node a packet within the report lifetime (its
+        // reports of its own subjects) is on this side: its observers are
+        // all across. It is neither counted nor removed.
         let ttl = self.s.report_refresh * 3;
         let excused: BTreeSet<&str> = unwatched
             .iter()
@@ -1073,6 +1073,7 @@ impl Member {
             })
             .collect();
         let agreed = |n: &str| stable.contains(n) && !excused.contains(n);
+        let excused_agreed = excused.iter().filter(|n| stable.contains(**n)).count();
         let minority = members >= 3 && {
             let lowest = self.topology.lowest();
             let r = reported.len() - excused.len();
@@ -1089,7 +1090,7 @@ impl Member {
         let cut_off = members >= 3 && subjects > 0 && 2 * lost > subjects;
         let condemned = agreed(self.me.as_str());
         let fenced = minority || cut_off || condemned;
-        if !fenced && stable.len() > excused.len() {
+        if !fenced && stable.len() > excused_agreed {
             let since = *self.cut_since.get_or_insert(now);
             if now >= self.reports_changed + self.s.settle || now >= since + self.s.settle_max {
                 let gone: Vec<(String, u64)> = stable
