@@ -3,10 +3,11 @@
 //! each size with the ring protocol and with the all-to-all mesh in the same
 //! run. Per speaker, at rest: CPU from /proc, membership packets sent per
 //! second (the speaker's own counter), and RSS. Then, with the ring, owner
-//! failover: the speaker owning a Service's address is killed (SIGKILL)
-//! while the client sends a request every 10 ms; the longest gap between
-//! answers, over `--failover-trials` trials (the killed speaker restarted
-//! and its address back in place between trials).
+//! failover: the node owning a Service's address dies (its speaker is
+//! killed with SIGKILL and its switch port set down, so its backend goes
+//! too) while the client sends a request every 10 ms; the longest gap
+//! between answers, over `--failover-trials` trials (the node plugged in
+//! again, its speaker restarted and the address settled between trials).
 //!
 //! `cargo bench -p ferrolb-tests --bench membership_lab [-- --nodes 3,10,25,50 --secs 10 --failover-trials 20]`
 //! (root; after `cargo build --release --bins`).
@@ -147,10 +148,13 @@ fn measure(
     })
 }
 
-/// The longest gap a client sees (ms) when the owner of a Service's address
-/// dies, once per trial. Between trials the killed speaker is restarted and
-/// the address is left where the protocol puts it once the restarted node's
-/// hold-down has passed, so every trial starts from a settled cluster.
+/// The longest gap a client sees (ms) when the node owning a Service's
+/// address dies (speaker killed, switch port down: a killed speaker alone
+/// leaves the node's data path up, and the client's neighbour entry keeps
+/// reaching it), once per trial. Between trials the node is plugged in and
+/// its speaker restarted, and the address is left where the protocol puts
+/// it once the restarted node's hold-down has passed, so every trial starts
+/// from a settled cluster.
 fn failover(lab: &mut Lab, trials: usize) -> anyhow::Result<Vec<u64>> {
     const LIMIT: Duration = Duration::from_secs(120);
     // The hold-down of a node back after being removed as failed (10 s),
@@ -180,6 +184,7 @@ fn failover(lab: &mut Lab, trials: usize) -> anyhow::Result<Vec<u64>> {
         let prober = lab.start_prober(target)?;
         let killed = Instant::now();
         lab.signal(&format!("speaker-{from}"), "KILL")?;
+        lab.unplug(&from)?;
         let to = eventually(&format!("{ip} moved off {from}"), LIMIT, || {
             lab.answered(target, 3)
                 .then(|| lab.owner(&ip))
@@ -194,6 +199,7 @@ fn failover(lab: &mut Lab, trials: usize) -> anyhow::Result<Vec<u64>> {
         eprintln!("membership_lab: {nodes} nodes, trial {trial}: {from} -> {to}, gap {gap} ms");
         gaps.push(gap);
         lab.wait_exit(&format!("speaker-{from}"), LIMIT)?;
+        lab.plug(&from)?;
         let host = lab.node(&from).context("the killed node")?.clone();
         lab.start_speaker(&host)?;
         let back = Instant::now();
@@ -275,10 +281,10 @@ fn main() -> anyhow::Result<()> {
          `--membership-protocol ring` (the default) and, up to {mesh_max} nodes, once with `mesh` (all-to-all), in one run. \
          Per speaker at rest over {secs} s: CPU (user + system from /proc, % of one core), membership \
          packets sent per second (its `ferrolb_membership_packets_sent_total`), RSS. All N speakers \
-         share this machine's cores. Failover (ring only): the speaker owning a Service's address is \
-         killed (SIGKILL) while the client sends a request every 10 ms (100 ms timeout); the longest \
-         gap between two answers, p50 / p99 / max over the trials (the killed speaker restarted and \
-         the address settled between trials).\n",
+         share this machine's cores. Failover (ring only): the node owning a Service's address dies (its speaker \
+         killed with SIGKILL, its switch port set down) while the client sends a request every 10 ms (100 ms timeout); the longest \
+         gap between two answers, p50 / p99 / max over the trials (the node plugged in again, its speaker \
+         restarted and the address settled between trials).\n",
         sizes
             .iter()
             .map(ToString::to_string)
