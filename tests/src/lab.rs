@@ -1257,6 +1257,18 @@ impl Lab {
     /// A prober in the client: an HTTP request to `target` every 10 ms (100 ms
     /// timeout) until [`Prober::stop`]; returns once it has had an answer.
     pub fn start_prober(&self, target: std::net::SocketAddr) -> anyhow::Result<Prober> {
+        self.start_prober_timeout(target, Duration::from_millis(100))
+    }
+
+    /// [`Lab::start_prober`] with another timeout per request. The requests
+    /// are sequential, so a gap is measured to about the timeout plus the
+    /// interval: a short timeout measures an outage more finely.
+    pub fn start_prober_timeout(
+        &self,
+        target: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<Prober> {
+        let timeout_ms = timeout.as_millis().to_string();
         let started = Instant::now();
         let mut child = std::process::Command::new("ip")
             .args([
@@ -1272,7 +1284,7 @@ impl Lab {
                 "--interval-ms",
                 "10",
                 "--timeout-ms",
-                "100",
+                &timeout_ms,
                 "--duration-ms",
                 "600000",
             ])

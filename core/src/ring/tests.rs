@@ -716,4 +716,3 @@ fn an_even_split_fences_the_side_that_watches_too_few() {
     }
     assert!(kept.iter().all(|&i| sim.member(i).may_announce()));
 }
-
