@@ -190,6 +190,26 @@ address-pools:
         s.parse().unwrap()
     }
 
+    /// The inputs of node-a, its Node not known, no assigned addresses or
+    /// excluded interfaces.
+    fn inputs<'a>(
+        state: &'a ClusterState,
+        config: &'a Config,
+        interfaces: &'a [Interface],
+        forbidden: &'a BTreeSet<IpAddr>,
+    ) -> Inputs<'a> {
+        Inputs {
+            node: "node-a",
+            node_labels: None,
+            state,
+            config,
+            forbidden,
+            interfaces,
+            assigned: &[],
+            excludes: &[],
+        }
+    }
+
     #[test]
     fn an_owned_address_is_answered_on_its_pools_interfaces() {
         let config = config();
@@ -198,16 +218,7 @@ address-pools:
             vec![service("web", "192.0.2.130"), service("db", "198.51.100.3")],
         );
         let all = [interface("eth0", 2), interface("eth1", 3)];
-        let p = plan(&Inputs {
-            node: "node-a",
-            node_labels: None,
-            state: &state,
-            config: &config,
-            forbidden: &BTreeSet::new(),
-            interfaces: &all,
-            assigned: &[],
-            excludes: &[],
-        });
+        let p = plan(&inputs(&state, &config, &all, &BTreeSet::new()));
         assert_eq!(p.mine[&ip("198.51.100.3")], vec!["eth1".to_owned()]);
         assert_eq!(
             p.listed.keys().collect::<Vec<_>>(),
@@ -229,21 +240,11 @@ address-pools:
         two.members = Some(["node-b".to_owned()].into());
         let all = [interface("eth0", 2)];
         let forbidden: BTreeSet<IpAddr> = [ip("192.0.2.130")].into();
-        let inputs = |state, forbidden| Inputs {
-            node: "node-a",
-            node_labels: None,
-            state,
-            config: &config,
-            forbidden,
-            interfaces: &all,
-            assigned: &[],
-            excludes: &[],
-        };
-        let p = plan(&inputs(&state, &forbidden));
+        let p = plan(&inputs(&state, &config, &all, &forbidden));
         assert!(p.mine.is_empty() && p.announced.is_empty());
         assert!(p.ownership.contains_key(&ip("192.0.2.130")));
         // Not this node's: another member owns it.
-        let p = plan(&inputs(&two, &BTreeSet::new()));
+        let p = plan(&inputs(&two, &config, &all, &BTreeSet::new()));
         assert!(p.mine.is_empty());
         assert!(p.ownership.contains_key(&ip("192.0.2.130")));
     }
@@ -254,16 +255,7 @@ address-pools:
         let state = alone("node-a", vec![service("db", "198.51.100.3")]);
         // The pool names eth1, which this node does not have.
         let all = [interface("eth0", 2)];
-        let p = plan(&Inputs {
-            node: "node-a",
-            node_labels: None,
-            state: &state,
-            config: &config,
-            forbidden: &BTreeSet::new(),
-            interfaces: &all,
-            assigned: &[],
-            excludes: &[],
-        });
+        let p = plan(&inputs(&state, &config, &all, &BTreeSet::new()));
         assert_eq!(p.mine[&ip("198.51.100.3")], Vec::<String>::new());
         assert!(p.announced.is_empty());
         // The responders stay open on eth0 with nothing to answer, once synced.

@@ -1,5 +1,6 @@
 //! Membership cost with real speakers (docs/membership.md): the lab at 3, 10,
-//! 25 and 50 nodes (test API server, controller, speakers; no backends),
+//! 25 and 50 nodes (test API server, controller, speakers, a lab backend per
+//! node),
 //! each size with the ring protocol and with the all-to-all mesh in the same
 //! run. Per speaker, at rest: CPU from /proc, membership packets sent per
 //! second (the speaker's own counter), and RSS. Then, with the ring, owner
@@ -46,6 +47,17 @@ struct Row {
     gaps: Vec<u64>,
 }
 
+/// Each speaker's `ferrolb_members_alive` (-1 while it does not answer).
+fn members_seen(lab: &Lab) -> Vec<f64> {
+    lab.nodes
+        .iter()
+        .map(|n| {
+            lab.speaker_metrics(n)
+                .map_or(-1.0, |m| metric(&m, "ferrolb_members_alive"))
+        })
+        .collect()
+}
+
 fn mean_max(v: &[f64]) -> (f64, f64) {
     (
         v.iter().sum::<f64>() / v.len().max(1) as f64,
@@ -67,7 +79,7 @@ fn measure(
     let config =
         std::env::temp_dir().join(format!("ferrolb-bench-members-{}.yaml", std::process::id()));
     std::fs::write(&config, CONFIG)?;
-    let lab = Lab::up(&LabOptions {
+    let mut lab = Lab::up(&LabOptions {
         nodes,
         bin_dir: bin_dir.to_path_buf(),
         kubeconfig: None,
@@ -76,20 +88,12 @@ fn measure(
         real: None,
     })?;
     let _ = std::fs::remove_file(&config);
-    let mut lab = lab;
     let mut last_report = Instant::now();
     let converged = eventually(
         "every speaker seeing every member",
         Duration::from_secs(180),
         || {
-            let seen: Vec<f64> = lab
-                .nodes
-                .iter()
-                .map(|n| {
-                    lab.speaker_metrics(n)
-                        .map_or(-1.0, |m| metric(&m, "ferrolb_members_alive"))
-                })
-                .collect();
+            let seen = members_seen(&lab);
             if last_report.elapsed() > Duration::from_secs(20) {
                 last_report = Instant::now();
                 eprintln!("membership_lab: members seen per speaker: {seen:?}");
@@ -167,15 +171,6 @@ fn failover(lab: &mut Lab, trials: usize) -> anyhow::Result<Vec<u64>> {
     })?;
     lab.forward(&ip, 80)?;
     let target = SocketAddr::new(ip.parse().context("the address")?, 80);
-    let members = |lab: &Lab| {
-        lab.nodes
-            .iter()
-            .map(|n| {
-                lab.speaker_metrics(n)
-                    .map_or(-1.0, |m| metric(&m, "ferrolb_members_alive"))
-            })
-            .all(|m| m == nodes as f64)
-    };
     let mut gaps = Vec::new();
     for trial in 0..trials {
         let from = eventually("an owner answering", LIMIT, || {
@@ -206,7 +201,10 @@ fn failover(lab: &mut Lab, trials: usize) -> anyhow::Result<Vec<u64>> {
         lab.start_speaker(&host)?;
         let back = Instant::now();
         eventually("every speaker seeing every member again", LIMIT, || {
-            members(lab).then_some(())
+            members_seen(lab)
+                .iter()
+                .all(|m| *m == nodes as f64)
+                .then_some(())
         })?;
         eventually("the address settled", LIMIT, || {
             (back.elapsed() >= SETTLED && lab.answered(target, 3)).then_some(())

@@ -11,6 +11,7 @@
 //! A change of the member set marks everything stale and the next query
 //! recomputes it once.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,15 +52,16 @@ pub(super) struct Reports {
     /// This node: it never counts itself as unwatched.
     me: Arc<str>,
     against: HashMap<Arc<str>, Against>,
-    /// Members with at least one report from one of their observers.
+    /// Members with at least one report from one of their observers, and
+    /// the unwatched.
     reported: BTreeSet<Arc<str>>,
     /// Members enough observers agree on.
     stable: BTreeSet<Arc<str>>,
     /// The members counted as reported although no observer reports them:
     /// all their observers are reported instead (some are also `stable`).
     unwatched: BTreeSet<Arc<str>>,
-    /// The member set changed since `observers`, `reported` and `stable`
-    /// were computed.
+    /// The member set changed since `observers` and the three sets were
+    /// computed.
     stale: bool,
 }
 
@@ -121,22 +123,24 @@ impl Reports {
         changed
     }
 
-    /// Whether an observer other than `me` said `subject` was down at or
-    /// after `since`.
-    pub fn reported_by_another(&self, subject: &str, me: &str, since: Instant) -> bool {
-        self.against
-            .get(subject)
-            .is_some_and(|a| a.by.iter().any(|(o, (_, at))| &**o != me && *at >= since))
+    /// Whether an observer other than this node said `subject` was down
+    /// at or after `since`.
+    pub fn reported_by_another(&self, subject: &str, since: Instant) -> bool {
+        self.against.get(subject).is_some_and(|a| {
+            a.by.iter()
+                .any(|(o, (_, at))| *o != self.me && *at >= since)
+        })
     }
 
-    /// Forgets down reports of observers other than `me` not repeated for
-    /// `ttl` (observers repeat theirs while in force): the up report that
-    /// ended one may have been lost. True if any went.
-    pub fn expire(&mut self, now: Instant, ttl: Duration, me: &str) -> bool {
+    /// Forgets down reports of observers other than this node not repeated
+    /// for `ttl` (observers repeat theirs while in force): the up report
+    /// that ended one may have been lost. True if any went.
+    pub fn expire(&mut self, now: Instant, ttl: Duration) -> bool {
+        let me = &self.me;
         let mut gone = false;
         for a in self.against.values_mut() {
             a.by.retain(|o, (_, at)| {
-                let keep = &**o == me || now.saturating_duration_since(*at) < ttl;
+                let keep = o == me || now.saturating_duration_since(*at) < ttl;
                 gone |= !keep;
                 keep
             });
@@ -257,8 +261,8 @@ impl Reports {
             ),
             a => {
                 let observers = match a {
-                    Some(a) => a.observers.clone(),
-                    None => shared(topology, subject),
+                    Some(a) => Cow::Borrowed(&a.observers),
+                    None => Cow::Owned(shared(topology, subject)),
                 };
                 let all_reported = |min| {
                     subject != &*self.me
@@ -273,40 +277,21 @@ impl Reports {
                 )
             }
         };
-        let key = || -> Arc<str> {
+        let key = || {
             self.against
                 .get_key_value(subject)
                 .map_or_else(|| Arc::from(subject), |(k, _)| k.clone())
         };
-        match (reported, self.reported.contains(subject)) {
-            (true, false) => {
-                let k = key();
-                self.reported.insert(k);
+        for (set, member) in [
+            (&mut self.reported, reported),
+            (&mut self.stable, stable),
+            (&mut self.unwatched, unwatched),
+        ] {
+            if !member {
+                set.remove(subject);
+            } else if !set.contains(subject) {
+                set.insert(key());
             }
-            (false, true) => {
-                self.reported.remove(subject);
-            }
-            _ => {}
-        }
-        match (stable, self.stable.contains(subject)) {
-            (true, false) => {
-                let k = key();
-                self.stable.insert(k);
-            }
-            (false, true) => {
-                self.stable.remove(subject);
-            }
-            _ => {}
-        }
-        match (unwatched, self.unwatched.contains(subject)) {
-            (true, false) => {
-                let k = key();
-                self.unwatched.insert(k);
-            }
-            (false, true) => {
-                self.unwatched.remove(subject);
-            }
-            _ => {}
         }
     }
 }
@@ -517,16 +502,16 @@ mod expiry {
         let (me, other) = (observers[0], observers[1]);
         let t0 = Instant::now();
         let ttl = Duration::from_millis(1500);
-        let mut r = Reports::new("not-a-member");
+        let mut r = Reports::new(me);
         r.set(&topology, subject, me, 1, true, t0);
         r.set(&topology, subject, other, 1, true, t0);
-        assert!(r.reported_by_another(subject, me, t0));
+        assert!(r.reported_by_another(subject, t0));
         // Repeated: a refresh, not a change, and it stays in force.
         assert!(!r.set(&topology, subject, other, 1, true, t0 + ttl / 2));
-        assert!(!r.expire(t0 + ttl, ttl, me));
-        assert!(r.reported_by_another(subject, me, t0));
-        assert!(r.expire(t0 + ttl * 2, ttl, me));
-        assert!(!r.reported_by_another(subject, me, t0));
+        assert!(!r.expire(t0 + ttl, ttl));
+        assert!(r.reported_by_another(subject, t0));
+        assert!(r.expire(t0 + ttl * 2, ttl));
+        assert!(!r.reported_by_another(subject, t0));
         let (reported, _, _) = r.cut(&topology);
         assert!(
             reported.contains(subject.as_str()),

@@ -92,6 +92,15 @@ pub struct Settings {
     pub probe_outside: Duration,
 }
 
+impl Settings {
+    /// How long a down report stays in force at other nodes without being
+    /// repeated, and how long a packet from a member counts as recent
+    /// (three refresh periods).
+    pub fn report_lifetime(&self) -> Duration {
+        self.report_refresh * 3
+    }
+}
+
 impl Default for Settings {
     fn default() -> Settings {
         let ms = Duration::from_millis;
@@ -599,10 +608,7 @@ impl Member {
             // is in force; one not heard for three of those has ended (its
             // up report was lost) or its observer is gone.
             self.next_expiry = now + self.s.report_refresh;
-            if self
-                .reports
-                .expire(now, self.s.report_refresh * 3, &self.me)
-            {
+            if self.reports.expire(now, self.s.report_lifetime()) {
                 self.reports_changed = now;
             }
         }
@@ -1061,7 +1067,7 @@ impl Member {
         // still sent this node a packet within the report lifetime (its
         // reports of its own subjects) is on this side: its observers are
         // all across. It is neither counted nor removed.
-        let ttl = self.s.report_refresh * 3;
+        let ttl = self.s.report_lifetime();
         let excused: BTreeSet<&str> = unwatched
             .iter()
             .map(|n| &**n)
@@ -1264,7 +1270,6 @@ impl Member {
                     || now >= r.since + self.s.confirm_within
                     || self.reports.reported_by_another(
                         subject,
-                        &self.me,
                         now.checked_sub(self.s.confirm_within).unwrap_or(now),
                     ))
             {

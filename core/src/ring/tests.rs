@@ -22,6 +22,18 @@ fn started(n: usize, seed: u64, loss: f64) -> Sim {
     sim
 }
 
+/// When `node` first fenced itself at or after `from`.
+fn fenced_at(sim: &Sim, node: u32, from: u64) -> Option<u64> {
+    sim.records.iter().find_map(|r| match r {
+        Record::Fenced {
+            at,
+            node: n,
+            fenced: true,
+        } if *n == node && *at >= from => Some(*at),
+        _ => None,
+    })
+}
+
 /// When each running node other than `node` removed it, measured from
 /// `from`, in milliseconds; `None` for a node that did not.
 fn removal_times(sim: &Sim, node: u32, from: u64) -> Vec<Option<f64>> {
@@ -121,18 +133,7 @@ fn the_minority_side_of_a_partition_fences_and_the_majority_takes_over() {
         // Never did both sides announce for longer than the budget: every
         // minority node fenced within 200 ms.
         for &i in &small {
-            let fenced_at = sim
-                .records
-                .iter()
-                .find_map(|r| match r {
-                    Record::Fenced {
-                        at,
-                        node,
-                        fenced: true,
-                    } if *node == i && *at >= t0 => Some(*at),
-                    _ => None,
-                })
-                .expect("fenced");
+            let fenced_at = fenced_at(&sim, i, t0).expect("fenced");
             assert!(
                 fenced_at - t0 < 200 * MS,
                 "{n}/{minority}: node {i} fenced after {} ms",
@@ -701,14 +702,7 @@ fn an_even_split_fences_the_side_that_watches_too_few() {
         "the side with the lowest name did not agree"
     );
     for &i in &other {
-        let fenced_at = sim.records.iter().find_map(|r| match r {
-            Record::Fenced {
-                at,
-                node,
-                fenced: true,
-            } if *node == i && *at >= t0 => Some(*at),
-            _ => None,
-        });
+        let fenced_at = fenced_at(&sim, i, t0);
         assert!(
             fenced_at.is_some_and(|at| at - t0 < 200 * MS),
             "node {i} fenced at {fenced_at:?}"
