@@ -88,7 +88,7 @@ struct RunArgs {
     membership_interval: Duration,
     /// A peer not heard from for this long is dead and loses its addresses; also the age past
     /// which a queued ARP request or neighbour solicitation is no longer answered.
-    #[arg(long, default_value = "150ms", value_parser = ferrolb_runtime::parse_duration)]
+    #[arg(long, default_value = "130ms", value_parser = ferrolb_runtime::parse_duration)]
     membership_timeout: Duration,
     /// At start, announce after hearing every peer or after this long.
     #[arg(long, default_value = "1s", value_parser = ferrolb_runtime::parse_duration)]

@@ -6,8 +6,9 @@
 //! second (the speaker's own counter), and RSS. Then, with the ring, owner
 //! failover: the node owning a Service's address dies (its speaker is
 //! killed with SIGKILL and its switch port set down, so its backend goes
-//! too) while the client sends a request every 10 ms; the longest gap
-//! between answers, over `--failover-trials` trials (the node plugged in
+//! too) while the client starts a request every 5 ms (each on its own, so
+//! the gap is measured to about 5 ms); the longest gap between answered
+//! requests, over `--failover-trials` trials (the node plugged in
 //! again, its speaker restarted and the address settled between trials).
 //!
 //! `cargo bench -p ferrolb-tests --bench membership_lab [-- --nodes 3,10,25,50 --secs 10 --failover-trials 20]`
@@ -176,9 +177,14 @@ fn failover(lab: &mut Lab, trials: usize) -> anyhow::Result<Vec<u64>> {
         let from = eventually("an owner answering", LIMIT, || {
             lab.answered(target, 3).then(|| lab.owner(&ip)).flatten()
         })?;
-        // Sequential requests with a 20 ms timeout: the gap is measured to
-        // about 30 ms (a healthy request takes about a millisecond here).
-        let prober = lab.start_prober_timeout(target, Duration::from_millis(20))?;
+        // A request started every 5 ms, each on its own (100 ms timeout):
+        // the gap between two answered requests' starts is measured to
+        // about 5 ms (a healthy request takes about a millisecond here).
+        let prober = lab.start_prober_parallel(
+            target,
+            Duration::from_millis(5),
+            Duration::from_millis(100),
+        )?;
         let killed = Instant::now();
         lab.signal(&format!("speaker-{from}"), "KILL")?;
         lab.unplug(&from)?;

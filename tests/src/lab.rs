@@ -210,11 +210,13 @@ impl Prober {
             let _ = r.join();
         }
         let out = self.out.lock().map(|o| o.clone()).unwrap_or_default();
-        let ok: Vec<u64> = out
+        let mut ok: Vec<u64> = out
             .lines()
             .filter(|l| l.contains(" ok "))
             .filter_map(|l| l.split_whitespace().next()?.parse().ok())
             .collect();
+        // A parallel prober prints each attempt when it ends.
+        ok.sort_unstable();
         let longest = ok.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         (ok.len(), longest)
     }
@@ -1260,6 +1262,18 @@ impl Lab {
         self.start_prober_timeout(target, Duration::from_millis(100))
     }
 
+    /// A prober that starts a request every `every` without waiting for
+    /// the one before (each times out after `timeout`): a gap is measured
+    /// to about `every`.
+    pub fn start_prober_parallel(
+        &self,
+        target: std::net::SocketAddr,
+        every: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Prober> {
+        self.start_prober_args(target, every, timeout, true)
+    }
+
     /// [`Lab::start_prober`] with another timeout per request. The requests
     /// are sequential, so a gap is measured to about the timeout plus the
     /// interval: a short timeout measures an outage more finely.
@@ -1268,7 +1282,18 @@ impl Lab {
         target: std::net::SocketAddr,
         timeout: Duration,
     ) -> anyhow::Result<Prober> {
+        self.start_prober_args(target, Duration::from_millis(10), timeout, false)
+    }
+
+    fn start_prober_args(
+        &self,
+        target: std::net::SocketAddr,
+        every: Duration,
+        timeout: Duration,
+        parallel: bool,
+    ) -> anyhow::Result<Prober> {
         let timeout_ms = timeout.as_millis().to_string();
+        let every_ms = every.as_millis().to_string();
         let started = Instant::now();
         let mut child = std::process::Command::new("ip")
             .args([
@@ -1282,12 +1307,13 @@ impl Lab {
                 "--target",
                 &target.to_string(),
                 "--interval-ms",
-                "10",
+                &every_ms,
                 "--timeout-ms",
                 &timeout_ms,
                 "--duration-ms",
                 "600000",
             ])
+            .args(parallel.then_some("--parallel"))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("starting the prober")?;

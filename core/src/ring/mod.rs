@@ -99,6 +99,17 @@ impl Settings {
     pub fn report_lifetime(&self) -> Duration {
         self.report_refresh * 3
     }
+
+    /// A node with two or more subjects that has heard no packet at all
+    /// for this long (half the edge timeout) is *deaf*: it sends none of
+    /// its down reports (they would name every subject and say more about
+    /// this node than about them). Once deaf for an edge timeout more it
+    /// also stops its heartbeats, so that its observers remove it and its
+    /// addresses move to a node that hears (docs/membership.md, "A node
+    /// that hears nothing").
+    pub fn deaf_after(&self) -> Duration {
+        self.edge_timeout / 2
+    }
 }
 
 impl Default for Settings {
@@ -340,6 +351,8 @@ pub struct Member {
     mine: BTreeMap<String, Report>,
     reports_changed: Instant,
     cut_since: Option<Instant>,
+    /// When this node last accepted a packet from anyone.
+    last_heard_any: Instant,
     next_heartbeat: Instant,
     welcomed: BTreeSet<String>,
     /// Candidates that have not answered this incarnation's join.
@@ -402,6 +415,7 @@ impl Member {
             mine: BTreeMap::new(),
             reports_changed: now,
             cut_since: None,
+            last_heard_any: now,
             next_heartbeat: now,
             welcomed: BTreeSet::new(),
             unanswered: BTreeSet::new(),
@@ -585,7 +599,7 @@ impl Member {
         }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.s.interval;
-            if self.leaving.is_none() && !self.left {
+            if self.leaving.is_none() && !self.left && !self.silent(now) {
                 for i in 0..self.observers.len() {
                     let o = std::mem::take(&mut self.observers[i]);
                     self.send(&o, Body::Heartbeat);
@@ -600,7 +614,7 @@ impl Member {
         }
         if self.joined && !self.left && self.leaving.is_none() && now >= self.next_probe {
             self.next_probe = now + self.s.probe_outside;
-            self.probe_outside();
+            self.probe(now);
         }
         self.resend_leave(now);
         if now >= self.next_expiry {
@@ -687,6 +701,19 @@ impl Member {
         false
     }
 
+    /// See `Settings::deaf_after`.
+    fn deaf(&self, now: Instant) -> bool {
+        self.watching.len() >= 2
+            && now.saturating_duration_since(self.last_heard_any) >= self.s.deaf_after()
+    }
+
+    /// Deaf for an edge timeout: no heartbeats.
+    fn silent(&self, now: Instant) -> bool {
+        self.watching.len() >= 2
+            && now.saturating_duration_since(self.last_heard_any)
+                >= self.s.deaf_after() + self.s.edge_timeout
+    }
+
     fn accept(&mut self, msg: Message, now: Instant) -> Result<(), Reject> {
         if msg.from == self.me {
             return Err(Reject::FromSelf);
@@ -698,6 +725,17 @@ impl Member {
         if let Some(w) = Window::accept(self.accepted.get_mut(&msg.from), msg.from_inc, msg.seq)? {
             self.accepted.insert(msg.from.clone(), w);
         }
+        if self.deaf(now) {
+            // It hears again. The down reports held back since are sent
+            // after one more interval, in which the heartbeats of subjects
+            // that are alive come in (and withdraw them); the confirmation
+            // wait starts again.
+            for r in self.mine.values_mut().filter(|r| r.down && r.next <= now) {
+                r.next = now + self.s.interval;
+                r.since = now;
+            }
+        }
+        self.last_heard_any = now;
         let known = self.table.get(msg.from.as_str()).cloned();
         let removed = known
             .as_ref()
@@ -999,6 +1037,7 @@ impl Member {
         self.incarnation += 1;
         self.started = now;
         self.last_input = now;
+        self.last_heard_any = now;
         self.joined = false;
         self.welcomed.clear();
         self.unanswered = self
@@ -1193,13 +1232,20 @@ impl Member {
 
     /// A `Join` to the next two candidates that are not members (see
     /// [`Settings::probe_outside`]).
-    fn probe_outside(&mut self) {
-        let outside: Vec<String> = self
-            .candidates
-            .iter()
-            .filter(|c| **c != self.me && !self.is_member(c))
-            .cloned()
-            .collect();
+    /// Sends a `Join` to two candidates outside the view in turn; a node
+    /// that stopped its heartbeats because it hears nothing sends it to
+    /// two of its observers instead, so that once it hears again one of
+    /// them tells it that it was removed.
+    fn probe(&mut self, now: Instant) {
+        let outside: Vec<String> = if self.silent(now) {
+            self.observers.clone()
+        } else {
+            self.candidates
+                .iter()
+                .filter(|c| **c != self.me && !self.is_member(c))
+                .cloned()
+                .collect()
+        };
         if outside.is_empty() {
             return;
         }
@@ -1286,8 +1332,9 @@ impl Member {
         let mut due = Vec::new();
         let mut local = Vec::new();
         let mut finished = Vec::new();
+        let deaf = self.deaf(now);
         for (subject, r) in self.mine.iter_mut() {
-            if r.next > now {
+            if r.next > now || (deaf && r.down) {
                 continue;
             }
             let a = Alert {

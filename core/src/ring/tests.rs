@@ -710,3 +710,51 @@ fn an_even_split_fences_the_side_that_watches_too_few() {
     }
     assert!(kept.iter().all(|&i| sim.member(i).may_announce()));
 }
+
+#[test]
+fn a_node_that_hears_nothing_is_removed_and_fences_no_one_else() {
+    // Node `deaf` still sends but receives nothing (an inbound firewall
+    // rule, a receive-side fault): it must not fence the others with its
+    // reports of every subject, and it must leave the view so that its
+    // addresses move to a node that hears.
+    for (n, seed) in [
+        (5, 61),
+        (8, 62),
+        (16, 51),
+        (16, 52),
+        (16, 53),
+        (16, 54),
+        (16, 55),
+        (16, 56),
+        (16, 57),
+        (16, 58),
+        (40, 63),
+    ] {
+        let mut sim = started(n, seed, 0.0);
+        let deaf = (seed % n as u64) as u32;
+        let t0 = sim.now();
+        for j in (0..n as u32).filter(|&j| j != deaf) {
+            sim.block(j, deaf);
+        }
+        sim.run_for(ms(1000));
+        for i in (0..n as u32).filter(|&i| i != deaf) {
+            assert_eq!(fenced_at(&sim, i, t0), None, "{n}/{seed}: node {i} fenced");
+        }
+        let times = removal_times(&sim, deaf, t0);
+        assert!(
+            times.iter().all(|t| t.is_some_and(|t| t < 500.0)),
+            "{n}/{seed}: removal of the deaf node {times:?}"
+        );
+        assert!(
+            sim.removals_since(t0).iter().all(|r| r.2 == deaf),
+            "{n}/{seed}: {:?}",
+            sim.removals_since(t0)
+        );
+        assert!(
+            !sim.member(deaf).may_announce(),
+            "{n}/{seed}: deaf node announces"
+        );
+        let rest: Vec<u32> = (0..n as u32).filter(|&i| i != deaf).collect();
+        assert!(sim.agree_on(&rest), "{n}/{seed}: the others disagree");
+    }
+}

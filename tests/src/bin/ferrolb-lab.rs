@@ -141,6 +141,11 @@ enum Cmd {
         timeout_ms: u64,
         #[arg(long, default_value_t = 5000)]
         duration_ms: u64,
+        /// Start each request on time in its own thread, without waiting for
+        /// the one before: an outage is then measured to about one interval
+        /// (lines may come out of order).
+        #[arg(long)]
+        parallel: bool,
     },
 }
 
@@ -153,11 +158,13 @@ fn main() -> ExitCode {
             interval_ms,
             timeout_ms,
             duration_ms,
+            parallel,
         }) => probe(
             target,
             Duration::from_millis(interval_ms),
             Duration::from_millis(timeout_ms),
             Duration::from_millis(duration_ms),
+            parallel,
         ),
         None => demo(cli.demo),
     };
@@ -188,25 +195,34 @@ fn backend(listen: SocketAddr, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line per attempt: `<ms since start> ok <node>` or `<ms> fail`.
+/// One line per attempt: `<ms since start> ok <node>` or `<ms> fail`, the
+/// time being when the attempt started.
 fn probe(
     target: SocketAddr,
     interval: Duration,
     timeout: Duration,
     duration: Duration,
+    parallel: bool,
 ) -> anyhow::Result<()> {
-    let start = Instant::now();
-    let stdout = std::io::stdout();
-    while start.elapsed() < duration {
-        let t = start.elapsed();
+    fn attempt(target: SocketAddr, timeout: Duration, t: Duration) -> std::io::Result<()> {
         let answer = ask(target, timeout);
-        let mut out = stdout.lock();
+        let mut out = std::io::stdout().lock();
         match answer {
             Some(node) => writeln!(out, "{} ok {node}", t.as_millis())?,
             None => writeln!(out, "{} fail", t.as_millis())?,
         }
-        out.flush()?;
-        let next = t + interval;
+        out.flush()
+    }
+    let start = Instant::now();
+    let mut next = Duration::ZERO;
+    while start.elapsed() < duration {
+        let t = start.elapsed();
+        if parallel {
+            std::thread::spawn(move || attempt(target, timeout, t));
+        } else {
+            attempt(target, timeout, t)?;
+        }
+        next = (next + interval).max(t);
         if let Some(wait) = next.checked_sub(start.elapsed()) {
             std::thread::sleep(wait);
         }
