@@ -666,7 +666,7 @@ fn report(
         "Command: `cargo bench -p ferrolb-speaker --bench layer2` (root). Three nodes in network \
          namespaces on one bridge, a client probing the address with an ARP request every 10 ms and \
          recording every reply. ferrolb: release build, with its defaults (heartbeat 20 ms, timeout \
-         150 ms), then with `--membership-interval 10ms --membership-timeout 40ms`. keepalived: \
+         130 ms), then with `--membership-interval 10ms --membership-timeout 40ms`. keepalived: \
          {keepalived_version} (Debian's package), one VRRP instance per node namespace, run in the \
          same lab right after ferrolb, once with its default 1 s advertisements (VRRP v2) and once \
          with 10 ms advertisements (`vrrp_version 3`, `advert_int 0.01`); priorities make its owner \

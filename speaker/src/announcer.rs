@@ -41,7 +41,7 @@ use crate::{clock, sockets};
 
 /// The freshness limit when none is configured: the default membership
 /// timeout.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(150);
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(130);
 
 /// What the responders check before answering (see [`crate::liveness`]).
 #[derive(Clone, Debug)]
