@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferrolb_core::packet::MacAddr;
+use ferrolb_tests::lab::{metric, run_with_input};
 use nix::sys::signal::Signal;
 
 /// The address ferrolb announces (a Service's status address).
@@ -224,17 +225,12 @@ impl Keepalived {
                          add chain ip flbbench out { type filter hook output priority 0; policy accept; }\n\
                          flush chain ip flbbench out\n\
                          add rule ip flbbench out ip protocol vrrp counter\n";
-            let out = Command::new("ip")
-                .args(["netns", "exec", lab.ns(n), "nft", "-f", "-"])
-                .stdin(Stdio::piped())
-                .spawn()
-                .and_then(|mut c| {
-                    use std::io::Write as _;
-                    c.stdin.take().unwrap().write_all(rules.as_bytes())?;
-                    c.wait()
-                })
-                .expect("nft");
-            assert!(out.success(), "nft counter in {n}");
+            run_with_input(
+                "ip",
+                &["netns", "exec", lab.ns(n), "nft", "-f", "-"],
+                Some(rules),
+            )
+            .unwrap_or_else(|e| panic!("nft counter in {n}: {e:#}"));
         }
         Keepalived {
             dir,
@@ -270,16 +266,18 @@ impl Keepalived {
         .expect("keepalived.conf");
         // A SIGKILLed keepalived leaves its address on the interface; remove it
         // as whoever restarts it would have to.
-        let _ = run(&[
+        let _ = run(
             "ip",
-            "-n",
-            lab.ns(node),
-            "addr",
-            "del",
-            &format!("{KA_VIP}/24"),
-            "dev",
-            "eth0",
-        ]);
+            &[
+                "-n",
+                lab.ns(node),
+                "addr",
+                "del",
+                &format!("{KA_VIP}/24"),
+                "dev",
+                "eth0",
+            ],
+        );
         let path = |what: &str| {
             self.dir
                 .join(format!("{node}.{what}"))
@@ -346,18 +344,21 @@ impl Announcer for Keepalived {
     }
 
     fn packets_sent(&self, lab: &Lab, i: usize) -> f64 {
-        let out = run_ok(&[
+        let out = run(
             "ip",
-            "netns",
-            "exec",
-            lab.ns(NODES[i]),
-            "nft",
-            "list",
-            "chain",
-            "ip",
-            "flbbench",
-            "out",
-        ]);
+            &[
+                "netns",
+                "exec",
+                lab.ns(NODES[i]),
+                "nft",
+                "list",
+                "chain",
+                "ip",
+                "flbbench",
+                "out",
+            ],
+        )
+        .expect("nft list chain");
         let mut words = out.split_whitespace();
         while let Some(w) = words.next() {
             if w == "packets" {
@@ -413,13 +414,12 @@ fn failover(
     let mut f = Failover::default();
     for t in 0..trials {
         // Link cut: the owner's port on the bridge goes down (cable pulled).
-        let port = format!("p{}", owner + 2);
         let r = trial(lab, vip, mac(owner), mac(next), || {
-            run_ok(&["ip", "-n", lab.ns("lan"), "link", "set", &port, "down"]);
+            lab.net.set_port(NODES[owner], false).expect("port down");
         });
         f.link.push(r.gap);
         f.spurious += r.spurious;
-        run_ok(&["ip", "-n", lab.ns("lan"), "link", "set", &port, "up"]);
+        lab.net.set_port(NODES[owner], true).expect("port up");
         wait_back(lab, vip, mac(owner));
 
         let shared: &Lab = lab;

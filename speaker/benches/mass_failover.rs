@@ -21,7 +21,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -29,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 use ferrolb_core::packet::ndp::{NdpFrame, NdpMessage};
 use ferrolb_core::packet::{ArpFrame, ArpOperation, MacAddr};
+use ferrolb_tests::lab::metric;
 use nix::sys::signal::Signal;
 
 const SAMPLE: usize = 50;
@@ -79,10 +79,7 @@ fn listen(
     watched: BTreeSet<IpAddr>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<(SystemTime, Seen, IpAddr, MacAddr)>> {
-    let path = format!("/run/netns/{}", lab.ns("cli"));
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    lab.spawn_in("cli", move || {
         let index = nix::net::if_::if_nametoindex("eth0").expect("client eth0");
         // ETH_P_ALL: ARP and IPv6 frames on one socket.
         let socket = ferrolb_speaker::sockets::packet_socket(0x0003, index).expect("packet socket");

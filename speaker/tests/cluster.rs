@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ferrolb_core::packet::MacAddr;
 use ferrolb_core::ring::wire::{self, Body, Message};
+use ferrolb_tests::lab::metric;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -88,15 +89,11 @@ fn only_the_owner_answers_and_sigkill_moves_the_address_with_gratuitous_updates(
                 .then_some(())
         },
     );
-    let maddr = run_ok(&[
+    let maddr = run(
         "ip",
-        "-n",
-        lab.ns(NODES[owner]),
-        "maddr",
-        "show",
-        "dev",
-        "eth0",
-    ]);
+        &["-n", lab.ns(NODES[owner]), "maddr", "show", "dev", "eth0"],
+    )
+    .expect("ip maddr show");
     assert!(maddr.contains("ff02::1:ff00:49"), "{maddr}");
     // Unassigned in-pool, outside every pool, a node's own address: silence.
     for silent in ["192.0.2.51", "203.0.113.9"] {
@@ -834,7 +831,6 @@ fn a_flapping_link_moves_the_address_at_most_once() {
 /// and remove it as if nothing were sent.
 #[test]
 fn replayed_heartbeats_do_not_keep_a_killed_owner_alive() {
-    use std::os::fd::AsFd as _;
     let _l = lock();
     let lab = lab("r");
     let owner = lab.wait_owner(VIP);
@@ -842,10 +838,7 @@ fn replayed_heartbeats_do_not_keep_a_killed_owner_alive() {
     let owner_ip: Ipv4Addr = node_ip(owner).parse().unwrap();
     // Record, inside the successor's namespace, membership frames from the
     // owner for 300 ms.
-    let path = format!("/run/netns/{}", lab.ns(NODES[next]));
-    let recorded: Vec<Vec<u8>> = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let recorded: Vec<Vec<u8>> = lab.with_netns(NODES[next], move || {
         let index = nix::net::if_::if_nametoindex("eth0").expect("eth0");
         let socket = ferrolb_speaker::sockets::packet_socket(0x0800, index).expect("packet socket");
         let mut buf = [0u8; 2048];
@@ -871,9 +864,7 @@ fn replayed_heartbeats_do_not_keep_a_killed_owner_alive() {
             std::thread::sleep(Duration::from_millis(1));
         }
         frames
-    })
-    .join()
-    .expect("recorder");
+    });
     assert!(
         recorded.len() >= 5,
         "recorded only {} frames",
@@ -893,10 +884,7 @@ fn replayed_heartbeats_do_not_keep_a_killed_owner_alive() {
     let replayer = {
         let stop = stop.clone();
         let frames = recorded.clone();
-        let path = format!("/run/netns/{}", lab.ns("cli"));
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        lab.spawn_in("cli", move || {
             let index = nix::net::if_::if_nametoindex("eth0").expect("eth0");
             let socket =
                 ferrolb_speaker::sockets::packet_socket(0x0800, index).expect("packet socket");

@@ -11,12 +11,11 @@
 mod common;
 
 use std::io::Read;
-use std::net::Ipv6Addr;
-use std::os::fd::AsFd;
-use std::process::{Child, Command, Output, Stdio};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Namespaces, run, run_ok};
+use common::{Host, Network, Speaker, host, run};
 use ferrolb_core::packet::{
     MacAddr, NdpFrame, NdpMessage, NeighborAdvertisement, NeighborSolicitation, multicast_mac,
     solicited_node_multicast,
@@ -32,93 +31,44 @@ fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     common::eventually(what, DEADLINE, f)
 }
 
-/// A child process stopped on drop.
-struct Speaker(Child);
-
-impl Drop for Speaker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The segment: `lan` holds a bridge; `node` and `client` each have an
-/// `eth0` on it.
+/// The segment: a switch namespace with a bridge; `node` and `client` each
+/// have an `eth0` on it.
 struct Lab {
-    lan: String,
-    node: String,
-    client: String,
-    _namespaces: Namespaces,
+    net: Network,
 }
 
 impl Lab {
     fn new(tag: &str) -> Lab {
         let base = format!("flb{}{tag}", std::process::id());
-        let (lan, node, client) = (
-            format!("{base}-lan"),
-            format!("{base}-node"),
-            format!("{base}-cli"),
-        );
-        let namespaces = Namespaces(vec![]);
-        let mut namespaces = namespaces;
-        for ns in [&lan, &node, &client] {
-            run_ok(&["ip", "netns", "add", ns]);
-            namespaces.0.push(ns.clone());
-        }
-        for ns in [&node, &client] {
-            // No duplicate address detection: addresses usable at once.
-            for key in ["all", "default"] {
-                run_ok(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{key}.accept_dad=0"),
-                ]);
-            }
-            run_ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        run_ok(&[
-            "ip",
-            "-n",
-            &lan,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
-        run_ok(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
-        for (ns, port, mac, v4, v6) in [
-            (&node, "pnode", NODE_MAC, "192.0.2.1/24", "2001:db8::1/64"),
-            (
-                &client,
-                "pclient",
-                CLIENT_MAC,
-                "192.0.2.100/24",
-                "2001:db8::100/64",
+        let hosts = vec![
+            host(
+                &base,
+                "node",
+                "node",
+                Ipv4Addr::new(192, 0, 2, 1),
+                "2001:db8::1",
+                NODE_MAC,
             ),
-        ] {
-            run_ok(&[
-                "ip", "-n", &lan, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                "netns", ns,
-            ]);
-            run_ok(&["ip", "-n", &lan, "link", "set", port, "master", "br0", "up"]);
-            run_ok(&["ip", "-n", ns, "link", "set", "eth0", "address", mac]);
-            run_ok(&["ip", "-n", ns, "addr", "add", v4, "dev", "eth0"]);
-            run_ok(&["ip", "-n", ns, "addr", "add", v6, "dev", "eth0", "nodad"]);
-            run_ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-        }
+            host(
+                &base,
+                "client",
+                "cli",
+                Ipv4Addr::new(192, 0, 2, 100),
+                "2001:db8::100",
+                CLIENT_MAC,
+            ),
+        ];
         Lab {
-            lan,
-            node,
-            client,
-            _namespaces: namespaces,
+            net: Network::new(&format!("{base}-lan"), hosts).expect("the test's segment"),
         }
+    }
+
+    fn node(&self) -> &Host {
+        &self.net.hosts[0]
+    }
+
+    fn client(&self) -> &Host {
+        &self.net.hosts[1]
     }
 
     fn start_speaker(&self, addresses: &[&str]) -> Speaker {
@@ -126,7 +76,7 @@ impl Lab {
         cmd.args([
             "netns",
             "exec",
-            &self.node,
+            &self.node().ns,
             env!("CARGO_BIN_EXE_ferrolb-speaker"),
             "announce",
         ]);
@@ -136,42 +86,35 @@ impl Lab {
         cmd.env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        Speaker(cmd.spawn().expect("cannot start ferrolb-speaker"))
+        Speaker {
+            child: cmd.spawn().expect("cannot start ferrolb-speaker"),
+        }
     }
 
     fn in_client(&self, args: &[&str]) -> Output {
-        let mut full = vec!["ip", "netns", "exec", &self.client];
-        full.extend_from_slice(args);
-        run(&full)
+        self.client().output(args).expect("ip netns exec")
     }
 
     fn client_neighbour(&self, address: &str) -> String {
-        run_ok(&[
+        run(
             "ip",
-            "-n",
-            &self.client,
-            "neigh",
-            "show",
-            address,
-            "dev",
-            "eth0",
-        ])
+            &[
+                "-n",
+                &self.client().ns,
+                "neigh",
+                "show",
+                address,
+                "dev",
+                "eth0",
+            ],
+        )
+        .expect("ip neigh show")
     }
 
     /// Runs `f` on a thread inside the client namespace: sockets it opens
     /// belong to that namespace.
     fn with_client_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.client);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = std::fs::File::open(&path).expect("open netns");
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("setns into the client namespace");
-                f()
-            })
-            .join()
-            .expect("client thread panicked")
-        })
+        ferrolb_tests::lab::in_netns(&self.client().ns, f).expect("the client thread")
     }
 }
 
@@ -188,20 +131,23 @@ fn speaker_answers_arp_and_ndp_for_owned_addresses_only_and_announces_takeover()
     // speaker's gratuitous ARP / unsolicited NA can correct them, since the
     // client sends nothing to these addresses before the check.
     for address in ["192.0.2.50", "2001:db8::50"] {
-        run_ok(&[
+        run(
             "ip",
-            "-n",
-            &lab.client,
-            "neigh",
-            "replace",
-            address,
-            "lladdr",
-            WRONG_MAC,
-            "dev",
-            "eth0",
-            "nud",
-            "stale",
-        ]);
+            &[
+                "-n",
+                &lab.client().ns,
+                "neigh",
+                "replace",
+                address,
+                "lladdr",
+                WRONG_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "stale",
+            ],
+        )
+        .expect("ip neigh replace");
     }
     let _speaker = lab.start_speaker(&["192.0.2.50", "2001:db8::50"]);
 
@@ -254,7 +200,11 @@ fn speaker_answers_arp_and_ndp_for_owned_addresses_only_and_announces_takeover()
     assert!(!contains_mac(&out, NODE_MAC));
 
     // The node joined the solicited-node group of its IPv6 address.
-    let maddr = run_ok(&["ip", "-n", &lab.node, "maddr", "show", "dev", "eth0"]);
+    let maddr = run(
+        "ip",
+        &["-n", &lab.node().ns, "maddr", "show", "dev", "eth0"],
+    )
+    .expect("ip maddr show");
     assert!(maddr.contains("ff02::1:ff00:50"), "{maddr}");
 
     // A solicitation without a source link-layer option (RFC 4861 allows
@@ -263,7 +213,6 @@ fn speaker_answers_arp_and_ndp_for_owned_addresses_only_and_announces_takeover()
     let answer = probe_without_source_option(&lab, multicast_mac(group), group);
     assert!(answer.solicited && answer.override_flag, "{answer:?}");
     assert_eq!(answer.target_mac, Some(NODE_MAC.parse().unwrap()));
-    let _ = &lab.lan;
 }
 
 const TARGET: &str = "2001:db8::50";
@@ -342,7 +291,7 @@ fn a_stopped_responder_answers_no_request_that_waited_past_the_limit() {
     let log = Arc::new(Mutex::new(common::TaggedLog::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let prober = common::probe_tagged_in(
-        lab.client.clone(),
+        &lab.client().ns,
         vip,
         Duration::from_millis(10),
         stop.clone(),
@@ -358,23 +307,15 @@ fn a_stopped_responder_answers_no_request_that_waited_past_the_limit() {
     eventually("the responder answering", || {
         answered_since(start).then_some(())
     });
-    let pid = speaker.0.id();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .expect("SIGSTOP");
+    let pid = speaker.child.id();
+    speaker.signal(nix::sys::signal::Signal::SIGSTOP);
     eventually("the responder stopped", || {
         common::all_threads_stopped(pid).then_some(())
     });
     let paused = SystemTime::now();
     std::thread::sleep(Duration::from_secs(1));
     let resumed = SystemTime::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .expect("SIGCONT");
+    speaker.signal(nix::sys::signal::Signal::SIGCONT);
     eventually("fresh requests answered again", || {
         answered_since(resumed).then_some(())
     });
@@ -438,7 +379,6 @@ fn the_responder_answers_only_while_the_liveness_epoch_is_current() {
     let renewing = Arc::new(AtomicBool::new(true));
     let current = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let node_path = format!("/run/netns/{}", lab.node);
     let node = {
         let (liveness, stats, renewing, current, done) = (
             liveness.clone(),
@@ -447,10 +387,7 @@ fn the_responder_answers_only_while_the_liveness_epoch_is_current() {
             current.clone(),
             done.clone(),
         );
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&node_path).expect("open netns");
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("setns into the node namespace");
+        ferrolb_tests::lab::spawn_in_netns(&lab.node().ns, move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -484,6 +421,7 @@ fn the_responder_answers_only_while_the_liveness_epoch_is_current() {
                 }
             })
         })
+        .expect("the node's thread")
     };
     let dropped = |reason: &str| {
         stats

@@ -22,23 +22,16 @@
 //! namespaces the lab creates and deletes.
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-/// One machine of the lab: a network namespace with `eth0` on the segment.
-#[derive(Clone, Debug)]
-pub struct Host {
-    /// The Kubernetes node name (or `cp` / `client`).
-    pub name: String,
-    pub ns: String,
-    pub ip4: Ipv4Addr,
-    pub ip6: Ipv6Addr,
-    pub mac: String,
-}
+mod network;
+
+pub use network::{Host, Network, in_netns, spawn_in_netns};
 
 #[derive(Clone, Debug)]
 pub struct LabOptions {
@@ -155,14 +148,12 @@ struct Proc {
 /// A running lab. Dropping it stops every process and deletes every namespace.
 pub struct Lab {
     pub dir: PathBuf,
-    switch: String,
     pub cp: Host,
     pub client: Host,
     pub nodes: Vec<Host>,
     pub kubeconfig: PathBuf,
     bin_dir: PathBuf,
     impersonate: bool,
-    namespaces: Vec<String>,
     procs: Vec<Proc>,
     /// The real control plane, if the lab runs on one.
     pub control_plane: Option<crate::kube::ControlPlane>,
@@ -171,6 +162,9 @@ pub struct Lab {
     prefix: String,
     /// Each node's kube-proxy: node, program, arguments.
     proxies: Vec<(String, String, Vec<String>)>,
+    /// The segment: `cp`, `client` and the nodes, in that order. Last, so
+    /// that its namespaces are deleted after everything in them stopped.
+    network: Network,
 }
 
 /// Runs a command, failing with its output when it fails.
@@ -226,7 +220,8 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     run_with_input(program, args, None)
 }
 
-fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+/// [`run`] with `input` (if any) on its standard input.
+pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if input.is_some() {
@@ -270,10 +265,20 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// Polls `f` until it returns `Some`, for at most `limit`.
+/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
 pub fn eventually<T>(
     what: &str,
     limit: Duration,
+    f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    eventually_every(what, limit, Duration::from_millis(50), f)
+}
+
+/// Polls `f` every `every` until it returns `Some`, for at most `limit`.
+pub fn eventually_every<T>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
     mut f: impl FnMut() -> Option<T>,
 ) -> anyhow::Result<T> {
     let deadline = Instant::now() + limit;
@@ -287,7 +292,7 @@ pub fn eventually<T>(
         if Instant::now() > deadline {
             bail!("timed out after {limit:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every);
     }
 }
 
@@ -313,19 +318,7 @@ impl Lab {
 
     /// Deletes namespaces left by labs whose process is gone (a run that was killed).
     pub fn clean_stale() {
-        let Ok(list) = run("ip", &["netns", "list"]) else {
-            return;
-        };
-        for line in list.lines() {
-            let name = line.split_whitespace().next().unwrap_or("");
-            let Some(rest) = name.strip_prefix("flblab") else {
-                continue;
-            };
-            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = run("ip", &["netns", "del", name]);
-            }
-        }
+        Network::clean_stale("flblab");
     }
 
     /// Builds the network, starts the control plane and a speaker, a backend
@@ -346,13 +339,36 @@ impl Lab {
             ip6: format!("2001:db8::{i:x}").parse().expect("valid"),
             mac: format!("02:00:00:00:00:{i:02x}"),
         };
-        let mut lab = Lab {
-            switch: format!("{prefix}-switch"),
-            cp: host("cp", 2),
-            client: host("client", 100),
-            nodes: (1..=opts.nodes)
-                .map(|i| host(&format!("node-{i}"), 10 + i as u8))
+        let cp = host("cp", 2);
+        let client = host("client", 100);
+        let nodes: Vec<Host> = (1..=opts.nodes)
+            .map(|i| host(&format!("node-{i}"), 10 + i as u8))
+            .collect();
+        let network = Network::new(
+            &format!("{prefix}-switch"),
+            [cp.clone(), client.clone()]
+                .into_iter()
+                .chain(nodes.clone())
                 .collect(),
+        )?;
+        // One kernel holds every lab host, and its IPv4 neighbour table is
+        // shared by all namespaces (at most gc_thresh3, 1024 entries,
+        // machine-wide). At 50 nodes the speakers' contacts with each other
+        // (n² entries) fill it: a node that cannot resolve the control plane
+        // cannot reach the API, and membership packets wait on failed
+        // resolutions. Fixed entries between the control plane and every
+        // node and between every two nodes (fixed entries do not count
+        // against the limit) keep the table for what the lab tests: the
+        // client resolving service addresses. On real machines each node
+        // has a table of its own.
+        let pinned: Vec<&str> = std::iter::once(cp.name.as_str())
+            .chain(nodes.iter().map(|n| n.name.as_str()))
+            .collect();
+        network.pin_neighbours(&pinned)?;
+        let mut lab = Lab {
+            cp,
+            client,
+            nodes,
             kubeconfig: opts
                 .kubeconfig
                 .clone()
@@ -360,7 +376,6 @@ impl Lab {
             bin_dir: opts.bin_dir.clone(),
             impersonate: opts.rbac_manifests.is_some(),
             dir,
-            namespaces: vec![],
             procs: vec![],
             control_plane: None,
             kubectl_bin: match &opts.real {
@@ -369,8 +384,8 @@ impl Lab {
             },
             prefix: prefix.clone(),
             proxies: vec![],
+            network,
         };
-        lab.network()?;
         if let Some(real) = &opts.real {
             if opts.kubeconfig.is_some() || opts.rbac_manifests.is_some() {
                 bail!("a lab on a real control plane starts its own (no --kubeconfig, no --rbac)");
@@ -623,117 +638,6 @@ impl Lab {
 
     fn bin(&self, name: &str) -> String {
         self.bin_dir.join(name).to_string_lossy().into_owned()
-    }
-
-    fn network(&mut self) -> anyhow::Result<()> {
-        let all: Vec<Host> = [self.cp.clone(), self.client.clone()]
-            .into_iter()
-            .chain(self.nodes.clone())
-            .collect();
-        for ns in std::iter::once(self.switch.clone()).chain(all.iter().map(|h| h.ns.clone())) {
-            run("ip", &["netns", "add", &ns])?;
-            self.namespaces.push(ns.clone());
-            run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-        }
-        let sw = self.switch.clone();
-        run(
-            "ip",
-            &[
-                "-n",
-                &sw,
-                "link",
-                "add",
-                "br0",
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-            ],
-        )?;
-        run("ip", &["-n", &sw, "link", "set", "br0", "up"])?;
-        for (i, h) in all.iter().enumerate() {
-            let port = format!("p{i}");
-            run(
-                "ip",
-                &[
-                    "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                    "netns", &h.ns,
-                ],
-            )?;
-            run(
-                "ip",
-                &["-n", &sw, "link", "set", &port, "master", "br0", "up"],
-            )?;
-            // Addresses usable at once: no duplicate address detection.
-            for key in ["all", "default", "eth0"] {
-                run(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        &h.ns,
-                        "sysctl",
-                        "-qw",
-                        &format!("net.ipv6.conf.{key}.accept_dad=0"),
-                    ],
-                )?;
-            }
-            run(
-                "ip",
-                &["-n", &h.ns, "link", "set", "eth0", "address", &h.mac],
-            )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &h.ns,
-                    "addr",
-                    "add",
-                    &format!("{}/24", h.ip4),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &h.ns,
-                    "addr",
-                    "add",
-                    &format!("{}/64", h.ip6),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            )?;
-            run("ip", &["-n", &h.ns, "link", "set", "eth0", "up"])?;
-        }
-        // One kernel holds every lab host, and its IPv4 neighbour table is
-        // shared by all namespaces (at most gc_thresh3, 1024 entries,
-        // machine-wide). At 50 nodes the speakers' contacts with each other
-        // (n² entries) fill it: a node that cannot resolve the control plane
-        // cannot reach the API, and membership packets wait on failed
-        // resolutions. Fixed entries between the control plane and every
-        // node and between every two nodes (fixed entries do not count
-        // against the limit) keep the table for what the lab tests: the
-        // client resolving service addresses. On real machines each node
-        // has a table of its own.
-        let hosts: Vec<&Host> = std::iter::once(&self.cp).chain(&self.nodes).collect();
-        for h in &hosts {
-            let batch: String = hosts
-                .iter()
-                .filter(|o| o.ns != h.ns)
-                .map(|o| {
-                    format!(
-                        "neigh replace {} lladdr {} dev eth0 nud permanent\n",
-                        o.ip4, o.mac
-                    )
-                })
-                .collect();
-            run_with_input("ip", &["-n", &h.ns, "-batch", "-"], Some(&batch))?;
-        }
-        Ok(())
     }
 
     fn start_api_server(&mut self, rbac: Option<&Path>) -> anyhow::Result<()> {
@@ -1454,33 +1358,17 @@ impl Lab {
     /// Pulls the node's cable: its port on the switch goes down (the node's
     /// `eth0` loses its carrier but keeps its addresses and routes).
     pub fn unplug(&self, node: &str) -> anyhow::Result<()> {
-        self.set_port(node, "down")
+        self.set_port(node, false)
     }
 
     /// Plugs the node's cable back in ([`Lab::unplug`]).
     pub fn plug(&self, node: &str) -> anyhow::Result<()> {
-        self.set_port(node, "up")
+        self.set_port(node, true)
     }
 
-    fn set_port(&self, node: &str, state: &str) -> anyhow::Result<()> {
-        let i = self
-            .nodes
-            .iter()
-            .position(|n| n.name == node)
-            .with_context(|| format!("no node {node}"))?;
-        // Ports are numbered in the order of `network`: cp, client, nodes.
-        run(
-            "ip",
-            &[
-                "-n",
-                &self.switch,
-                "link",
-                "set",
-                &format!("p{}", i + 2),
-                state,
-            ],
-        )?;
-        Ok(())
+    fn set_port(&self, node: &str, up: bool) -> anyhow::Result<()> {
+        self.node(node).with_context(|| format!("no node {node}"))?;
+        self.network.set_port(node, up)
     }
 
     /// Takes `eth0` of a node down: its link is cut.
@@ -1517,9 +1405,7 @@ impl Drop for Lab {
                 }
             }
         }
-        for ns in self.namespaces.iter().rev() {
-            let _ = run("ip", &["netns", "del", ns]);
-        }
+        // The lab's own namespaces go when `network` is dropped, after this.
     }
 }
 

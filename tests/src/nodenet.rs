@@ -208,29 +208,6 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a thread that has joined namespace `ns` (a network namespace
-/// is per thread: the caller's thread is untouched).
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> anyhow::Result<T> {
-    let path = format!("/run/netns/{ns}");
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setns on a valid descriptor; it changes this thread only.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(anyhow::anyhow!(
-                "setns: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the thread in {ns} panicked"))?
-}
-
 /// One HTTP GET of `/` on `addr` (a new connection), with timeouts; the body.
 pub fn http_get(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
     use std::io::{Read as _, Write as _};

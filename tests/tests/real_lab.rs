@@ -20,8 +20,8 @@ use ferrolb_tests::kube::{
     ControlPlane, ControlPlaneOptions, DOC_SERVICE_CIDRS, KUBE_BIN_ENV, KubeBinaries,
 };
 use ferrolb_tests::kubeproxy::{KubeProxy, ProxyMode, nft_rules};
-use ferrolb_tests::lab::run;
-use ferrolb_tests::nodenet::{Segment, http_get, in_netns, sysctl};
+use ferrolb_tests::lab::{in_netns, run};
+use ferrolb_tests::nodenet::{Segment, http_get, sysctl};
 use serde_json::{Value, json};
 
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 240);

@@ -1,7 +1,8 @@
 //! The lab shared by the speaker's cluster tests and its failover benchmark:
-//! a bridge in namespace `lan`; namespaces `node-a`, `node-b`, `node-c`
-//! each with an `eth0` on it and running a real `ferrolb-speaker`; `ctl`
-//! holding the test API server; `cli` the client.
+//! on one segment ([`ferrolb_tests::lab::Network`]: a switch namespace with
+//! a bridge), namespaces `node-a`, `node-b`, `node-c` each with an `eth0` on
+//! it and running a real `ferrolb-speaker`; `ctl` holding the test API
+//! server; `cli` the client.
 //!
 //! The speakers must reach the API server, and a process in a network
 //! namespace cannot reach the root namespace's 127.0.0.1. Rather than add
@@ -19,7 +20,6 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrolb_core::packet::{ArpFrame, ArpOperation, MacAddr};
+pub use ferrolb_tests::lab::{Host, Network, run};
+use ferrolb_tests::lab::{eventually_every, in_netns, spawn_in_netns};
 use ferrolb_tests::{ServerOptions, TestApiServer};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -49,50 +51,28 @@ pub fn node_ip(i: usize) -> String {
     format!("192.0.2.{}", i + 1)
 }
 
-pub fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e} (see scripts/install-deps.sh)"))
+/// [`ferrolb_tests::lab::eventually`], polling every 20 ms (some tests take
+/// the time of an event from it), and panicking with `what` after
+/// `deadline`.
+pub fn eventually<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T>) -> T {
+    eventually_every(what, deadline, Duration::from_millis(20), f)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-pub fn run_ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `deadline`.
-pub fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Network namespaces deleted on drop.
-pub struct Namespaces(pub Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = run(&["ip", "netns", "del", ns]);
-        }
+/// A host of a lab segment: `name` in namespace `<base>-<short>`.
+pub fn host(base: &str, name: &str, short: &str, ip4: Ipv4Addr, ip6: &str, mac: &str) -> Host {
+    Host {
+        name: name.to_owned(),
+        ns: format!("{base}-{short}"),
+        ip4,
+        ip6: ip6.parse().expect("an IPv6 address"),
+        mac: mac.to_owned(),
     }
 }
 
 /// A speaker process, killed (by its own PID) on drop.
 pub struct Speaker {
     pub child: Child,
-    pub exited: Option<Instant>,
 }
 
 impl Speaker {
@@ -153,8 +133,8 @@ impl Drop for ControlPlane {
 pub struct Lab {
     pub speakers: Vec<Option<Speaker>>,
     pub cp: ControlPlane,
-    pub names: BTreeMap<&'static str, String>,
-    _namespaces: Namespaces,
+    /// `ctl`, `cli` and the nodes, on switch ports `p0`..`p4` in that order.
+    pub net: Network,
 }
 
 /// A Service as the controller leaves it: LoadBalancer, status addresses.
@@ -165,96 +145,51 @@ pub struct LabService {
 }
 
 impl Lab {
+    /// The host of `role`: `ctl`, `cli` or a node.
+    pub fn host(&self, role: &str) -> &Host {
+        self.net
+            .host(role)
+            .unwrap_or_else(|| panic!("no host {role} in the lab"))
+    }
+
     pub fn ns(&self, role: &str) -> &str {
-        &self.names[role]
+        &self.host(role).ns
     }
 
     /// Creates the namespaces, the segment and the control plane.
     pub fn new(tag: &str) -> Lab {
         let base = format!("flb{}{tag}", std::process::id());
-        let mut names = BTreeMap::new();
-        let mut namespaces = Namespaces(vec![]);
-        for role in ["lan", "ctl", "cli", NODES[0], NODES[1], NODES[2]] {
-            let short = role.trim_start_matches("node-");
-            let name = format!("{base}-{short}");
-            run_ok(&["ip", "netns", "add", &name]);
-            namespaces.0.push(name.clone());
-            names.insert(role, name);
-        }
-        let lan = names["lan"].clone();
-        run_ok(&[
-            "ip",
-            "-n",
-            &lan,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
-        run_ok(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
-        let mut hosts: Vec<(&str, String, String, String)> = vec![
-            (
+        let mut hosts = vec![
+            host(
+                &base,
                 "ctl",
-                "02:00:00:00:03:03".into(),
-                "192.0.2.200/24".into(),
-                "2001:db8::200/64".into(),
+                "ctl",
+                Ipv4Addr::new(192, 0, 2, 200),
+                "2001:db8::200",
+                "02:00:00:00:03:03",
             ),
-            (
-                "cli",
-                CLIENT_MAC.into(),
-                format!("{CLIENT_IP}/24"),
-                "2001:db8::100/64".into(),
-            ),
+            host(&base, "cli", "cli", CLIENT_IP, "2001:db8::100", CLIENT_MAC),
         ];
         for (i, n) in NODES.iter().enumerate() {
-            hosts.push((
+            hosts.push(host(
+                &base,
                 n,
-                node_mac(i),
-                format!("{}/24", node_ip(i)),
-                format!("2001:db8::{}/64", i + 1),
+                n.trim_start_matches("node-"),
+                node_ip(i).parse().unwrap(),
+                &format!("2001:db8::{}", i + 1),
+                &node_mac(i),
             ));
         }
-        for (port, (role, mac, v4, v6)) in hosts.iter().enumerate() {
-            let ns = &names[role];
-            for key in ["all", "default"] {
-                run_ok(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{key}.accept_dad=0"),
-                ]);
-            }
-            run_ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            let p = format!("p{port}");
-            run_ok(&[
-                "ip", "-n", &lan, "link", "add", &p, "type", "veth", "peer", "name", "eth0",
-                "netns", ns,
-            ]);
-            run_ok(&["ip", "-n", &lan, "link", "set", &p, "master", "br0", "up"]);
-            run_ok(&["ip", "-n", ns, "link", "set", "eth0", "address", mac]);
-            run_ok(&["ip", "-n", ns, "addr", "add", v4, "dev", "eth0"]);
-            run_ok(&["ip", "-n", ns, "addr", "add", v6, "dev", "eth0", "nodad"]);
-            run_ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-        }
+        let net = Network::new(&format!("{base}-lan"), hosts).expect("the lab's segment");
 
-        let ctl = names["ctl"].clone();
-        let runtime = std::thread::spawn(move || {
-            let f = std::fs::File::open(format!("/run/netns/{ctl}")).expect("open netns");
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns ctl");
+        let runtime = in_netns(&net.host("ctl").unwrap().ns, || {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .expect("runtime")
         })
-        .join()
-        .expect("control-plane thread");
+        .expect("control-plane thread in ctl");
         let (server, client) = runtime
             .block_on(runtime.spawn(async {
                 let server = TestApiServer::start_with(ServerOptions {
@@ -277,8 +212,7 @@ impl Lab {
                 client,
                 kubeconfig,
             },
-            names,
-            _namespaces: namespaces,
+            net,
         }
     }
 
@@ -351,7 +285,7 @@ impl Lab {
 
     /// Starts the speaker of node `i`.
     pub fn start_speaker(&mut self, i: usize, extra: &[&str]) {
-        let ns = self.names[NODES[i]].clone();
+        let ns = self.ns(NODES[i]).to_owned();
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -383,10 +317,7 @@ impl Lab {
         while self.speakers.len() <= i {
             self.speakers.push(None);
         }
-        self.speakers[i] = Some(Speaker {
-            child,
-            exited: None,
-        });
+        self.speakers[i] = Some(Speaker { child });
     }
 
     pub fn start_all(&mut self, extra: &[&str]) {
@@ -397,9 +328,7 @@ impl Lab {
 
     /// `ip netns exec <role> args...`
     pub fn exec(&self, role: &str, args: &[&str]) -> Output {
-        let mut full = vec!["ip", "netns", "exec", self.ns(role)];
-        full.extend_from_slice(args);
-        run(&full)
+        self.host(role).output(args).expect("ip netns exec")
     }
 
     /// The metrics text of node `i`'s speaker.
@@ -454,50 +383,37 @@ impl Lab {
 
     /// The client's neighbour entry for `ip` (`ip neigh show`).
     pub fn client_neighbour(&self, ip: &str) -> String {
-        run_ok(&[
+        run(
             "ip",
-            "-n",
-            self.ns("cli"),
-            "neigh",
-            "show",
-            ip,
-            "dev",
-            "eth0",
-        ])
+            &["-n", self.ns("cli"), "neigh", "show", ip, "dev", "eth0"],
+        )
+        .expect("ip neigh show")
         .to_lowercase()
     }
 
     pub fn set_client_neighbour(&self, ip: &str, mac: &str) {
-        run_ok(&[
+        run(
             "ip",
-            "-n",
-            self.ns("cli"),
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            mac,
-            "dev",
-            "eth0",
-            "nud",
-            "stale",
-        ]);
+            &[
+                "-n",
+                self.ns("cli"),
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                "eth0",
+                "nud",
+                "stale",
+            ],
+        )
+        .expect("ip neigh replace");
     }
 
     /// Runs `f` on a thread inside namespace `role`.
-    pub fn with_netns<T: Send + 'static>(
-        &self,
-        role: &str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        let path = format!("/run/netns/{}", self.ns(role));
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
+    pub fn with_netns<T: Send>(&self, role: &str, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(self.ns(role), f).expect("netns thread")
     }
 
     /// Spawns `f` on a thread inside namespace `role`.
@@ -506,12 +422,7 @@ impl Lab {
         role: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.ns(role));
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
+        spawn_in_netns(self.ns(role), f).expect("netns thread")
     }
 
     /// Waits until every running speaker is ready and `ip` is answered by
@@ -678,14 +589,6 @@ pub fn probe_in_background(
     })
 }
 
-/// The sum of a metric's samples whose line starts with `prefix`.
-pub fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The election's answer for the lab's nodes, for cross-checking.
 pub fn expected_rank(ip: &str) -> Vec<usize> {
     let ip: IpAddr = ip.parse().unwrap();
@@ -729,21 +632,19 @@ pub fn probe_tagged_in_background(
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<TaggedLog>>,
 ) -> std::thread::JoinHandle<()> {
-    probe_tagged_in(lab.ns("cli").to_owned(), target, every, stop, log)
+    probe_tagged_in(lab.ns("cli"), target, every, stop, log)
 }
 
 /// [`probe_tagged_in_background`] from the client namespace `netns`
 /// (its `eth0` has [`CLIENT_MAC`] and [`CLIENT_IP`]).
 pub fn probe_tagged_in(
-    netns: String,
+    netns: &str,
     target: Ipv4Addr,
     every: Duration,
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<TaggedLog>>,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    spawn_in_netns(netns, move || {
         let index = nix::net::if_::if_nametoindex("eth0").expect("client eth0");
         let socket = ferrolb_speaker::sockets::packet_socket(0x0806, index).expect("packet socket");
         let client: MacAddr = CLIENT_MAC.parse().unwrap();
@@ -789,6 +690,7 @@ pub fn probe_tagged_in(
             std::thread::sleep(Duration::from_micros(500));
         }
     })
+    .expect("the prober's thread in the client")
 }
 
 /// Whether every thread of process `pid` is stopped (state T in
