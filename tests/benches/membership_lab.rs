@@ -288,9 +288,9 @@ fn main() -> anyhow::Result<()> {
          Per speaker at rest over {secs} s: CPU (user + system from /proc, % of one core), membership \
          packets sent per second (its `ferrolb_membership_packets_sent_total`), RSS. All N speakers \
          share this machine's cores. Failover (ring only): the node owning a Service's address dies (its speaker \
-         killed with SIGKILL, its switch port set down) while the client sends a request every 10 ms (one at a time, 20 ms timeout: \
-         gaps are measured to about 30 ms); the longest \
-         gap between two answers, p50 / p99 / max over the trials (the node plugged in again, its speaker \
+         killed with SIGKILL, its switch port set down) while the client starts a request every 5 ms, each on its own \
+         (100 ms timeout), so gaps are measured to about 5 ms; the longest \
+         gap between the starts of two answered requests, p50 / p99 / max over the trials (the node plugged in again, its speaker \
          restarted and the address settled between trials).\n",
         sizes
             .iter()
