@@ -93,6 +93,7 @@ pub(crate) fn start(
                     paused: false,
                     last_run: crate::clock::boottime(),
                     rejoining: None,
+                    deaf: false,
                     liveness: runner_live,
                 }
                 .run()
@@ -142,6 +143,8 @@ struct Runner {
     /// later, so that requests queued during the stall have aged out and
     /// the daemon sees the re-join.
     rejoining: Option<Duration>,
+    /// The core said this node hears nothing (logged when it changes).
+    deaf: bool,
     liveness: Arc<Liveness>,
 }
 
@@ -149,6 +152,7 @@ struct Runner {
 struct Snapshot {
     joined: bool,
     fenced: bool,
+    deaf: bool,
     members: usize,
     /// The members that may own addresses (hold-downs applied). A
     /// hold-down's end is a view change of its own, so this stays right
@@ -454,6 +458,7 @@ impl Runner {
             Snapshot {
                 joined: v.joined,
                 fenced: v.fenced,
+                deaf: v.deaf,
                 members: v.members.len(),
                 electable: v.electable(now),
             }
@@ -470,6 +475,17 @@ impl Runner {
         let rejoining = self.rejoining.is_some();
         self.liveness
             .renew(self.last_run, joined && !rejoining && !v.fenced);
+        if self.deaf != v.deaf {
+            self.deaf = v.deaf;
+            if v.deaf {
+                warn!(
+                    port = self.settings.bind.port(),
+                    "no membership packet from any peer: this node withholds its reports, stops announcing and soon its heartbeats, so that its peers take over its addresses (is inbound UDP to this port filtered on this node?)"
+                );
+            } else {
+                info!("membership packets from peers again");
+            }
+        }
         self.view.send_if_modified(|view| {
             let mut changed = false;
             if fresh && view.alive != v.electable {

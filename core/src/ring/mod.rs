@@ -210,6 +210,9 @@ pub struct View {
     /// This node cannot tell that it is on the majority side: it must not
     /// announce.
     pub fenced: bool,
+    /// This node hears no packet at all (see `Settings::deaf_after`): it
+    /// withholds its reports and, soon after, its heartbeats.
+    pub deaf: bool,
     pub incarnation: u64,
     /// Members in hold-down, and until when.
     pub held: BTreeMap<String, Instant>,
@@ -353,6 +356,8 @@ pub struct Member {
     cut_since: Option<Instant>,
     /// When this node last accepted a packet from anyone.
     last_heard_any: Instant,
+    /// `deaf` as last published in the view.
+    hears_nothing: bool,
     next_heartbeat: Instant,
     welcomed: BTreeSet<String>,
     /// Candidates that have not answered this incarnation's join.
@@ -416,6 +421,7 @@ impl Member {
             reports_changed: now,
             cut_since: None,
             last_heard_any: now,
+            hears_nothing: false,
             next_heartbeat: now,
             welcomed: BTreeSet::new(),
             unanswered: BTreeSet::new(),
@@ -534,6 +540,7 @@ impl Member {
                 .collect(),
             joined: self.joined,
             fenced: self.fenced,
+            deaf: self.hears_nothing,
             incarnation: self.incarnation,
             held: self.held.clone(),
         }
@@ -1167,9 +1174,11 @@ impl Member {
         if joined && self.next_join.is_some() && self.joined != joined {
             self.next_join = None;
         }
-        if joined != self.joined || fenced != self.fenced {
+        let deaf = self.deaf(now);
+        if joined != self.joined || fenced != self.fenced || deaf != self.hears_nothing {
             self.joined = joined;
             self.fenced = fenced;
+            self.hears_nothing = deaf;
             self.out.push_back(Output::ViewChanged);
         }
     }

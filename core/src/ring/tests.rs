@@ -754,6 +754,14 @@ fn a_node_that_hears_nothing_is_removed_and_fences_no_one_else() {
             !sim.member(deaf).may_announce(),
             "{n}/{seed}: deaf node announces"
         );
+        assert!(
+            sim.member(deaf).view().deaf,
+            "{n}/{seed}: deafness not in the view"
+        );
+        assert!(
+            (0..n as u32).all(|i| i == deaf || !sim.member(i).view().deaf),
+            "{n}/{seed}: a node that hears is deaf"
+        );
         let rest: Vec<u32> = (0..n as u32).filter(|&i| i != deaf).collect();
         assert!(sim.agree_on(&rest), "{n}/{seed}: the others disagree");
     }
