@@ -14,107 +14,49 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::lab::{Host, run};
+use crate::lab::{Host, Network, run};
 
 /// A bridge segment with hosts, and the processes started in them. Dropping
 /// it kills the processes, then deletes the namespaces and the log directory.
 pub struct Segment {
     pub dir: PathBuf,
-    pub hosts: Vec<Host>,
-    namespaces: Vec<String>,
+    /// Dropped after `Drop::drop` killed the processes.
+    net: Network,
     procs: Vec<(String, Child)>,
     keep_dir: bool,
 }
 
 impl Segment {
     /// A switch namespace with bridge `br0`, and one namespace per `(name, N)`
-    /// with `eth0` at 192.0.2.N and 2001:db8::N.
+    /// with `eth0` at 192.0.2.N and 2001:db8::N (the lab's [`Network`]).
     pub fn new(hosts: &[(&str, u8)]) -> anyhow::Result<Segment> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let prefix = format!("flblab{}r{seq}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir)?;
-        let mut seg = Segment {
+        let hosts = hosts
+            .iter()
+            .map(|(name, i)| Host {
+                name: (*name).to_owned(),
+                ns: format!("{prefix}-{name}"),
+                ip4: Ipv4Addr::new(192, 0, 2, *i),
+                ip6: format!("2001:db8::{i:x}").parse().expect("valid"),
+                mac: format!("02:00:00:00:01:{i:02x}"),
+            })
+            .collect();
+        let net = Network::new(&format!("{prefix}-switch"), hosts)?;
+        Ok(Segment {
             dir,
-            hosts: hosts
-                .iter()
-                .map(|(name, i)| Host {
-                    name: (*name).to_owned(),
-                    ns: format!("{prefix}-{name}"),
-                    ip4: Ipv4Addr::new(192, 0, 2, *i),
-                    ip6: format!("2001:db8::{i:x}").parse().expect("valid"),
-                    mac: format!("02:00:00:00:01:{i:02x}"),
-                })
-                .collect(),
-            namespaces: Vec::new(),
+            net,
             procs: Vec::new(),
             keep_dir: false,
-        };
-        let switch = format!("{prefix}-switch");
-        for ns in std::iter::once(switch.clone()).chain(seg.hosts.iter().map(|h| h.ns.clone())) {
-            run("ip", &["netns", "add", &ns])?;
-            seg.namespaces.push(ns.clone());
-            run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-        }
-        run(
-            "ip",
-            &["-n", &switch, "link", "add", "br0", "type", "bridge"],
-        )?;
-        run("ip", &["-n", &switch, "link", "set", "br0", "up"])?;
-        for (i, h) in seg.hosts.iter().enumerate() {
-            let port = format!("p{i}");
-            run(
-                "ip",
-                &[
-                    "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                    "netns", &h.ns,
-                ],
-            )?;
-            run(
-                "ip",
-                &["-n", &switch, "link", "set", &port, "master", "br0", "up"],
-            )?;
-            sysctl(&h.ns, "net.ipv6.conf.all.accept_dad", "0")?;
-            sysctl(&h.ns, "net.ipv6.conf.default.accept_dad", "0")?;
-            run(
-                "ip",
-                &["-n", &h.ns, "link", "set", "eth0", "address", &h.mac],
-            )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &h.ns,
-                    "addr",
-                    "add",
-                    &format!("{}/24", h.ip4),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &h.ns,
-                    "addr",
-                    "add",
-                    &format!("{}/64", h.ip6),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            )?;
-            run("ip", &["-n", &h.ns, "link", "set", "eth0", "up"])?;
-        }
-        Ok(seg)
+        })
     }
 
     pub fn host(&self, name: &str) -> &Host {
-        self.hosts
-            .iter()
-            .find(|h| h.name == name)
+        self.net
+            .host(name)
             .unwrap_or_else(|| panic!("no host {name}"))
     }
 
@@ -180,9 +122,6 @@ impl Drop for Segment {
         for (_, child) in &mut self.procs {
             let _ = child.kill();
             let _ = child.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = run("ip", &["netns", "del", ns]);
         }
         if self.keep_dir || std::thread::panicking() {
             eprintln!("logs kept in {}", self.dir.display());

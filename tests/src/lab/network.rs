@@ -122,31 +122,13 @@ impl Network {
                 "ip",
                 &["-n", &h.ns, "link", "set", "eth0", "address", &h.mac],
             )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &h.ns,
-                    "addr",
-                    "add",
-                    &format!("{}/24", h.ip4),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &h.ns,
-                    "addr",
-                    "add",
-                    &format!("{}/64", h.ip6),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            )?;
+            let v4 = format!("{}/24", h.ip4);
+            let v6 = format!("{}/64", h.ip6);
+            for (addr, flags) in [(&v4, &[][..]), (&v6, &["nodad"][..])] {
+                let mut args = vec!["-n", &h.ns, "addr", "add", addr, "dev", "eth0"];
+                args.extend(flags);
+                run("ip", &args)?;
+            }
             run("ip", &["-n", &h.ns, "link", "set", "eth0", "up"])?;
         }
         Ok(net)
