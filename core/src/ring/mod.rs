@@ -621,7 +621,7 @@ impl Member {
         }
         if self.joined && !self.left && self.leaving.is_none() && now >= self.next_probe {
             self.next_probe = now + self.s.probe_outside;
-            self.probe(now);
+            self.probe_outside();
         }
         self.resend_leave(now);
         if now >= self.next_expiry {
@@ -708,17 +708,22 @@ impl Member {
         false
     }
 
+    /// How long a node with two or more subjects has heard no packet.
+    fn unheard_for(&self, now: Instant) -> Duration {
+        if self.watching.len() < 2 {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(self.last_heard_any)
+    }
+
     /// See `Settings::deaf_after`.
     fn deaf(&self, now: Instant) -> bool {
-        self.watching.len() >= 2
-            && now.saturating_duration_since(self.last_heard_any) >= self.s.deaf_after()
+        self.unheard_for(now) >= self.s.deaf_after()
     }
 
     /// Deaf for an edge timeout: no heartbeats.
     fn silent(&self, now: Instant) -> bool {
-        self.watching.len() >= 2
-            && now.saturating_duration_since(self.last_heard_any)
-                >= self.s.deaf_after() + self.s.edge_timeout
+        self.unheard_for(now) >= self.s.deaf_after() + self.s.edge_timeout
     }
 
     fn accept(&mut self, msg: Message, now: Instant) -> Result<(), Reject> {
@@ -1240,21 +1245,16 @@ impl Member {
     }
 
     /// A `Join` to the next two candidates that are not members (see
-    /// [`Settings::probe_outside`]).
-    /// Sends a `Join` to two candidates outside the view in turn; a node
-    /// that stopped its heartbeats because it hears nothing sends it to
-    /// two of its observers instead, so that once it hears again one of
-    /// them tells it that it was removed.
-    fn probe(&mut self, now: Instant) {
-        let outside: Vec<String> = if self.silent(now) {
-            self.observers.clone()
-        } else {
-            self.candidates
-                .iter()
-                .filter(|c| **c != self.me && !self.is_member(c))
-                .cloned()
-                .collect()
-        };
+    /// [`Settings::probe_outside`]). A node its peers removed because it
+    /// heard nothing is one of theirs: once it hears again, their probe
+    /// reaches it, it sends heartbeats again and is told it was removed.
+    fn probe_outside(&mut self) {
+        let outside: Vec<String> = self
+            .candidates
+            .iter()
+            .filter(|c| **c != self.me && !self.is_member(c))
+            .cloned()
+            .collect();
         if outside.is_empty() {
             return;
         }

@@ -764,5 +764,17 @@ fn a_node_that_hears_nothing_is_removed_and_fences_no_one_else() {
         );
         let rest: Vec<u32> = (0..n as u32).filter(|&i| i != deaf).collect();
         assert!(sim.agree_on(&rest), "{n}/{seed}: the others disagree");
+        // Once it hears again, its probes reach an observer, which tells
+        // it that it was removed: it re-joins.
+        for j in (0..n as u32).filter(|&j| j != deaf) {
+            sim.unblock(j, deaf);
+        }
+        sim.run_for(ms(2500));
+        let all: Vec<u32> = (0..n as u32).collect();
+        assert!(
+            sim.agree_on(&all),
+            "{n}/{seed}: the deaf node did not re-join"
+        );
+        assert!(!sim.member(deaf).view().deaf, "{n}/{seed}: still deaf");
     }
 }
