@@ -1,8 +1,7 @@
 //! Membership cost with real speakers (docs/membership.md): the lab at 3, 10,
 //! 25 and 50 nodes (test API server, controller, speakers, a lab backend per
-//! node),
-//! each size with the ring protocol and with the all-to-all mesh in the same
-//! run. Per speaker, at rest: CPU from /proc, membership packets sent per
+//! node), each size with the ring protocol and with the all-to-all mesh in
+//! the same run. Per speaker, at rest: CPU from /proc, membership packets sent per
 //! second (the speaker's own counter), and RSS. Then, with the ring, owner
 //! failover: the node owning a Service's address dies (its speaker is
 //! killed with SIGKILL and its switch port set down, so its backend goes
